@@ -1,0 +1,98 @@
+"""Frozen configuration dataclasses; dictionaries (or YAML) in, unknown keys rejected."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeseg.errors import UsageError
+from edgeseg.registry import suggest
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run.
+
+    Attributes:
+        model: registered architecture name (``edgeseg models``).
+        model_kwargs: architecture options (e.g. ``{"base": 16}`` for U-Net).
+        data: dataset spec (``synthetic`` or ``folder:PATH?...``).
+        image_size: square side the model is trained and exported at.
+        epochs, batch_size, lr, weight_decay: the usual.
+        warmup_epochs: linear warm-up length (fraction of an epoch allowed) before the schedule.
+        schedule: ``cosine`` or ``poly`` (power 0.9) decay to zero after warm-up.
+        class_weights: ``none``, ``inverse`` (1/frequency) or ``median`` (median-frequency balancing),
+            computed once from the training masks.
+        bn_momentum: BatchNorm momentum used while training (torchvision's MobileNetV3 uses 0.01,
+            far too slow for short runs); None keeps the architecture's value.
+        precise_bn_batches: training batches used to re-estimate BatchNorm statistics at the end
+            (cumulative average, no gradient), so eval-mode masks are right after short runs.
+        seed: seeds weights init, data order and augmentation.
+        device: ``auto`` (CUDA if available), ``cpu`` or ``cuda[:N]``.
+        num_workers: DataLoader workers; None = 0 on CPU, 4 on CUDA.
+        amp: mixed precision on CUDA (bf16 where supported, else fp16 + grad scaler); never on CPU.
+    """
+
+    model: str = "lraspp_mobilenet_v3"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    data: str = "synthetic"
+    image_size: int = 128
+    epochs: int = 12
+    batch_size: int = 8
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    schedule: str = "cosine"
+    class_weights: str = "none"
+    bn_momentum: float | None = 0.1
+    precise_bn_batches: int = 25
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int | None = None
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.image_size >= 32 and self.image_size % 32 == 0, "image_size",
+             "must be a multiple of 32 and at least 32"),
+            (self.epochs >= 1, "epochs", "must be at least 1"),
+            (self.batch_size >= 1, "batch_size", "must be at least 1"),
+            (self.lr > 0, "lr", "must be positive"),
+            (self.schedule in ("cosine", "poly"), "schedule", "must be 'cosine' or 'poly'"),
+            (self.class_weights in ("none", "inverse", "median"), "class_weights",
+             "must be 'none', 'inverse' or 'median'"),
+            (self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0"),
+        ]
+        for ok, name, msg in checks:
+            if not ok:
+                raise UsageError(f"{name}={getattr(self, name)!r} {msg}")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any], source: str = "config") -> "TrainConfig":
+        names = [f.name for f in dataclasses.fields(TrainConfig)]
+        for k in d:
+            if k not in names:
+                raise UsageError(f"{source}: unknown key '{k}'{suggest(k, names)}")
+        return TrainConfig(**d)
+
+    @staticmethod
+    def from_yaml(path: Path) -> "TrainConfig":
+        import yaml
+
+        try:
+            d = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise UsageError(f"config file '{path}' does not exist") from None
+        except yaml.YAMLError as e:
+            raise UsageError(f"config file '{path}' is not valid YAML: {e}") from None
+        if not isinstance(d, dict):
+            raise UsageError(f"config file '{path}' must hold a mapping of keys to values")
+        return TrainConfig.from_dict(d, source=str(path))
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)

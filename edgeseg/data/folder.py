@@ -1,0 +1,211 @@
+"""The folder format: ``images/`` + ``masks/`` PNG class-index masks with matching file stems.
+
+Layout (either)::
+
+    root/images/a.png  root/masks/a.png          (split deterministically by ``split=``)
+    root/{train,val,test}/images/...  root/{train,val,test}/masks/...
+
+Options (in the data spec, ``folder:ROOT?images=image&masks=label&values=0,255&classes=membrane,cell``):
+
+* ``images``/``masks``: sub-folder names (default ``images``/``masks``).
+* ``values``: the mask pixel values of class 0, 1, ... in order (e.g. ``0,255`` for binary masks
+  stored as 0/255). Without it a mask pixel value *is* the class index.
+* ``classes``: class names; otherwise ``root/classes.txt`` (one ``name`` or ``name R G B`` per line),
+  otherwise ``class0, class1, ...`` from ``values`` or from the largest value found.
+* ``ignore``: a mask value to ignore (e.g. ``255`` for VOC-style borders) when ``values`` is not given.
+* ``split``: train/val/test fractions for a flat folder (default ``0.7,0.15,0.15``).
+
+Every bad file raises :class:`DataError` naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from edgeseg.data.base import IGNORE_INDEX, ClassInfo, default_colors
+from edgeseg.errors import DataError, UsageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+SPLITS = ("train", "val", "test")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an image file as RGB uint8 HxWx3; DataError naming the file when it cannot be decoded."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(f"image '{path}' does not exist") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"image '{path}' cannot be decoded ({e}); replace or remove the file") from None
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Read a single-channel mask PNG as its raw integer values (palette PNGs give their indices)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGB", "RGBA"):
+                arr = np.asarray(im)
+                if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
+                    raise DataError(
+                        f"mask '{path}' is a colour image; masks must hold class indices "
+                        f"(single channel or palette PNG)"
+                    )
+                return arr[..., 0].astype(np.int64)
+            return np.asarray(im).astype(np.int64)
+    except FileNotFoundError:
+        raise DataError(f"mask '{path}' does not exist") from None
+    except DataError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"mask '{path}' cannot be decoded ({e}); replace or remove the file") from None
+
+
+def _parse_classes_txt(path: Path) -> list[ClassInfo]:
+    names, colors = [], []
+    for ln, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) == 4:
+            try:
+                colors.append(tuple(int(p) for p in parts[1:]))
+            except ValueError:
+                raise DataError(f"{path}:{ln}: expected 'name' or 'name R G B', got {line!r}") from None
+            names.append(parts[0])
+        elif len(parts) == 1:
+            names.append(parts[0])
+            colors.append(None)
+        else:
+            raise DataError(f"{path}:{ln}: expected 'name' or 'name R G B', got {line!r}")
+    fallback = default_colors(len(names))
+    return [ClassInfo(n, c or fallback[i]) for i, (n, c) in enumerate(zip(names, colors))]
+
+
+def _split_of(stem: str, fractions: Sequence[float]) -> str:
+    # A hash of the stem, not the listing order, so adding a file never reshuffles the others.
+    h = int(hashlib.sha1(stem.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    if h < fractions[0]:
+        return "train"
+    if h < fractions[0] + fractions[1]:
+        return "val"
+    return "test"
+
+
+class FolderDataset:
+    """One split of a folder-format dataset."""
+
+    def __init__(self, root: Path | str, split: str = "train", images: str = "images", masks: str = "masks",
+                 values: Sequence[int] | None = None, classes: Sequence[str] | None = None,
+                 ignore: int | None = None, split_fractions: Sequence[float] = (0.7, 0.15, 0.15)) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"dataset folder '{self.root}' does not exist or is not a directory")
+        if split not in SPLITS:
+            raise UsageError(f"split must be one of {', '.join(SPLITS)}, not '{split}'")
+        self.split = split
+        if abs(sum(split_fractions) - 1.0) > 1e-6 or len(split_fractions) != 3:
+            raise UsageError(f"split fractions must be three numbers summing to 1, got {list(split_fractions)}")
+
+        if (self.root / split / images).is_dir():
+            img_dir, mask_dir = self.root / split / images, self.root / split / masks
+            keep = None
+        else:
+            img_dir, mask_dir = self.root / images, self.root / masks
+            keep = split
+        for d, what in ((img_dir, "images"), (mask_dir, "masks")):
+            if not d.is_dir():
+                raise DataError(
+                    f"dataset folder '{self.root}' has no {what} folder '{d.relative_to(self.root)}'; "
+                    f"expected images/ and masks/ (or name them with ?images=...&masks=...)"
+                )
+        self.pairs: list[tuple[Path, Path]] = []
+        mask_by_stem = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() == ".png"}
+        for p in sorted(img_dir.iterdir(), key=lambda q: (len(q.stem), q.stem)):
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if keep is not None and _split_of(p.stem, split_fractions) != keep:
+                continue
+            m = mask_by_stem.get(p.stem)
+            if m is None:
+                raise DataError(f"image '{p}' has no mask '{mask_dir / (p.stem + '.png')}'")
+            self.pairs.append((p, m))
+        if not self.pairs:
+            raise DataError(f"dataset folder '{self.root}' has no images in split '{split}'")
+
+        self.values = list(values) if values is not None else None
+        self.ignore = ignore
+        names: list[str] | None = list(classes) if classes else None
+        infos: list[ClassInfo] | None = None
+        if names is None and (self.root / "classes.txt").is_file():
+            infos = _parse_classes_txt(self.root / "classes.txt")
+        if infos is None:
+            if names is None:
+                n = len(self.values) if self.values is not None else self._max_value() + 1
+                names = [f"class{i}" for i in range(n)]
+            infos = [ClassInfo(n, c) for n, c in zip(names, default_colors(len(names)))]
+        if self.values is not None and len(self.values) != len(infos):
+            raise UsageError(
+                f"values= lists {len(self.values)} mask values but there are {len(infos)} classes "
+                f"({', '.join(i.name for i in infos)}); give one value per class"
+            )
+        self.classes = infos
+        if self.values is not None:
+            self._lut = np.full(max(max(self.values), 255) + 1, -1, dtype=np.int64)
+            for idx, v in enumerate(self.values):
+                self._lut[v] = idx
+
+    def _max_value(self) -> int:
+        top = 0
+        for _, m in self.pairs:
+            arr = read_mask(m)
+            vals = arr[arr != self.ignore] if self.ignore is not None else arr
+            top = max(top, int(vals.max()) if vals.size else 0)
+        return top
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def name(self, i: int) -> str:
+        return str(self.pairs[i][0])
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        img_path, mask_path = self.pairs[i]
+        img = read_image(img_path)
+        raw = read_mask(mask_path)
+        if raw.shape != img.shape[:2]:
+            raise DataError(
+                f"mask '{mask_path}' is {raw.shape[1]}x{raw.shape[0]} but image '{img_path}' is "
+                f"{img.shape[1]}x{img.shape[0]}; masks must have the image's size"
+            )
+        if self.values is not None:
+            if raw.min() < 0 or raw.max() >= len(self._lut):
+                bad = np.unique(raw)
+            else:
+                mapped = self._lut[raw]
+                bad = np.unique(raw[mapped < 0])
+            if bad.size:
+                raise DataError(
+                    f"mask '{mask_path}' has values {bad[:8].tolist()} not in values={self.values}; "
+                    f"list every mask value, one per class"
+                )
+            return img, mapped
+        mask = raw.copy()
+        if self.ignore is not None:
+            mask[raw == self.ignore] = IGNORE_INDEX
+        valid = mask != IGNORE_INDEX
+        bad = np.unique(mask[valid & ((mask < 0) | (mask >= len(self.classes)))])
+        if bad.size:
+            raise DataError(
+                f"mask '{mask_path}' has values {bad[:8].tolist()} outside the {len(self.classes)} classes "
+                f"({', '.join(c.name for c in self.classes)}); fix the mask or declare the classes"
+            )
+        return img, mask

@@ -1,0 +1,48 @@
+"""Segmentation architectures, registered by name.
+
+``build_model(name, num_classes, **kwargs)`` returns an ``nn.Module`` mapping NCHW float input to
+NCHW logits of the input's size. Unset (None) keyword arguments are dropped so each
+architecture's own defaults win (as timm's factory does).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import torch.nn as nn
+
+from edgeseg.errors import UsageError
+from edgeseg.registry import Registry, suggest
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+# Importing the modules registers them.
+from edgeseg.models import lraspp as _lraspp  # noqa: E402,F401
+from edgeseg.models import unet as _unet  # noqa: E402,F401
+
+
+def model_kwargs(name: str) -> dict[str, Any]:
+    """The keyword arguments an architecture accepts, with their defaults."""
+    sig = inspect.signature(MODELS.get(name))
+    return {k: p.default for k, p in sig.parameters.items() if k != "num_classes"}
+
+
+def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """Build a registered architecture; unknown keyword arguments are a UsageError naming them."""
+    builder = MODELS.get(name)
+    accepted = model_kwargs(name)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    for k in kwargs:
+        if k not in accepted:
+            raise UsageError(
+                f"model '{name}' has no option '{k}'{suggest(k, list(accepted))}; "
+                f"its options are: {', '.join(accepted) or 'none'}"
+            )
+    if num_classes < 2:
+        raise UsageError(f"num_classes must be at least 2 (background + one class), got {num_classes}")
+    return builder(num_classes=num_classes, **kwargs)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

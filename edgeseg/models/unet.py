@@ -1,0 +1,81 @@
+"""U-Net (Ronneberger et al., 2015).
+
+Per level: two 3x3 convolutions + ReLU (BatchNorm optional); 2x2 max-pool (stride 2) down;
+2x2 up-convolution (transposed conv, or bilinear upsampling + 1x1 conv) up, concatenated with the
+skip connection of the same level; a final 1x1 conv to the class scores.
+
+Adaptation for mobile runtimes: convolutions are zero-padded ("same") instead of the paper's
+unpadded ones, so the output has the input's size and no cropping of skips is needed; input sides
+must be divisible by ``2 ** depth``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edgeseg.models import MODELS
+
+
+def _double_conv(cin: int, cout: int, batch_norm: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for c_in in (cin, cout):
+        layers.append(nn.Conv2d(c_in, cout, 3, padding=1, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(cout))
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class _Up(nn.Module):
+    def __init__(self, cin: int, cout: int, mode: str, batch_norm: bool) -> None:
+        super().__init__()
+        if mode == "transpose":
+            self.up: nn.Module = nn.ConvTranspose2d(cin, cout, kernel_size=2, stride=2)
+        else:
+            self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                                    nn.Conv2d(cin, cout, 1))
+        self.conv = _double_conv(cout * 2, cout, batch_norm)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([self.up(x), skip], dim=1))
+
+
+class UNet(nn.Module):
+    """U-Net with configurable width (``base`` channels at level 0) and ``depth`` pooling steps."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, base: int = 32, depth: int = 4,
+                 batch_norm: bool = True, up: str = "transpose") -> None:
+        super().__init__()
+        if up not in ("transpose", "bilinear"):
+            raise ValueError(f"up must be 'transpose' or 'bilinear', not {up!r}")
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.depth = depth
+        widths = [base * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList([_double_conv(in_channels, widths[0], batch_norm)])
+        for i in range(depth):
+            self.down.append(_double_conv(widths[i], widths[i + 1], batch_norm))
+        self.up = nn.ModuleList([_Up(widths[i + 1], widths[i], up, batch_norm) for i in reversed(range(depth))])
+        self.head = nn.Conv2d(widths[0], num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            if i > 0:
+                # stride given explicitly: torch.export -> coremltools needs it (STACK.md)
+                x = F.max_pool2d(x, kernel_size=2, stride=2)
+            x = block(x)
+            skips.append(x)
+        skips.pop()
+        for block in self.up:
+            x = block(x, skips.pop())
+        return self.head(x)
+
+
+@MODELS.register("unet")
+def unet(num_classes: int, base: int = 32, depth: int = 4, batch_norm: bool = True,
+         up: str = "transpose") -> nn.Module:
+    """U-Net: two 3x3 convs per level, 2x2 max-pool down, up-convolution + skip concat up."""
+    return UNet(num_classes, base=base, depth=depth, batch_norm=batch_norm, up=up)

@@ -1,0 +1,216 @@
+"""``edgeseg train``: one device (CPU or CUDA, chosen automatically), resumable at epoch boundaries."""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edgeseg.atomic import ensure_dir, write_json
+from edgeseg.config import TrainConfig
+from edgeseg.data import IGNORE_INDEX, open_split
+from edgeseg.data.transforms import Preprocess, TensorDataset, class_frequencies
+from edgeseg.errors import CheckpointError, UsageError
+from edgeseg.models import build_model, count_params
+from edgeseg.progress import progress_bar
+from edgeseg.train.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
+from edgeseg.train.evaluate import evaluate, recalibrate_batchnorm
+from edgeseg.versions import package_versions
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device '{name}' is not a device; use auto, cpu or cuda[:N]") from None
+
+
+def compute_class_weights(freq: np.ndarray, mode: str) -> np.ndarray | None:
+    """Inverse-frequency or median-frequency-balancing (Eigen & Fergus) weights; absent classes get 0."""
+    if mode == "none":
+        return None
+    f = freq / max(freq.sum(), 1.0)
+    present = f > 0
+    w = np.zeros_like(f)
+    if mode == "inverse":
+        w[present] = 1.0 / f[present]
+        w *= present.sum() / w.sum()  # mean weight 1 over present classes
+    else:
+        w[present] = np.median(f[present]) / f[present]
+    return w.astype(np.float32)
+
+
+def lr_lambda(total_steps: int, warmup_steps: int, schedule: str) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        t = min(max(t, 0.0), 1.0)
+        return 0.5 * (1 + math.cos(math.pi * t)) if schedule == "cosine" else (1 - t) ** 0.9
+
+    return f
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _loader(ds: torch.utils.data.Dataset, cfg: TrainConfig, device: torch.device, shuffle: bool,
+            epoch: int = 0) -> torch.utils.data.DataLoader:
+    workers = cfg.num_workers if cfg.num_workers is not None else (4 if device.type == "cuda" else 0)
+    g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+    return torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle, generator=g,
+                                       num_workers=workers, pin_memory=device.type == "cuda",
+                                       drop_last=shuffle and len(ds) > cfg.batch_size)
+
+
+def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, quiet: bool = False,
+          log: Callable[[str], None] = print) -> Checkpoint:
+    """Train ``cfg.model`` on ``cfg.data``; write ``out_dir/checkpoint.pt``, ``metrics.json``, ``history.csv``."""
+    out_dir = ensure_dir(Path(out_dir), "run directory")
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    device = pick_device(cfg.device)
+    start_epoch, state = 0, {}
+    if resume:
+        if not ckpt_path.exists():
+            raise CheckpointError(f"--resume: no checkpoint at '{ckpt_path}' to resume from")
+        old = load_checkpoint(ckpt_path)
+        if old.config.to_json() != cfg.to_json():
+            diff = [k for k, v in cfg.to_json().items() if old.config.to_json().get(k) != v]
+            raise UsageError(f"--resume: run '{out_dir}' was trained with other settings ({', '.join(diff)}); "
+                             f"resume without changing them, or train into a new -o directory")
+        state = old.state
+        if state.get("finished"):
+            log(f"run '{out_dir}' is already finished; nothing to resume")
+            return old
+        start_epoch = int(state["epoch"])
+    elif ckpt_path.exists():
+        raise UsageError(f"run directory '{out_dir}' already holds a checkpoint; use --resume to continue it "
+                         f"or -o for a new directory")
+
+    _seed_all(cfg.seed)
+    train_ds = open_split(cfg.data, "train", cfg.image_size)
+    val_ds = open_split(cfg.data, "val", cfg.image_size)
+    classes = list(train_ds.classes)
+    n_cls = len(classes)
+    pre = Preprocess(cfg.image_size, cfg.image_size)
+    model = build_model(cfg.model, n_cls, **cfg.model_kwargs)
+    if cfg.bn_momentum is not None:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = cfg.bn_momentum
+    model.to(device)
+    use_cuda = device.type == "cuda"
+    if use_cuda:
+        model = model.to(memory_format=torch.channels_last)
+
+    weights = state.get("class_weights")
+    if weights is None and cfg.class_weights != "none":
+        weights = compute_class_weights(class_frequencies(train_ds, n_cls, pre), cfg.class_weights).tolist()
+    loss_w = torch.tensor(weights, device=device) if weights is not None else None
+
+    tds = TensorDataset(train_ds, pre, augment=True, seed=cfg.seed)
+    vds = TensorDataset(val_ds, pre)
+    steps_per_epoch = len(_loader(tds, cfg, device, shuffle=True))
+    total = steps_per_epoch * cfg.epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_lambda(total, int(cfg.warmup_epochs * steps_per_epoch), cfg.schedule))
+    amp_dtype = None
+    if use_cuda and cfg.amp:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    history: list[dict[str, Any]] = list(state.get("history", []))
+    best = float(state.get("best_miou", -1.0))
+    if state:
+        model.load_state_dict(old.weights)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+
+    log(f"training {cfg.model} ({count_params(model) / 1e6:.2f}M params, {n_cls} classes) on {device}, "
+        f"{len(train_ds)} train / {len(val_ds)} val images at {cfg.image_size}px, "
+        f"{cfg.epochs} epochs x {steps_per_epoch} steps" + (f", resuming at epoch {start_epoch + 1}" if state else ""))
+    t0 = time.time()
+    with progress_bar(total, "train", disable=quiet, completed=start_epoch * steps_per_epoch) as bar:
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            tds.set_epoch(epoch)
+            running, n = 0.0, 0
+            for x, y in _loader(tds, cfg, device, shuffle=True, epoch=epoch):
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if use_cuda:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    loss = F.cross_entropy(model(x), y, weight=loss_w, ignore_index=IGNORE_INDEX)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                if not torch.isfinite(loss):
+                    raise UsageError(f"loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
+                running += loss.item()
+                n += 1
+                bar.advance(f"epoch {epoch + 1}/{cfg.epochs} loss {running / n:.3f}")
+            val = evaluate(model, _loader(vds, cfg, device, shuffle=False), n_cls, device)
+            row = {"epoch": epoch + 1, "loss": running / max(n, 1), "lr": sched.get_last_lr()[0],
+                   "val_miou": val["miou"], "val_pixel_accuracy": val["pixel_accuracy"]}
+            history.append(row)
+            best = max(best, val["miou"])
+            bar.note(f"epoch {epoch + 1}: loss {row['loss']:.4f}  val mIoU {val['miou']:.4f}")
+            state = {"epoch": epoch + 1, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(), "history": history,
+                     "best_miou": best, "class_weights": weights, "finished": False}
+            save_checkpoint(_make_ckpt(cfg, pre, classes, model, {"val": val}, state), out_dir / CHECKPOINT_NAME)
+
+    # Precise BatchNorm: eval-mode statistics measured with the final weights.
+    used = recalibrate_batchnorm(model, _loader(tds, cfg, device, shuffle=True, epoch=cfg.epochs), device,
+                                 cfg.precise_bn_batches)
+    val = evaluate(model, _loader(vds, cfg, device, shuffle=False), n_cls, device)
+    seconds = time.time() - t0 + float(state.get("seconds", 0.0) if state.get("finished") else 0.0)
+    metrics = {"val": val, "params": count_params(model), "train_seconds": round(seconds, 1),
+               "bn_recalibration_batches": used, "history": history, "device": str(device)}
+    state = {**state, "finished": True}
+    ckpt = _make_ckpt(cfg, pre, classes, model, metrics, state)
+    save_checkpoint(ckpt, ckpt_path)
+    write_json(out_dir / "metrics.json", {k: v for k, v in metrics.items()})
+    _write_history(out_dir / "history.csv", history)
+    log(f"val mIoU {val['miou']:.4f} (pixel accuracy {val['pixel_accuracy']:.4f}) after "
+        f"{seconds:.0f} s; checkpoint: {ckpt_path}")
+    ckpt.path = ckpt_path
+    return ckpt
+
+
+def _make_ckpt(cfg: TrainConfig, pre: Preprocess, classes: list, model: nn.Module, metrics: dict,
+               state: dict) -> Checkpoint:
+    weights = {k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone()
+               for k, v in model.state_dict().items()}
+    return Checkpoint(config=cfg, preprocess=pre, classes=classes, weights=weights, metrics=metrics,
+                      versions=package_versions(), state=state)
+
+
+def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    from edgeseg.atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        if history:
+            w = csv.DictWriter(f, fieldnames=list(history[0]))
+            w.writeheader()
+            w.writerows(history)

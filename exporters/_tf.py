@@ -1,0 +1,65 @@
+"""Import TensorFlow safely, and keep its start-up noise out of the user's terminal.
+
+With tensorflow 2.21 and torch 2.14's triton 3.8 in one process, importing TensorFlow BEFORE triton
+crashes the interpreter (SIGSEGV inside triton's bundled LLVM; see STACK.md). torch.export, the ONNX
+dynamo exporter and coremltools all import TensorFlow or triton indirectly, so every TensorFlow import
+in this package goes through :func:`import_tensorflow`, which imports torch and triton first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import sys
+from typing import Any, Iterator
+
+
+def preload_triton() -> None:
+    """Import triton (when installed) before anything may load TensorFlow."""
+    import torch  # noqa: F401
+
+    if "tensorflow" in sys.modules:
+        return
+    with contextlib.suppress(ImportError):
+        import triton  # noqa: F401
+
+
+def import_tensorflow() -> Any:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    preload_triton()
+    with quiet_native():
+        import tensorflow as tf
+    tf.get_logger().setLevel(logging.ERROR)
+    return tf
+
+
+@contextlib.contextmanager
+def quiet_native(enabled: bool = True) -> Iterator[io.StringIO]:
+    """Silence stdout/stderr, including C-level writes (converters print pages of logs).
+
+    The captured Python-level text is yielded so that a caller can show it when a conversion fails.
+    Disabled when EDGESEG_DEBUG is set.
+    """
+    buf = io.StringIO()
+    if not enabled or os.environ.get("EDGESEG_DEBUG"):
+        yield buf
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            yield buf
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)

@@ -1,0 +1,134 @@
+"""The exporter contract: what makes export targets interchangeable.
+
+A target module provides a :class:`Target`: ``name``, file ``suffix``, the precisions it supports,
+``is_available()``, ``export(model, example, options, out_dir) -> ExportResult`` and
+``load(path, threads) -> Runner``. A Runner is callable like the model: NCHW float32 (already
+normalized) in, NCHW float32 logits out; the target handles NHWC layout and int8 (de)quantization
+inside. Parity is then one function for every target.
+
+This package never imports ``edgeseg``: it takes a plain ``nn.Module``, an example input,
+optional calibration tensors and options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+import numpy as np
+
+
+class ExporterError(Exception):
+    """A conversion failed or its toolchain is missing. Messages name the target and the fix."""
+
+
+class ToolchainMissing(ExporterError):
+    """The Python packages a target needs are not installed."""
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel normalization the model expects: ``(pixel / 255 - mean) / std`` on RGB input."""
+
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Options common to all targets.
+
+    Attributes:
+        precision: one of the target's ``precisions``.
+        calibration: NCHW float32 batches (normalized) for full-integer quantization.
+        class_names: labels written into the model's metadata where the format has a place for them.
+        normalization: the model's input normalization (CoreML encodes it in its image input).
+        output: ``"logits"`` (NCHW scores). An in-graph ``"argmax"`` class map is reserved for later.
+        metadata: free-form string metadata (author, licence, version, edgeseg manifest fields).
+        work_dir: a folder where a target may cache intermediate artifacts shared between
+            precisions (e.g. the TF SavedModel); created by the caller, may be None.
+    """
+
+    precision: str
+    calibration: Sequence[np.ndarray] = ()
+    class_names: tuple[str, ...] = ()
+    normalization: Normalization = Normalization()
+    output: str = "logits"
+    metadata: dict[str, str] = field(default_factory=dict)
+    work_dir: Path | None = None
+
+    def replace(self, **changes: Any) -> "ExportOptions":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote and how long it took."""
+
+    target: str
+    precision: str
+    path: Path
+    size_bytes: int
+    seconds: float
+    input_shape: tuple[int, ...]
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["path"] = str(self.path)
+        d["input_shape"] = list(self.input_shape)
+        return d
+
+
+class Runner(Protocol):
+    """A loaded exported model: NCHW float32 normalized input -> NCHW float32 logits."""
+
+    runtime: str
+
+    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Target:
+    """One export target. ``export`` and ``load`` are plain functions of the target's module."""
+
+    name: str
+    suffix: str
+    precisions: tuple[str, ...]
+    default_precision: str
+    requires: tuple[str, ...]
+    export: Callable[[Any, np.ndarray, ExportOptions, Path], ExportResult]
+    load: Callable[..., Runner]
+    can_run: Callable[[], tuple[bool, str]]
+    extra: str = ""
+
+    def is_available(self) -> bool:
+        return all(importlib.util.find_spec(m) is not None for m in self.requires)
+
+    def require(self) -> None:
+        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ToolchainMissing(
+                f"target '{self.name}' needs {', '.join(missing)}; install it with "
+                f"pip install 'edgeseg[{self.extra or self.name}]'"
+            )
+
+
+def path_size(path: Path) -> int:
+    """Size in bytes of a file, or of every file below a directory (``.mlpackage``)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def batches(items: Iterable[np.ndarray]) -> list[np.ndarray]:
+    """Split NCHW batches into single-image NCHW arrays (converters calibrate one sample at a time)."""
+    out = []
+    for b in items:
+        b = np.asarray(b, dtype=np.float32)
+        out.extend(b[i : i + 1] for i in range(b.shape[0]))
+    return out

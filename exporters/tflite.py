@@ -1,0 +1,215 @@
+"""TFLite target: PyTorch -> ONNX -> TF SavedModel (onnx2tf) -> TF Lite converter; run with LiteRT.
+
+* onnx2tf turns the NCHW ONNX graph into an NHWC TensorFlow SavedModel (input ``[1, H, W, 3]``).
+  That SavedModel is cached in ``options.work_dir`` and shared by every precision, because the
+  onnx2tf step is the slow one and the TF Lite converter re-quantizes it in seconds.
+* fp32: plain conversion. fp16: float16 weights (``supported_types=[tf.float16]``), computed in
+  float32 by XNNPACK on CPUs. int8: full-integer quantization (``TFLITE_BUILTINS_INT8``, int8 input
+  and output) calibrated on the representative images the caller passes.
+* onnx2tf runs a check inference on a sample file it downloads when the input looks like an image
+  (``calibration_image_sample_data_20x128x128x3_float32.npy``), even offline; we run it in a
+  temporary working directory that already holds such a file, built from the caller's calibration
+  images, so nothing is fetched.
+
+The Runner takes NCHW float32 (normalized) input and returns NCHW float32 logits; it transposes to
+and from NHWC and (de)quantizes int8 tensors with the scale/zero-point stored in the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from exporters._atomic import atomic_path
+from exporters._tf import import_tensorflow, quiet_native
+from exporters.base import ExporterError, ExportOptions, ExportResult, Target, batches, path_size
+
+ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+
+
+@contextlib.contextmanager
+def _in_dir(path: Path) -> Iterator[None]:
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def _onnx2tf_sample(calibration: Sequence[np.ndarray], mean, std) -> np.ndarray:
+    """20x128x128x3 images in [0, 1] from the calibration set (onnx2tf's check-inference input)."""
+    import torch
+    import torch.nn.functional as F
+
+    imgs = batches(calibration)[:20]
+    if not imgs:
+        return np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32)
+    x = torch.from_numpy(np.concatenate(imgs))
+    x = x * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    x = F.interpolate(x, size=(128, 128), mode="bilinear", align_corners=False).clamp(0, 1)
+    x = x.permute(0, 2, 3, 1).numpy().astype(np.float32)
+    reps = int(np.ceil(20 / len(x)))
+    return np.concatenate([x] * reps)[:20]
+
+
+def saved_model(model, example: np.ndarray, options: ExportOptions) -> tuple[Path, float]:
+    """Return the NHWC SavedModel directory for ``model`` (converted once, cached in work_dir)."""
+    from exporters.onnx import write_onnx
+
+    work = Path(options.work_dir) if options.work_dir else Path(tempfile.mkdtemp(prefix="edgeseg-tf-"))
+    sm = work / "tf_savedmodel"
+    if (sm / "saved_model.pb").exists():
+        return sm, 0.0
+    t0 = time.time()
+    import_tensorflow()
+    import onnx2tf
+
+    with atomic_path(sm) as tmp, tempfile.TemporaryDirectory(prefix="edgeseg-onnx2tf-") as scratch:
+        scratch = Path(scratch)
+        onnx_path = scratch / "model.onnx"
+        write_onnx(model, example, onnx_path)
+        np.save(scratch / ONNX2TF_SAMPLE, _onnx2tf_sample(options.calibration, options.normalization.mean,
+                                                          options.normalization.std))
+        with _in_dir(scratch), quiet_native() as log:
+            try:
+                onnx2tf.convert(input_onnx_file_path=str(onnx_path), output_folder_path=str(tmp),
+                                output_signaturedefs=True, copy_onnx_input_output_names_to_tflite=True,
+                                non_verbose=True, verbosity="error")
+            except BaseException as e:  # onnx2tf calls sys.exit on some failures
+                raise ExporterError(f"onnx2tf could not convert the model: {e!r}\n{log.getvalue()[-2000:]}") from e
+        for f in tmp.glob("*.tflite"):  # onnx2tf's own float files; we convert with the TF Lite converter
+            f.unlink()
+    return sm, time.time() - t0
+
+
+def _convert(sm: Path, options: ExportOptions) -> bytes:
+    tf = import_tensorflow()
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(sm))
+    if options.precision == "fp16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif options.precision == "int8":
+        samples = batches(options.calibration)
+        if not samples:
+            raise ExporterError("int8 TFLite needs calibration images; none were given")
+
+        def representative():
+            for s in samples:
+                yield [np.ascontiguousarray(s.transpose(0, 2, 3, 1))]
+
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = representative
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.int8
+        conv.inference_output_type = tf.int8
+    with quiet_native() as log:
+        try:
+            return conv.convert()
+        except Exception as e:  # noqa: BLE001 - the converter raises ConverterError and friends
+            raise ExporterError(f"TF Lite converter failed ({options.precision}): {e}\n{log.getvalue()[-2000:]}") from e
+
+
+def tensor_types(path: Path) -> dict[str, object]:
+    """Input/output dtypes and the count of int8/float32 tensors: proof of what the file computes in."""
+    interp = _interpreter(path, 1)
+    details = interp.get_tensor_details()
+    counts: dict[str, int] = {}
+    for d in details:
+        name = np.dtype(d["dtype"]).name
+        counts[name] = counts.get(name, 0) + 1
+    return {"input_dtype": np.dtype(interp.get_input_details()[0]["dtype"]).name,
+            "output_dtype": np.dtype(interp.get_output_details()[0]["dtype"]).name,
+            "tensor_dtypes": counts}
+
+
+def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) -> ExportResult:
+    """Write ``out_dir/model.tflite`` at ``options.precision`` (fp32, fp16 or int8)."""
+    if options.precision not in TARGET.precisions:
+        raise ExporterError(f"target 'tflite' has no precision '{options.precision}'")
+    if options.output != "logits":
+        raise ExporterError(f"target 'tflite' does not support output '{options.output}' yet")
+    t0 = time.time()
+    sm, sm_seconds = saved_model(model, example, options)
+    data = _convert(sm, options)
+    final = Path(out_dir) / "model.tflite"
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+    details = {"converter": "onnx2tf + TF Lite converter", "onnx2tf_seconds": round(sm_seconds, 2),
+               "calibration_images": len(batches(options.calibration)) if options.precision == "int8" else 0,
+               "layout": "NHWC input [1,H,W,3]; output [1,H,W,C]"}
+    details.update(tensor_types(final))
+    return ExportResult("tflite", options.precision, final, path_size(final), time.time() - t0,
+                        tuple(example.shape), details)
+
+
+def _interpreter(path: Path, threads: int, xnnpack: bool = True):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    try:
+        interp = Interpreter(model_path=str(path), num_threads=threads, experimental_op_resolver_type=resolver)
+        interp.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        raise ExporterError(f"LiteRT cannot load '{path}': {str(e)[:300]}") from None
+    return interp
+
+
+class TFLiteRunner:
+    """NCHW float32 in, NCHW float32 logits out, through the LiteRT interpreter (XNNPACK by default)."""
+
+    def __init__(self, path: Path, threads: int = 2, xnnpack: bool = True) -> None:
+        import ai_edge_litert
+
+        self.path = Path(path)
+        self.interp = _interpreter(self.path, threads, xnnpack)
+        self.inp = self.interp.get_input_details()[0]
+        self.out = self.interp.get_output_details()[0]
+        if len(self.inp["shape"]) != 4:
+            raise ExporterError(f"'{path}' has a {len(self.inp['shape'])}-D input; edgeseg runs image models "
+                                f"with one [1,H,W,C] input")
+        version = getattr(ai_edge_litert, "__version__", "")
+        self.runtime = (f"LiteRT {version} interpreter, {'XNNPACK' if xnnpack else 'builtin kernels'}, "
+                        f"{threads} threads").replace("  ", " ")
+
+    @property
+    def input_shape_nchw(self) -> tuple[int, int, int, int]:
+        n, h, w, c = (int(v) for v in self.inp["shape"])
+        return n, c, h, w
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float32).transpose(0, 2, 3, 1)
+        if self.inp["dtype"] in (np.int8, np.uint8):
+            scale, zero = self.inp["quantization"]
+            info = np.iinfo(self.inp["dtype"])
+            x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(self.inp["dtype"])
+        outs = []
+        for i in range(x.shape[0]):  # the converted model has batch 1
+            self.interp.set_tensor(self.inp["index"], np.ascontiguousarray(x[i : i + 1]).astype(self.inp["dtype"]))
+            self.interp.invoke()
+            outs.append(self.interp.get_tensor(self.out["index"]).copy())
+        y = np.concatenate(outs)
+        if self.out["dtype"] in (np.int8, np.uint8):
+            scale, zero = self.out["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        return y.astype(np.float32).transpose(0, 3, 1, 2) if y.ndim == 4 else y.astype(np.float32)
+
+
+def load(path: Path, threads: int = 2, xnnpack: bool = True) -> TFLiteRunner:
+    return TFLiteRunner(path, threads, xnnpack)
+
+
+def can_run() -> tuple[bool, str]:
+    return True, ""
+
+
+TARGET = Target(name="tflite", suffix=".tflite", precisions=("fp32", "fp16", "int8"), default_precision="fp32",
+                requires=("tensorflow", "onnx2tf", "ai_edge_litert", "onnx"), export=export, load=load,
+                can_run=can_run)
