@@ -119,7 +119,8 @@ def _convert(sm: Path, options: ExportOptions) -> bytes:
 
 def tensor_types(path: Path) -> dict[str, object]:
     """Input/output dtypes and the count of int8/float32 tensors: proof of what the file computes in."""
-    interp = _interpreter(path, 1)
+    with quiet_native():  # LiteRT prints an INFO line per interpreter
+        interp = _interpreter(path, 1)
     details = interp.get_tensor_details()
     counts: dict[str, int] = {}
     for d in details:

@@ -79,7 +79,7 @@ def _loader(ds: torch.utils.data.Dataset, cfg: TrainConfig, device: torch.device
 
 
 def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, quiet: bool = False,
-          log: Callable[[str], None] = print) -> Checkpoint:
+          init_from: Path | None = None, log: Callable[[str], None] = print) -> Checkpoint:
     """Train ``cfg.model`` on ``cfg.data``; write ``out_dir/checkpoint.pt``, ``metrics.json``, ``history.csv``."""
     out_dir = ensure_dir(Path(out_dir), "run directory")
     ckpt_path = out_dir / CHECKPOINT_NAME
@@ -109,6 +109,8 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, quiet: bool = F
     n_cls = len(classes)
     pre = Preprocess(cfg.image_size, cfg.image_size)
     model = build_model(cfg.model, n_cls, **cfg.model_kwargs)
+    if init_from is not None and not state:
+        _init_weights(model, Path(init_from))
     if cfg.bn_momentum is not None:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -196,6 +198,19 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, quiet: bool = F
         f"{seconds:.0f} s; checkpoint: {ckpt_path}")
     ckpt.path = ckpt_path
     return ckpt
+
+
+def _init_weights(model: nn.Module, path: Path) -> None:
+    """Start from another checkpoint's weights; it must be the same architecture and class count."""
+    src = load_checkpoint(path)
+    try:
+        model.load_state_dict(src.weights)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise CheckpointError(
+            f"--init-from '{src.path}' holds a {src.config.model} with {src.num_classes} classes, which does not "
+            f"fit this model: {lines[1] if len(lines) > 1 else lines[0]}"
+        ) from None
 
 
 def _make_ckpt(cfg: TrainConfig, pre: Preprocess, classes: list, model: nn.Module, metrics: dict,

@@ -1,0 +1,27 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11, pip reaching PyPI):
+#   make quickstart   install into .venv, then train -> export TFLite + Core ML -> check -> report
+#   make test         install into .venv, then run the test suite (what .ci/run runs)
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN = $(VENV)/bin
+
+.PHONY: install quickstart test bench clean
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	@command -v $(PYTHON) >/dev/null || { echo "edgeseg needs $(PYTHON) (set PYTHON=...)"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[all,dev]"
+	touch $@
+
+quickstart: install
+	$(BIN)/edgeseg quickstart -o runs/quickstart
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+bench: install
+	$(BIN)/python benchmarks/export_bench.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,305 @@
+"""The ``edgeseg`` command line. Each subcommand parses arguments and calls one library function.
+
+Exit codes: 0 success; 1 failure (bad file, failed conversion, failed parity check); 2 usage error;
+3 a requested check could not run here (e.g. Core ML needs macOS) and is NOT reported as passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+from edgeseg import __version__
+from edgeseg.errors import EXIT_FAILURE, EXIT_NOT_VERIFIED, EXIT_OK, EXIT_USAGE, EdgesegError
+
+EPILOG = """exit codes:
+  0  success (every check that ran passed)
+  1  failure: bad data or checkpoint, failed conversion, failed parity threshold
+  2  usage error (unknown name, bad value, output path is a file)
+  3  a requested check could not run on this platform (Core ML needs macOS): not a pass
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks and converter logs")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or progress lines")
+
+
+def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    ap = argparse.ArgumentParser(prog="edgeseg", description="Train segmentation models, export them to "
+                                 "TFLite and Core ML, and prove the exported masks match.",
+                                 epilog=EPILOG, formatter_class=fmt)
+    ap.add_argument("--version", action="version", version=f"edgeseg {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model; writes RUN/checkpoint.pt", epilog=EPILOG, formatter_class=fmt,
+                       description="Train a registered architecture on a dataset (CUDA when available, "
+                       "else CPU). Writes a self-describing checkpoint every epoch; --resume continues it.")
+    _common(p)
+    p.add_argument("-o", "--output", type=Path, default=Path("runs/train"), help="run directory (default: %(default)s)")
+    p.add_argument("--config", type=Path, help="YAML file of TrainConfig keys; flags override it")
+    p.add_argument("--model", help="architecture (see 'edgeseg models'; default lraspp_mobilenet_v3)")
+    p.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="architecture option, e.g. base=16 (repeatable)")
+    p.add_argument("--data", help="dataset: 'synthetic' (default) or 'folder:PATH?images=..&masks=..&values=..'")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--schedule", help="cosine (default) or poly")
+    p.add_argument("--class-weights", help="none (default), inverse or median frequency balancing")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto (default), cpu or cuda[:N]")
+    p.add_argument("--init-from", type=Path, help="start from the weights of another edgeseg checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in -o from its last epoch")
+
+    p = sub.add_parser("export", help="export a run's model to a target", epilog=EPILOG, formatter_class=fmt,
+                       description="Export RUN's checkpoint to RUN/export/<target>-<precision>/.")
+    _common(p)
+    p.add_argument("run", type=Path, help="run directory or checkpoint.pt")
+    p.add_argument("--target", required=True, help="tflite, coreml or onnx")
+    p.add_argument("--precision", help="tflite: fp32|fp16|int8; coreml: fp32|fp16|int8|palettize6; onnx: fp32")
+    p.add_argument("--calibration", type=int, default=100,
+                   help="training images used to calibrate int8 (default %(default)s, or all if fewer)")
+    p.add_argument("--json", action="store_true", help="print the export record as JSON")
+
+    p = sub.add_parser("check", help="mask parity of an export vs PyTorch", epilog=EPILOG, formatter_class=fmt,
+                       description="Run the exported model and the PyTorch reference on the test split and "
+                       "compare their masks. Default thresholds: fp32 >= 99.9 %% agreement; fp16 >= 99.5 %%; "
+                       "int8/palettize6 >= 98 %% and mask mIoU >= 0.95.")
+    _common(p)
+    p.add_argument("run", type=Path)
+    p.add_argument("--target", required=True)
+    p.add_argument("--precision")
+    p.add_argument("--min-agreement", type=float, help="minimum pixel agreement in %%")
+    p.add_argument("--min-mask-miou", type=float, help="minimum mIoU of exported vs reference masks")
+    p.add_argument("--limit", type=int, help="use only the first N test images")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", action="store_true", help="print parity.json to stdout")
+
+    p = sub.add_parser("report", help="size/latency/parity report of a run", epilog=EPILOG, formatter_class=fmt,
+                       description="Time every export of RUN and join sizes, latency and parity into "
+                       "RUN/report.json (schema edgeseg.report/1) and RUN/report.md.")
+    _common(p)
+    p.add_argument("run", type=Path)
+    p.add_argument("--runs", type=int, default=20, help="timed runs per model (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", action="store_true", help="print report.json to stdout")
+
+    p = sub.add_parser("quickstart", help="the main job on the embedded data", epilog=EPILOG, formatter_class=fmt,
+                       description="Train LR-ASPP MobileNetV3 on the embedded synthetic data, export TFLite "
+                       "fp32/fp16/int8 and Core ML fp16/int8, check parity and write the report.")
+    _common(p)
+    p.add_argument("-o", "--output", type=Path, default=Path("runs/quickstart"))
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--fresh", action="store_true", help="delete an existing quickstart run first")
+
+    p = sub.add_parser("models", help="list architectures", formatter_class=fmt)
+    _common(p)
+    p.add_argument("--size", type=int, default=128, help="input side for the parameter/MAC count")
+    p.add_argument("--classes", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("data", help="describe a dataset", formatter_class=fmt)
+    _common(p)
+    p.add_argument("spec", help="e.g. synthetic, folder:PATH?values=0,255")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--json", action="store_true")
+    return ap
+
+
+def _parse_opt(items: list[str]) -> dict[str, Any]:
+    from edgeseg.errors import UsageError
+
+    out: dict[str, Any] = {}
+    for it in items:
+        k, sep, v = it.partition("=")
+        if not sep or not k:
+            raise UsageError(f"--model-opt '{it}' must look like KEY=VALUE")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from edgeseg.config import TrainConfig
+    from edgeseg.train.loop import train
+
+    cfg = TrainConfig.from_yaml(a.config) if a.config else TrainConfig()
+    over = {"model": a.model, "data": a.data, "image_size": a.image_size, "epochs": a.epochs,
+            "batch_size": a.batch_size, "lr": a.lr, "schedule": a.schedule, "class_weights": a.class_weights,
+            "seed": a.seed, "device": a.device}
+    over = {k: v for k, v in over.items() if v is not None}
+    if a.model_opt:
+        over["model_kwargs"] = _parse_opt(a.model_opt)
+    if a.model and a.model != cfg.model and not a.model_opt:
+        over["model_kwargs"] = {}
+    cfg = cfg.replace(**over)
+    train(cfg, a.output, resume=a.resume, quiet=a.quiet, init_from=a.init_from,
+          log=(lambda s: None) if a.quiet else print)
+    return EXIT_OK
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from edgeseg.pipeline import export_run
+
+    rec = export_run(a.run, a.target, a.precision, a.calibration, log=_log(a))
+    if a.json:
+        print(json.dumps(rec, indent=2))
+    return EXIT_OK
+
+
+def _print_parity(res) -> None:
+    print(f"{res.target} {res.precision}: {res.status.upper()}" + (f" ({res.runtime})" if res.runtime else ""))
+    if res.status == "not-verified":
+        print(f"  not verified: {res.reason}")
+        return
+    print(f"  images              {res.images}")
+    print(f"  pixel agreement     {res.pixel_agreement:.3f} %   (min {res.thresholds.get('min_agreement', '—')})")
+    print(f"  mask mIoU vs ref    {res.mask_miou:.4f}     (min {res.thresholds.get('min_mask_miou', '—')})")
+    print(f"  max |Δlogit|        {res.max_abs_logit_diff:.4g}")
+    print(f"  dataset mIoU        reference {res.reference_miou:.4f}  exported {res.exported_miou:.4f}")
+    changes = ", ".join(f"{k} {v:+.4f}" for k, v in res.iou_change.items() if v is not None)
+    print(f"  IoU change/class    {changes}")
+    for f in res.failures:
+        print(f"  FAILED: {f}")
+
+
+def _status_code(results) -> int:
+    if any(r.status == "failed" for r in results):
+        return EXIT_FAILURE
+    if any(r.status == "not-verified" for r in results):
+        return EXIT_NOT_VERIFIED
+    return EXIT_OK
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    from edgeseg.pipeline import check_run
+
+    res = check_run(a.run, a.target, a.precision, a.min_agreement, a.min_mask_miou, a.limit, a.threads,
+                    log=_log(a) if not a.json else (lambda s: None))
+    if a.json:
+        print(json.dumps(res.to_json(), indent=2))
+    else:
+        _print_parity(res)
+    return _status_code([res])
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from edgeseg.report import build_report
+
+    rep = build_report(a.run, a.runs, a.warmup, a.threads, log=_log(a) if not a.json else (lambda s: None))
+    if a.json:
+        print(json.dumps(rep, indent=2))
+    else:
+        print((Path(rep["run"]) / "report.md").read_text())
+    return EXIT_OK
+
+
+def cmd_quickstart(a: argparse.Namespace) -> int:
+    from edgeseg.quickstart import quickstart
+
+    results = quickstart(a.output, epochs=a.epochs, fresh=a.fresh, quiet=a.quiet, log=print)
+    for r in results:
+        _print_parity(r)
+    print(f"\nreport: {a.output / 'report.md'} (and report.json)")
+    code = _status_code(results)
+    # Core ML cannot run on Linux: quickstart says so in its output and report, and that alone does not
+    # fail the main job; a parity failure does.
+    return EXIT_FAILURE if code == EXIT_FAILURE else EXIT_OK
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    import torch
+
+    from edgeseg.models import MODELS, build_model, count_params
+    from edgeseg.models.macs import count_macs
+
+    rows = []
+    for name in MODELS:
+        m = build_model(name, a.classes).eval()
+        rows.append({"name": name, "params": count_params(m),
+                     "macs": count_macs(m, torch.zeros(1, 3, a.size, a.size)), "size": a.size,
+                     "doc": (MODELS.get(name).__doc__ or "").strip().splitlines()[0]})
+    if a.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['name']:22s} {r['params'] / 1e6:6.2f} M params  {r['macs'] / 1e9:7.3f} GMACs "
+                  f"@{a.size}x{a.size}  {r['doc']}")
+    return EXIT_OK
+
+
+def cmd_data(a: argparse.Namespace) -> int:
+    from edgeseg.data import open_split
+    from edgeseg.data.transforms import class_frequencies
+
+    info: dict[str, Any] = {"spec": a.spec, "splits": {}}
+    for split in ("train", "val", "test"):
+        ds = open_split(a.spec, split, a.image_size)
+        info["classes"] = [c.to_json() for c in ds.classes]
+        freq = class_frequencies(ds, len(ds.classes))
+        info["splits"][split] = {"images": len(ds),
+                                 "pixel_fraction": [round(float(f), 5) for f in freq / max(freq.sum(), 1)]}
+    if a.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"{a.spec}: classes {', '.join(c['name'] for c in info['classes'])}")
+        for s, d in info["splits"].items():
+            print(f"  {s:5s} {d['images']:5d} images  pixel fraction per class {d['pixel_fraction']}")
+    return EXIT_OK
+
+
+def _log(a: argparse.Namespace):
+    return (lambda s: None) if a.quiet else (lambda s: print(s, file=sys.stderr))
+
+
+COMMANDS = {"train": cmd_train, "export": cmd_export, "check": cmd_check, "report": cmd_report,
+            "quickstart": cmd_quickstart, "models": cmd_models, "data": cmd_data}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = _parser()
+    a = ap.parse_args(argv)
+    if not a.command:
+        ap.print_help()
+        return EXIT_USAGE
+    if a.debug:
+        os.environ["EDGESEG_DEBUG"] = "1"
+    else:
+        warnings.filterwarnings("ignore")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        return COMMANDS[a.command](a)
+    except EdgesegError as e:
+        if a.debug:
+            raise
+        print(f"edgeseg {a.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("edgeseg: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - unexpected: one line, the traceback under --debug
+        if a.debug:
+            raise
+        from exporters import ExporterError
+
+        if isinstance(e, ExporterError):
+            print(f"edgeseg {a.command}: error: {e}", file=sys.stderr)
+            return EXIT_FAILURE
+        print(f"edgeseg {a.command}: internal error: {type(e).__name__}: {e} (run with --debug for the "
+              f"traceback)", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

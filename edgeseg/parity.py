@@ -1,0 +1,109 @@
+"""Reference (PyTorch) vs exported model on the same preprocessed tensors -> numbers, not a bool."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edgeseg.metrics import confusion, iou_per_class, mean_iou
+
+# Default thresholds per precision: minimum pixel agreement (%) and minimum mask mIoU vs reference.
+DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
+    "fp32": {"min_agreement": 99.9},
+    "fp16": {"min_agreement": 99.5},
+    "int8": {"min_agreement": 98.0, "min_mask_miou": 0.95},
+    "palettize6": {"min_agreement": 98.0, "min_mask_miou": 0.95},
+}
+
+PASSED, FAILED, NOT_VERIFIED = "passed", "failed", "not-verified"
+
+
+@dataclass
+class ParityResult:
+    """Parity figures of one exported model against its PyTorch reference.
+
+    ``status`` is ``passed`` or ``failed`` when the exported model ran, and ``not-verified`` when it
+    could not run here (``reason`` says why); a not-verified result is never a pass.
+    """
+
+    target: str
+    precision: str
+    status: str
+    runtime: str = ""
+    images: int = 0
+    pixel_agreement: float | None = None
+    mask_miou: float | None = None
+    max_abs_logit_diff: float | None = None
+    reference_miou: float | None = None
+    exported_miou: float | None = None
+    iou_change: dict[str, float | None] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    reason: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == PASSED
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def thresholds_for(precision: str, min_agreement: float | None = None,
+                   min_mask_miou: float | None = None) -> dict[str, float]:
+    t = dict(DEFAULT_THRESHOLDS.get(precision, DEFAULT_THRESHOLDS["int8"]))
+    if min_agreement is not None:
+        t["min_agreement"] = float(min_agreement)
+    if min_mask_miou is not None:
+        t["min_mask_miou"] = float(min_mask_miou)
+    return t
+
+
+def compare(reference: Callable[[np.ndarray], np.ndarray], exported: Callable[[np.ndarray], np.ndarray],
+            images: Sequence[np.ndarray], masks: Sequence[np.ndarray], class_names: Sequence[str],
+            thresholds: dict[str, float], target: str, precision: str, runtime: str = "",
+            batch: int = 8) -> ParityResult:
+    """Run both models over ``images`` (normalized NCHW float32, one per item) and compare.
+
+    Streams in batches, so memory stays bounded by ``batch`` images whatever the split size.
+    """
+    n_cls = len(class_names)
+    cm_pair = np.zeros((n_cls, n_cls), np.int64)     # reference mask vs exported mask
+    cm_ref = np.zeros((n_cls, n_cls), np.int64)      # ground truth vs reference
+    cm_exp = np.zeros((n_cls, n_cls), np.int64)      # ground truth vs exported
+    agree, total, max_diff = 0, 0, 0.0
+    for start in range(0, len(images), batch):
+        x = np.stack(images[start : start + batch]).astype(np.float32)
+        y = np.stack(masks[start : start + batch])
+        r, e = reference(x), exported(x)
+        if r.shape != e.shape:
+            raise ValueError(f"exported model output {e.shape} differs from reference {r.shape}")
+        max_diff = max(max_diff, float(np.abs(r - e).max()))
+        rm, em = r.argmax(1), e.argmax(1)
+        agree += int((rm == em).sum())
+        total += rm.size
+        cm_pair += confusion(rm, em, n_cls)
+        cm_ref += confusion(y, rm, n_cls)
+        cm_exp += confusion(y, em, n_cls)
+    iou_r, iou_e = iou_per_class(cm_ref), iou_per_class(cm_exp)
+    change = {name: (None if np.isnan(a) or np.isnan(b) else float(b - a))
+              for name, a, b in zip(class_names, iou_r, iou_e)}
+    res = ParityResult(target=target, precision=precision, status=PASSED, runtime=runtime, images=len(images),
+                       pixel_agreement=100.0 * agree / max(total, 1), mask_miou=mean_iou(cm_pair),
+                       max_abs_logit_diff=max_diff, reference_miou=mean_iou(cm_ref),
+                       exported_miou=mean_iou(cm_exp), iou_change=change, thresholds=dict(thresholds))
+    if "min_agreement" in thresholds and res.pixel_agreement < thresholds["min_agreement"]:
+        res.failures.append(f"pixel agreement {res.pixel_agreement:.3f} % < {thresholds['min_agreement']} %")
+    if "min_mask_miou" in thresholds and res.mask_miou < thresholds["min_mask_miou"]:
+        res.failures.append(f"mask mIoU {res.mask_miou:.4f} < {thresholds['min_mask_miou']}")
+    if res.failures:
+        res.status = FAILED
+    return res
+
+
+def not_verified(target: str, precision: str, reason: str, thresholds: dict[str, float]) -> ParityResult:
+    return ParityResult(target=target, precision=precision, status=NOT_VERIFIED, reason=reason,
+                        thresholds=dict(thresholds))

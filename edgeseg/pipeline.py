@@ -1,0 +1,164 @@
+"""The steps after training: export a run's model, check its parity, as library calls the CLI wraps.
+
+Layout of a run directory::
+
+    RUN/checkpoint.pt  metrics.json  history.csv
+    RUN/export/<target>-<precision>/model.<suffix>  export.json  parity.json
+    RUN/export/.cache/<checkpoint digest>/          intermediate artifacts (TF SavedModel)
+    RUN/report.json  report.md
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgeseg.atomic import ensure_dir, write_json
+from edgeseg.data import open_split
+from edgeseg.errors import CheckFailed, ExportError, UsageError
+from edgeseg.parity import NOT_VERIFIED, ParityResult, compare, not_verified, thresholds_for
+from edgeseg.registry import check_choice
+from edgeseg.train.checkpoint import Checkpoint, load_checkpoint
+from edgeseg.versions import package_versions
+
+DEFAULT_CALIBRATION = 100
+
+
+def target_and_precision(target: str, precision: str | None) -> tuple[Any, str]:
+    """Validate a target/precision pair against the exporter table (with close-name suggestions)."""
+    from exporters import TARGETS
+
+    check_choice(target, list(TARGETS), "target")
+    t = TARGETS[target]
+    p = precision or t.default_precision
+    check_choice(p, list(t.precisions), f"precision for target '{target}'")
+    return t, p
+
+
+def export_dir(run: Path, target: str, precision: str) -> Path:
+    return Path(run) / "export" / f"{target}-{precision}"
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def calibration_images(ckpt: Checkpoint, count: int) -> list[np.ndarray]:
+    """``count`` preprocessed images from the training split (evenly spaced; all if fewer)."""
+    ds = open_split(ckpt.config.data, "train", ckpt.config.image_size)
+    n = min(count, len(ds))
+    idx = np.linspace(0, len(ds) - 1, n).round().astype(int) if n else []
+    return [ckpt.preprocess.image(ds[int(i)][0])[None] for i in idx]
+
+
+def export_run(run: Path, target: str, precision: str | None = None, calibration: int = DEFAULT_CALIBRATION,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Export a run's checkpoint; returns the export record (also written as export.json)."""
+    from exporters import ExporterError, ExportOptions, Normalization
+
+    t, precision = target_and_precision(target, precision)
+    if calibration < 1:
+        raise UsageError(f"--calibration must be at least 1, got {calibration}")
+    ckpt = load_checkpoint(run)
+    run = Path(ckpt.path).parent
+    try:
+        t.require()
+    except ExporterError as e:
+        raise ExportError(str(e)) from None
+    model = ckpt.build_model()
+    pre = ckpt.preprocess
+    example = np.zeros((1, 3, pre.height, pre.width), np.float32)
+    needs_calibration = target == "tflite" and precision == "int8"
+    # onnx2tf's own check inference wants 20 sample images even for float exports (see exporters/tflite.py)
+    count = calibration if needs_calibration else (20 if target == "tflite" else 0)
+    calib = calibration_images(ckpt, count)
+    work = ensure_dir(Path(run) / "export" / ".cache" / _digest(ckpt.path))
+    out = ensure_dir(export_dir(run, target, precision))
+    opts = ExportOptions(precision=precision, calibration=calib,
+                         class_names=ckpt.class_names,
+                         normalization=Normalization(tuple(pre.mean), tuple(pre.std)),
+                         metadata={"author": "edgeseg", "edgeseg_model": ckpt.config.model,
+                                   "edgeseg_preprocess": str(pre.to_json()),
+                                   "edgeseg_classes_colors": str([c.to_json() for c in ckpt.classes])},
+                         work_dir=work)
+    log(f"exporting {ckpt.config.model} to {target} {precision} ...")
+    try:
+        res = t.export(model, example, opts, out)
+    except ExporterError as e:
+        raise ExportError(f"export to {target} {precision} failed: {e}") from None
+    record = {"schema": "edgeseg.export/1", **res.to_json(),
+              "path": str(res.path.relative_to(run)), "checkpoint": ckpt.path.name,
+              "checkpoint_digest": _digest(ckpt.path), "classes": list(ckpt.class_names),
+              "preprocess": pre.to_json(), "versions": package_versions(),
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    write_json(out / "export.json", record)
+    log(f"  wrote {res.path} ({res.size_bytes / 1e6:.2f} MB) in {res.seconds:.1f} s")
+    return record
+
+
+def _load_export(run: Path, target: str, precision: str) -> tuple[Path, dict]:
+    import json
+
+    d = export_dir(run, target, precision)
+    rec = d / "export.json"
+    if not rec.exists():
+        raise UsageError(f"no {target} {precision} export in '{run}'; run: edgeseg export {run} "
+                         f"--target {target} --precision {precision}")
+    return d, json.loads(rec.read_text())
+
+
+def check_run(run: Path, target: str, precision: str | None = None, min_agreement: float | None = None,
+              min_mask_miou: float | None = None, limit: int | None = None, threads: int = 2,
+              log: Callable[[str], None] = print) -> ParityResult:
+    """Run the exported model and the PyTorch reference on the test split; write parity.json.
+
+    Raises nothing on a failed threshold: the result's ``status`` says it (the CLI maps it to an
+    exit code). A target that cannot run here gives a ``not-verified`` result, never a pass.
+    """
+    from exporters import TARGETS, ExporterError
+
+    t, precision = target_and_precision(target, precision)
+    ckpt = load_checkpoint(run)
+    run = Path(ckpt.path).parent
+    d, rec = _load_export(run, target, precision)
+    if rec.get("checkpoint_digest") != _digest(ckpt.path):
+        raise UsageError(f"the {target} {precision} export in '{d}' was made from another checkpoint; "
+                         f"export again: edgeseg export {run} --target {target} --precision {precision}")
+    thresholds = thresholds_for(precision, min_agreement, min_mask_miou)
+    ok, why = t.can_run()
+    if not ok:
+        res = not_verified(target, precision, why, thresholds)
+    else:
+        try:
+            runner = TARGETS[target].load(run / rec["path"], threads=threads)
+        except ExporterError as e:
+            raise ExportError(str(e)) from None
+        from edgeseg.bench import torch_runner
+
+        test = open_split(ckpt.config.data, "test", ckpt.config.image_size)
+        n = len(test) if limit is None else min(limit, len(test))
+        images, masks = [], []
+        for i in range(n):
+            img, m = test[i]
+            images.append(ckpt.preprocess.image(img))
+            masks.append(ckpt.preprocess.mask(m))
+        log(f"checking {target} {precision} against PyTorch on {n} test images ...")
+        res = compare(torch_runner(ckpt.build_model(), threads), runner, images, masks, ckpt.class_names,
+                      thresholds, target, precision, runtime=runner.runtime)
+    write_json(d / "parity.json", {"schema": "edgeseg.parity/1", **res.to_json()})
+    return res
+
+
+def raise_for_status(res: ParityResult) -> None:
+    if res.status == NOT_VERIFIED:
+        return
+    if not res.passed:
+        raise CheckFailed(f"{res.target} {res.precision} parity failed: {'; '.join(res.failures)}")

@@ -1,0 +1,133 @@
+"""``edgeseg report``: join training metrics, exports, parity and latency into report.json + report.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgeseg.atomic import write_json, write_text
+from edgeseg.bench import measure_latency, torch_runner
+from edgeseg.models import count_params
+from edgeseg.train.checkpoint import load_checkpoint
+from edgeseg.versions import hardware, package_versions
+
+SCHEMA = "edgeseg.report/1"
+
+
+def _fmt(v: Any, spec: str, none: str = "—") -> str:
+    return none if v is None else format(v, spec)
+
+
+def build_report(run: Path, runs: int = 20, warmup: int = 3, threads: int = 2,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure every export of ``run`` and write ``report.json`` and ``report.md`` into it."""
+    from exporters import TARGETS, ExporterError
+
+    ckpt = load_checkpoint(run)
+    run = Path(ckpt.path).parent
+    model = ckpt.build_model()
+    pre = ckpt.preprocess
+    x = np.random.default_rng(0).standard_normal((1, 3, pre.height, pre.width)).astype(np.float32)
+    params = count_params(model)
+    ref_lat = measure_latency(torch_runner(model, threads), x, runs, warmup)
+    rows: list[dict[str, Any]] = [{
+        "target": "pytorch", "precision": "fp32", "size_bytes": sum(v.numel() * v.element_size()
+                                                                    for v in ckpt.weights.values()),
+        "params": params, "latency": {**ref_lat, "runtime": f"PyTorch eager CPU, {threads} threads",
+                                      "threads": threads},
+        "parity": None,
+    }]
+    order = {"fp32": 0, "fp16": 1, "int8": 2, "palettize6": 3}
+    recs = sorted((run / "export").glob("*-*/export.json"),
+                  key=lambda p: (p.parent.name.split("-")[0], order.get(p.parent.name.split("-", 1)[1], 9)))
+    for rec_path in recs:
+        rec = json.loads(rec_path.read_text())
+        target, precision = rec["target"], rec["precision"]
+        parity_path = rec_path.parent / "parity.json"
+        parity = json.loads(parity_path.read_text()) if parity_path.exists() else None
+        row: dict[str, Any] = {"target": target, "precision": precision, "size_bytes": rec["size_bytes"],
+                               "params": params, "path": rec["path"], "export_seconds": rec["seconds"],
+                               "stale": rec.get("checkpoint_digest") is None, "parity": parity}
+        ok, why = TARGETS[target].can_run() if target in TARGETS else (False, "unknown target")
+        if ok:
+            log(f"timing {target} {precision} ({runs} runs after {warmup} warm-up) ...")
+            try:
+                runner = TARGETS[target].load(run / rec["path"], threads=threads)
+                row["latency"] = {**measure_latency(runner, x, runs, warmup), "runtime": runner.runtime,
+                                  "threads": threads}
+            except ExporterError as e:
+                row["latency"] = {"error": str(e)}
+        else:
+            row["latency"] = {"not_measured": why}
+        rows.append(row)
+    report = {
+        "schema": SCHEMA,
+        "run": str(run),
+        "model": {"name": ckpt.config.model, "kwargs": ckpt.config.model_kwargs, "params": params,
+                  "input": [1, 3, pre.height, pre.width], "classes": list(ckpt.class_names)},
+        "training": {"data": ckpt.config.data, "epochs": ckpt.config.epochs,
+                     "val_miou": ckpt.metrics.get("val", {}).get("miou"),
+                     "train_seconds": ckpt.metrics.get("train_seconds"), "device": ckpt.metrics.get("device")},
+        "hardware": hardware(),
+        "versions": package_versions(),
+        "results": rows,
+    }
+    write_json(run / "report.json", report)
+    write_text(run / "report.md", render_markdown(report))
+    return report
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    """A report short enough for a pull-request comment."""
+    m, tr, hw = r["model"], r["training"], r["hardware"]
+    lines = [
+        f"# edgeseg report: {m['name']}",
+        "",
+        f"- input {'x'.join(str(v) for v in m['input'])}, {m['params'] / 1e6:.2f} M params, "
+        f"{len(m['classes'])} classes ({', '.join(m['classes'])})",
+        f"- trained on `{tr['data']}` for {tr['epochs']} epochs"
+        + (f" in {tr['train_seconds']:.0f} s" if tr.get("train_seconds") else "")
+        + (f" on {tr['device']}" if tr.get("device") else "")
+        + f"; val mIoU {_fmt(tr['val_miou'], '.4f')}",
+        f"- measured on {hw['cpu']} ({hw['cores']} cores), {hw['system']}",
+        "",
+        "| target | precision | size MB | latency median / p90 ms | runtime | parity | agreement % | "
+        "mask mIoU | max Δlogit | dataset mIoU (ref → exp) |",
+        "|---|---|---:|---:|---|---|---:|---:|---:|---|",
+    ]
+    notes = []
+    for row in r["results"]:
+        lat = row.get("latency") or {}
+        if "median_ms" in lat:
+            lat_s, runtime = f"{lat['median_ms']:.1f} / {lat['p90_ms']:.1f}", lat["runtime"]
+        else:
+            lat_s, runtime = "not measured", "see notes"
+            notes.append(f"- {row['target']} {row['precision']}: latency not measured: "
+                         f"{lat.get('not_measured') or lat.get('error', '')}")
+        p = row.get("parity")
+        if row["target"] == "pytorch":
+            status, agree, miou, dlog, ds = "reference", "—", "—", "—", "—"
+        elif p is None:
+            status, agree, miou, dlog, ds = "not checked", "—", "—", "—", "—"
+        else:
+            status = {"passed": "PASS", "failed": "FAIL", "not-verified": "NOT VERIFIED"}[p["status"]]
+            agree = _fmt(p.get("pixel_agreement"), ".3f")
+            miou = _fmt(p.get("mask_miou"), ".4f")
+            dlog = _fmt(p.get("max_abs_logit_diff"), ".3g")
+            ds = (f"{p['reference_miou']:.4f} → {p['exported_miou']:.4f}"
+                  if p.get("reference_miou") is not None else "—")
+            if p["status"] == "not-verified":
+                notes.append(f"- {row['target']} {row['precision']}: not verified: {p['reason']}")
+            for f in p.get("failures", []):
+                notes.append(f"- {row['target']} {row['precision']}: FAILED: {f}")
+        lines.append(f"| {row['target']} | {row['precision']} | {row['size_bytes'] / 1e6:.2f} | {lat_s} | "
+                     f"{runtime} | {status} | {agree} | {miou} | {dlog} | {ds} |")
+    if notes:
+        lines += ["", "Notes:", *notes]
+    lines += ["", "Parity: the exported model and the PyTorch model run on the same preprocessed test images; "
+              "agreement = % of pixels with the same argmax class, mask mIoU = mIoU of the exported masks "
+              "against the reference masks. Latency: batch 1 on this CPU, not a phone.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,25 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+ISBI = SHARED / "data" / "isbi-membrane"
+SELFIE = SHARED / "models" / "selfie_segmentation.tflite"
+
+# A tiny U-Net on 64px synthetic scenes: trains in seconds, still learns real masks.
+TINY = dict(model="unet", model_kwargs={"base": 8, "depth": 2}, data="synthetic?train=48&val=12&test=12",
+            image_size=64, epochs=3, batch_size=8, lr=1e-2, precise_bn_batches=6, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished tiny training run shared by the export/check/report tests."""
+    from edgeseg.config import TrainConfig
+    from edgeseg.train.loop import train
+
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    train(TrainConfig(**TINY), out, quiet=True, log=lambda s: None)
+    return out

@@ -1,0 +1,112 @@
+"""The command line: end to end on a tiny run, and every bad input's one-line error and exit code."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from edgeseg.cli import main
+
+
+def run_cli(*args, cwd=None):
+    p = subprocess.run([sys.executable, "-m", "edgeseg", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    return p.returncode, p.stdout, p.stderr
+
+
+@pytest.mark.parametrize("cmd", ["train", "export", "check", "report", "quickstart", "models", "data"])
+def test_help_for_every_command(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    assert "usage: edgeseg " + cmd in capsys.readouterr().out
+
+
+def test_unknown_target_and_precision_suggest(tiny_run, capsys):
+    assert main(["export", str(tiny_run), "--target", "tflit"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown target 'tflit' (did you mean 'tflite'?)" in err and "Traceback" not in err
+    assert main(["export", str(tiny_run), "--target", "coreml", "--precision", "int9"]) == 2
+    assert "unknown precision for target 'coreml' 'int9' (did you mean 'int8'?)" in capsys.readouterr().err
+
+
+def test_bad_inputs_give_one_line_and_exit_codes(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert main(["train", "-o", str(f), "--epochs", "1"]) == 2
+    assert f"run directory '{f}' is a file" in capsys.readouterr().err
+    assert main(["check", str(tmp_path / "nope"), "--target", "tflite"]) == 1
+    assert "no checkpoint at" in capsys.readouterr().err
+    assert main(["train", "-o", str(tmp_path / "r"), "--data", f"folder:{tmp_path}/missing"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+    assert main(["train", "-o", str(tmp_path / "r"), "--model", "unte"]) == 2
+    assert "did you mean 'unet'" in capsys.readouterr().err
+
+
+def test_check_before_export_says_what_to_run(tiny_run, capsys):
+    assert main(["check", str(tiny_run), "--target", "onnx"]) == 2
+    assert f"run: edgeseg export {tiny_run} --target onnx --precision fp32" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_end_to_end_export_check_report(tiny_run, capsys):
+    """export -> check -> report through the CLI, asserting the parity figures it prints and writes."""
+    assert main(["export", str(tiny_run), "--target", "tflite", "--precision", "int8", "-q"]) == 0
+    assert main(["check", str(tiny_run), "--target", "tflite", "--precision", "int8", "--json", "-q"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["status"] == "passed" and res["images"] == 12
+    assert res["pixel_agreement"] >= 98.0 and res["mask_miou"] >= 0.9
+    assert abs(res["reference_miou"] - res["exported_miou"]) < 0.05
+    saved = json.loads((tiny_run / "export" / "tflite-int8" / "parity.json").read_text())
+    assert saved["pixel_agreement"] == res["pixel_agreement"] and saved["schema"] == "edgeseg.parity/1"
+
+    # a threshold no model can reach fails with exit code 1 and says why
+    assert main(["check", str(tiny_run), "--target", "tflite", "--precision", "int8",
+                 "--min-agreement", "100.01", "-q"]) == 1
+    assert "FAILED: pixel agreement" in capsys.readouterr().out
+
+    # Core ML: exported, but on Linux the check is NOT VERIFIED (exit 3), never passed
+    assert main(["export", str(tiny_run), "--target", "coreml", "-q"]) == 0
+    code = main(["check", str(tiny_run), "--target", "coreml", "-q"])
+    out = capsys.readouterr().out
+    import platform
+
+    if platform.system() != "Darwin":
+        assert code == 3 and "NOT-VERIFIED" in out and "needs macOS" in out
+
+    assert main(["report", str(tiny_run), "--runs", "20", "--json", "-q"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["schema"] == "edgeseg.report/1"
+    rows = {(r["target"], r["precision"]): r for r in rep["results"]}
+    tfl = rows[("tflite", "int8")]
+    assert tfl["latency"]["runs"] == 20 and tfl["latency"]["median_ms"] > 0
+    assert "XNNPACK" in tfl["latency"]["runtime"] and tfl["parity"]["status"] == "passed"
+    assert rows[("pytorch", "fp32")]["latency"]["median_ms"] > 0
+    md = (tiny_run / "report.md").read_text()
+    assert "| tflite | int8 |" in md and "PASS" in md
+    if platform.system() != "Darwin":
+        assert "NOT VERIFIED" in md and "not measured" in md
+
+
+def test_models_lists_params_and_macs(capsys):
+    assert main(["models", "--size", "64", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) >= {"unet", "lraspp_mobilenet_v3"}
+    assert rows["lraspp_mobilenet_v3"]["params"] == 3218818  # torchvision LR-ASPP MobileNetV3-Large, 5 classes
+    assert rows["unet"]["macs"] > rows["lraspp_mobilenet_v3"]["macs"]
+
+
+def test_cli_imports_no_heavy_toolchain_for_help():
+    code, out, _ = run_cli("--help")
+    assert code == 0 and "exit codes:" in out
+    probe = ("import sys, edgeseg.cli; edgeseg.cli._parser(); "
+             "print(sorted(m for m in ('torch', 'tensorflow', 'coremltools', 'onnx2tf') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "[]"
+
+
+def test_module_entry_point():
+    code, out, err = run_cli("--help")
+    assert code == 0 and "exit codes:" in out
+    code, out, err = run_cli("data", "synthetic?train=4&val=2&test=2", "--json")
+    assert code == 0 and json.loads(out)["splits"]["train"]["images"] == 4

@@ -1,0 +1,104 @@
+"""Real conversions of a tiny trained model; figures asserted, not just files."""
+
+import json
+import platform
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SELFIE
+from edgeseg.data import open_split
+from edgeseg.train.checkpoint import load_checkpoint
+from exporters import TARGETS, ExporterError, ExportOptions, Normalization
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_run, tmp_path_factory):
+    ck = load_checkpoint(tiny_run)
+    model = ck.build_model()
+    pre = ck.preprocess
+    train = open_split(ck.config.data, "train", 64)
+    test = open_split(ck.config.data, "test", 64)
+    cal = [pre.image(train[i][0])[None] for i in range(len(train))]
+    x = np.stack([pre.image(test[i][0]) for i in range(len(test))])
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    work = tmp_path_factory.mktemp("exp")
+    return ck, model, cal, x, ref, work
+
+
+def _export(setup, target, precision):
+    ck, model, cal, x, ref, work = setup
+    out = work / f"{target}-{precision}"
+    out.mkdir(exist_ok=True)
+    opts = ExportOptions(precision=precision, calibration=cal, class_names=ck.class_names, work_dir=work,
+                         normalization=Normalization(ck.preprocess.mean, ck.preprocess.std))
+    return TARGETS[target].export(model, x[:1], opts, out)
+
+
+def test_onnx_matches_pytorch(setup):
+    r = _export(setup, "onnx", "fp32")
+    y = TARGETS["onnx"].load(r.path)(setup[3])
+    assert np.abs(y - setup[4]).max() < 1e-4
+
+
+@pytest.mark.parametrize("precision,max_diff,min_agree", [("fp32", 1e-4, 99.99), ("fp16", 0.1, 99.5),
+                                                         ("int8", None, 97.0)])
+def test_tflite_parity(setup, precision, max_diff, min_agree):
+    r = _export(setup, "tflite", precision)
+    assert r.path.name == "model.tflite" and r.size_bytes == r.path.stat().st_size
+    y = TARGETS["tflite"].load(r.path)(setup[3])
+    assert y.shape == setup[4].shape
+    agree = 100 * (y.argmax(1) == setup[4].argmax(1)).mean()
+    assert agree >= min_agree
+    if max_diff is not None:
+        assert np.abs(y - setup[4]).max() < max_diff
+    if precision == "int8":  # full-integer: int8 I/O and no float32 tensors left
+        assert r.details["input_dtype"] == "int8" and r.details["output_dtype"] == "int8"
+        assert "float32" not in r.details["tensor_dtypes"]
+        assert r.details["calibration_images"] == len(setup[2])
+    if precision == "fp16":
+        assert r.details["tensor_dtypes"].get("float16", 0) > 0
+
+
+def test_coreml_program_encodes_normalization_labels_and_compression(setup):
+    import coremltools as ct
+
+    ck = setup[0]
+    for precision, op in [("fp16", None), ("int8", "constexpr_affine_dequantize"),
+                          ("palettize6", "constexpr_lut_to_dense")]:
+        r = _export(setup, "coreml", precision)
+        assert r.path.suffix == ".mlpackage" and r.path.is_dir()
+        spec = ct.models.MLModel(str(r.path), skip_model_load=True).get_spec()
+        inp = spec.description.input[0]
+        assert inp.name == "image" and inp.type.WhichOneof("Type") == "imageType"
+        meta = dict(spec.description.metadata.userDefined)
+        assert json.loads(meta["classes"]) == list(ck.class_names) and meta["precision"] == precision
+        if op:
+            assert r.details["weight_ops"].get(op, 0) > 0
+        pre = spec.mlProgram.functions["main"].block_specializations
+        assert pre  # an ML program, not a neural network
+    # scale/bias reproduce (x/255 - mean)/std together with the in-graph channel ratio
+    scale, bias = r.details["image_scale"], r.details["image_bias"]
+    m, s = np.array(ck.preprocess.mean), np.array(ck.preprocess.std)
+    px = np.array([0.0, 128.0, 255.0])[:, None]
+    np.testing.assert_allclose((scale * px + bias) * (s[0] / s), (px / 255 - m) / s, rtol=1e-6)
+
+
+@pytest.mark.skipif(platform.system() == "Darwin", reason="Core ML runs on macOS")
+def test_coreml_cannot_run_on_linux_and_says_so(setup):
+    ok, why = TARGETS["coreml"].can_run()
+    assert not ok and "macOS" in why
+    with pytest.raises(ExporterError, match="needs macOS"):
+        TARGETS["coreml"].load(setup[5] / "coreml-fp16" / "model.mlpackage")
+
+
+@pytest.mark.skipif(not SELFIE.exists(), reason="shared selfie model missing")
+def test_tflite_runner_runs_a_model_edgeseg_did_not_make():
+    run = TARGETS["tflite"].load(SELFIE)
+    assert run.input_shape_nchw == (1, 3, 256, 256)
+    y = run(np.random.default_rng(0).random((1, 3, 256, 256), dtype=np.float32))
+    assert y.shape == (1, 1, 256, 256) and 0.0 <= y.min() and y.max() <= 1.0

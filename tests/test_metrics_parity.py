@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from edgeseg.metrics import confusion, iou_per_class, mean_iou, pixel_accuracy
+from edgeseg.parity import NOT_VERIFIED, compare, not_verified, thresholds_for
+
+
+def test_confusion_and_iou_hand_computed():
+    t = np.array([[0, 0, 1], [1, 2, 255]])
+    p = np.array([[0, 1, 1], [1, 1, 0]])
+    cm = confusion(t, p, 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [0, 1, 0]]
+    iou = iou_per_class(cm)
+    # class 0: tp 1, union 1+2-1=2 -> 0.5; class 1: tp 2, union 2+4-2=4 -> 0.5; class 2: tp 0, union 1 -> 0
+    np.testing.assert_allclose(iou, [0.5, 0.5, 0.0])
+    assert mean_iou(cm) == pytest.approx(1 / 3)
+    assert pixel_accuracy(cm) == pytest.approx(3 / 5)
+
+
+def test_absent_class_is_nan_not_zero():
+    cm = confusion(np.zeros((2, 2), int), np.zeros((2, 2), int), 3)
+    assert np.isnan(iou_per_class(cm)[1]) and mean_iou(cm) == 1.0
+
+
+def _logits(mask, n=3):
+    return np.eye(n, dtype=np.float32)[mask].transpose(0, 3, 1, 2)
+
+
+def test_compare_reports_figures_and_failures():
+    ref_masks = np.zeros((2, 4, 4), int)
+    ref_masks[:, :2] = 1
+    exp_masks = ref_masks.copy()
+    exp_masks[0, 0, 0] = 2  # one pixel of 32 differs
+    images = [np.full((3, 4, 4), i, np.float32) for i in range(2)]
+    lookup = {0: 0, 1: 1}
+    ref = lambda x: _logits(ref_masks[[lookup[int(v)] for v in x[:, 0, 0, 0]]])  # noqa: E731
+    exp = lambda x: _logits(exp_masks[[lookup[int(v)] for v in x[:, 0, 0, 0]]])  # noqa: E731
+    res = compare(ref, exp, images, list(ref_masks), ["bg", "a", "b"], thresholds_for("fp32"), "t", "fp32")
+    assert res.pixel_agreement == pytest.approx(100 * 31 / 32)
+    # ref vs exp: bg IoU 16/16=1, a: 15/16, b: 0/1 -> mean of three present classes
+    assert res.mask_miou == pytest.approx((1 + 15 / 16 + 0) / 3)
+    assert res.max_abs_logit_diff == pytest.approx(1.0)
+    assert res.status == "failed" and "pixel agreement 96.875 %" in res.failures[0]
+    assert res.iou_change["a"] == pytest.approx(15 / 16 - 1)
+    loose = compare(ref, exp, images, list(ref_masks), ["bg", "a", "b"], {"min_agreement": 90.0}, "t", "fp32")
+    assert loose.passed
+
+
+def test_not_verified_is_never_a_pass():
+    r = not_verified("coreml", "fp16", "needs macOS", thresholds_for("fp16"))
+    assert r.status == NOT_VERIFIED and not r.passed and r.pixel_agreement is None
+
+
+def test_default_thresholds():
+    assert thresholds_for("fp32") == {"min_agreement": 99.9}
+    assert thresholds_for("fp16") == {"min_agreement": 99.5}
+    assert thresholds_for("int8") == {"min_agreement": 98.0, "min_mask_miou": 0.95}
+    assert thresholds_for("int8", min_agreement=90)["min_agreement"] == 90
