@@ -10,8 +10,8 @@ ISBI = SHARED / "data" / "isbi-membrane"
 SELFIE = SHARED / "models" / "selfie_segmentation.tflite"
 
 # A tiny U-Net on 64px synthetic scenes: trains in seconds, still learns real masks.
-TINY = dict(model="unet", model_kwargs={"base": 8, "depth": 2}, data="synthetic?train=48&val=12&test=12",
-            image_size=64, epochs=3, batch_size=8, lr=1e-2, precise_bn_batches=6, seed=1)
+TINY = dict(model="unet", model_kwargs={"base": 12, "depth": 3}, data="synthetic?train=96&val=12&test=12",
+            image_size=64, epochs=6, batch_size=8, lr=1e-2, precise_bn_batches=6, seed=1)
 
 
 @pytest.fixture(scope="session")

@@ -53,6 +53,10 @@ def test_check_before_export_says_what_to_run(tiny_run, capsys):
 def test_end_to_end_export_check_report(tiny_run, capsys):
     """export -> check -> report through the CLI, asserting the parity figures it prints and writes."""
     assert main(["export", str(tiny_run), "--target", "tflite", "--precision", "int8", "-q"]) == 0
+    # a threshold no model can reach fails with exit code 1 and says why
+    assert main(["check", str(tiny_run), "--target", "tflite", "--precision", "int8",
+                 "--min-agreement", "100.01", "-q"]) == 1
+    assert "FAILED: pixel agreement" in capsys.readouterr().out
     assert main(["check", str(tiny_run), "--target", "tflite", "--precision", "int8", "--json", "-q"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["status"] == "passed" and res["images"] == 12
@@ -60,11 +64,6 @@ def test_end_to_end_export_check_report(tiny_run, capsys):
     assert abs(res["reference_miou"] - res["exported_miou"]) < 0.05
     saved = json.loads((tiny_run / "export" / "tflite-int8" / "parity.json").read_text())
     assert saved["pixel_agreement"] == res["pixel_agreement"] and saved["schema"] == "edgeseg.parity/1"
-
-    # a threshold no model can reach fails with exit code 1 and says why
-    assert main(["check", str(tiny_run), "--target", "tflite", "--precision", "int8",
-                 "--min-agreement", "100.01", "-q"]) == 1
-    assert "FAILED: pixel agreement" in capsys.readouterr().out
 
     # Core ML: exported, but on Linux the check is NOT VERIFIED (exit 3), never passed
     assert main(["export", str(tiny_run), "--target", "coreml", "-q"]) == 0

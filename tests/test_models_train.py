@@ -88,11 +88,11 @@ def test_tiny_training_learns_and_checkpoint_is_self_describing(tiny_run):
     ck = load_checkpoint(tiny_run)
     hist = ck.metrics["history"]
     assert hist[-1]["loss"] < hist[0]["loss"]
-    assert ck.metrics["val"]["miou"] > 0.3  # far above chance for 5 classes after 3 tiny epochs
+    assert ck.metrics["val"]["miou"] > 0.6  # measured 0.73; chance is about 0.1
     assert ck.class_names == ("background", "ellipse", "rectangle", "triangle", "star")
     assert ck.preprocess.height == 64 and ck.versions["torch"].startswith("2.14")
     assert ck.state["finished"] and ck.metrics["bn_recalibration_batches"] == 6
-    assert (tiny_run / "metrics.json").exists() and (tiny_run / "history.csv").read_text().count("\n") == 4
+    assert (tiny_run / "metrics.json").exists() and (tiny_run / "history.csv").read_text().count("\n") == 7
 
 
 def test_resume_after_interruption_matches_uninterrupted(tmp_path, monkeypatch):

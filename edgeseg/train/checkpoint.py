@@ -96,6 +96,8 @@ def resolve_checkpoint(run: Path | str) -> Path:
 def load_checkpoint(run: Path | str) -> Checkpoint:
     """Load a checkpoint safely; clear CheckpointError for anything that is not an edgeseg checkpoint."""
     path = resolve_checkpoint(run)
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
+        raise CheckpointError(f"checkpoint '{path}' is corrupt or not a PyTorch file (not a torch.save archive)")
     try:
         d = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
