@@ -28,8 +28,8 @@ def quickstart(out: Path, epochs: int = 12, fresh: bool = False, quiet: bool = F
     ensure_dir(out, "quickstart directory")
     cfg = QUICKSTART_CONFIG.replace(epochs=epochs)
     ckpt_path = out / CHECKPOINT_NAME
-    if ckpt_path.exists() and load_checkpoint(ckpt_path).state.get("finished") \
-            and load_checkpoint(ckpt_path).config == cfg:
+    previous = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    if previous is not None and previous.state.get("finished") and previous.config == cfg:
         log(f"reusing the trained model in {out} (pass --fresh to retrain)")
     else:
         train(cfg, out, resume=ckpt_path.exists(), quiet=quiet, log=log)
