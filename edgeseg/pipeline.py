@@ -11,6 +11,7 @@ Layout of a run directory::
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -86,8 +87,8 @@ def export_run(run: Path, target: str, precision: str | None = None, calibration
                          class_names=ckpt.class_names,
                          normalization=Normalization(tuple(pre.mean), tuple(pre.std)),
                          metadata={"author": "edgeseg", "edgeseg_model": ckpt.config.model,
-                                   "edgeseg_preprocess": str(pre.to_json()),
-                                   "edgeseg_classes_colors": str([c.to_json() for c in ckpt.classes])},
+                                   "edgeseg_preprocess": json.dumps(pre.to_json()),
+                                   "edgeseg_classes": json.dumps([c.to_json() for c in ckpt.classes])},
                          work_dir=work)
     log(f"exporting {ckpt.config.model} to {target} {precision} ...")
     try:
@@ -105,8 +106,6 @@ def export_run(run: Path, target: str, precision: str | None = None, calibration
 
 
 def _load_export(run: Path, target: str, precision: str) -> tuple[Path, dict]:
-    import json
-
     d = export_dir(run, target, precision)
     rec = d / "export.json"
     if not rec.exists():

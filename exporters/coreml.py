@@ -111,6 +111,7 @@ def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) ->
     ml.output_description[OUTPUT_NAME] = f"class logits [1, {len(options.class_names) or 'C'}, H, W]"
     meta = dict(options.metadata)
     meta["classes"] = json.dumps(list(options.class_names))
+    meta["normalization"] = json.dumps({"mean": list(mean), "std": list(std)})
     meta["precision"] = options.precision
     for k, v in meta.items():
         ml.user_defined_metadata[str(k)] = str(v)
@@ -147,16 +148,17 @@ def can_run() -> tuple[bool, str]:
 class CoreMLRunner:
     """Runs an ``.mlpackage`` with ``MLModel.predict`` (macOS only). Input: NCHW normalized float32."""
 
-    def __init__(self, path: Path, compute_units: str = "CPU_ONLY", mean=(0.485, 0.456, 0.406),
-                 std=(0.229, 0.224, 0.225)) -> None:
+    def __init__(self, path: Path, compute_units: str = "CPU_ONLY") -> None:
         ok, why = can_run()
         if not ok:
             raise ExporterError(why)
         ct = _import_ct()
-        from PIL import Image  # noqa: F401
-
         self.ml = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units))
-        self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        # The image input takes pixels: undo the caller's normalization with the model's own values.
+        norm = json.loads(self.ml.user_defined_metadata.get("normalization", "null") or "null")
+        if norm is None:
+            raise ExporterError(f"'{path}' has no 'normalization' metadata; re-export it with edgeseg")
+        self.mean, self.std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
         self.runtime = f"Core ML ({compute_units}), coremltools {ct.__version__}"
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -170,8 +172,9 @@ class CoreMLRunner:
         return np.concatenate(outs)
 
 
-def load(path: Path, threads: int = 2, compute_units: str = "CPU_ONLY", **kw) -> CoreMLRunner:
-    return CoreMLRunner(Path(path), compute_units, **kw)
+def load(path: Path, threads: int = 2, compute_units: str = "CPU_ONLY") -> CoreMLRunner:
+    """``threads`` is accepted for the common Runner signature; Core ML schedules its own threads."""
+    return CoreMLRunner(Path(path), compute_units)
 
 
 TARGET = Target(name="coreml", suffix=".mlpackage", precisions=("fp32", "fp16", "int8", "palettize6"),

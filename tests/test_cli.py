@@ -67,6 +67,12 @@ def test_end_to_end_export_check_report(tiny_run, capsys):
 
     # Core ML: exported, but on Linux the check is NOT VERIFIED (exit 3), never passed
     assert main(["export", str(tiny_run), "--target", "coreml", "-q"]) == 0
+    import coremltools as ct
+
+    meta = ct.models.MLModel(str(tiny_run / "export" / "coreml-fp16" / "model.mlpackage"),
+                             skip_model_load=True).user_defined_metadata
+    assert json.loads(meta["edgeseg_preprocess"])["height"] == 64 and meta["edgeseg_model"] == "unet"
+    assert [c["name"] for c in json.loads(meta["edgeseg_classes"])][-1] == "star"
     code = main(["check", str(tiny_run), "--target", "coreml", "-q"])
     out = capsys.readouterr().out
     import platform

@@ -77,6 +77,8 @@ def test_coreml_program_encodes_normalization_labels_and_compression(setup):
         assert inp.name == "image" and inp.type.WhichOneof("Type") == "imageType"
         meta = dict(spec.description.metadata.userDefined)
         assert json.loads(meta["classes"]) == list(ck.class_names) and meta["precision"] == precision
+        assert json.loads(meta["normalization"]) == {"mean": list(ck.preprocess.mean),
+                                                     "std": list(ck.preprocess.std)}
         if op:
             assert r.details["weight_ops"].get(op, 0) > 0
         pre = spec.mlProgram.functions["main"].block_specializations

@@ -149,7 +149,7 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, quiet: bool = F
     log(f"training {cfg.model} ({count_params(model) / 1e6:.2f}M params, {n_cls} classes) on {device}, "
         f"{len(train_ds)} train / {len(val_ds)} val images at {cfg.image_size}px, "
         f"{cfg.epochs} epochs x {steps_per_epoch} steps" + (f", resuming at epoch {start_epoch + 1}" if state else ""))
-    t0 = time.time()
+    t0, prior_seconds = time.time(), float(state.get("seconds", 0.0))
     with progress_bar(total, "train", disable=quiet, completed=start_epoch * steps_per_epoch) as bar:
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
@@ -179,20 +179,21 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, quiet: bool = F
             bar.note(f"epoch {epoch + 1}: loss {row['loss']:.4f}  val mIoU {val['miou']:.4f}")
             state = {"epoch": epoch + 1, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(), "history": history,
-                     "best_miou": best, "class_weights": weights, "finished": False}
+                     "best_miou": best, "class_weights": weights, "finished": False,
+                     "seconds": prior_seconds + time.time() - t0}
             save_checkpoint(_make_ckpt(cfg, pre, classes, model, {"val": val}, state), out_dir / CHECKPOINT_NAME)
 
     # Precise BatchNorm: eval-mode statistics measured with the final weights.
     used = recalibrate_batchnorm(model, _loader(tds, cfg, device, shuffle=True, epoch=cfg.epochs), device,
                                  cfg.precise_bn_batches)
     val = evaluate(model, _loader(vds, cfg, device, shuffle=False), n_cls, device)
-    seconds = time.time() - t0 + float(state.get("seconds", 0.0) if state.get("finished") else 0.0)
+    seconds = prior_seconds + time.time() - t0
     metrics = {"val": val, "params": count_params(model), "train_seconds": round(seconds, 1),
                "bn_recalibration_batches": used, "history": history, "device": str(device)}
     state = {**state, "finished": True}
     ckpt = _make_ckpt(cfg, pre, classes, model, metrics, state)
     save_checkpoint(ckpt, ckpt_path)
-    write_json(out_dir / "metrics.json", {k: v for k, v in metrics.items()})
+    write_json(out_dir / "metrics.json", metrics)
     _write_history(out_dir / "history.csv", history)
     log(f"val mIoU {val['miou']:.4f} (pixel accuracy {val['pixel_accuracy']:.4f}) after "
         f"{seconds:.0f} s; checkpoint: {ckpt_path}")
