@@ -65,7 +65,7 @@ def saved_model(model, example: np.ndarray, options: ExportOptions) -> tuple[Pat
     from exporters.onnx import write_onnx
 
     work = Path(options.work_dir) if options.work_dir else Path(tempfile.mkdtemp(prefix="edgeseg-tf-"))
-    sm = work / "tf_savedmodel"
+    sm = work.resolve() / "tf_savedmodel"  # absolute: onnx2tf runs in a scratch working directory
     if (sm / "saved_model.pb").exists():
         return sm, 0.0
     t0 = time.time()

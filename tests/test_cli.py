@@ -50,8 +50,10 @@ def test_check_before_export_says_what_to_run(tiny_run, capsys):
 
 
 @pytest.mark.slow
-def test_end_to_end_export_check_report(tiny_run, capsys):
+def test_end_to_end_export_check_report(tiny_run, capsys, monkeypatch):
     """export -> check -> report through the CLI, asserting the parity figures it prints and writes."""
+    monkeypatch.chdir(tiny_run.parent)  # a relative run path, as users type it
+    tiny_run = type(tiny_run)(tiny_run.name)
     assert main(["export", str(tiny_run), "--target", "tflite", "--precision", "int8", "-q"]) == 0
     # a threshold no model can reach fails with exit code 1 and says why
     assert main(["check", str(tiny_run), "--target", "tflite", "--precision", "int8",
