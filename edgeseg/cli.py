@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("-o", "--output", type=Path, default=Path("runs/train"), help="run directory (default: %(default)s)")
     p.add_argument("--config", type=Path, help="YAML file of TrainConfig keys; flags override it")
-    p.add_argument("--model", help="architecture (see 'edgeseg models'; default lraspp_mobilenet_v3)")
+    p.add_argument("--model", help="architecture (see 'edgeseg models'; default lraspp)")
     p.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="architecture option, e.g. base=16 (repeatable)")
     p.add_argument("--data", help="dataset: 'synthetic' (default) or 'folder:PATH?images=..&masks=..&values=..'")

@@ -35,7 +35,7 @@ class TrainConfig:
         amp: mixed precision on CUDA (bf16 where supported, else fp16 + grad scaler); never on CPU.
     """
 
-    model: str = "lraspp_mobilenet_v3"
+    model: str = "lraspp"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     data: str = "synthetic"
     image_size: int = 128

@@ -15,7 +15,7 @@ from edgeseg.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from edgeseg.train.loop import train
 
 EXPORTS = (("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8"), ("coreml", "fp16"), ("coreml", "int8"))
-QUICKSTART_CONFIG = TrainConfig(model="lraspp_mobilenet_v3", data="synthetic", image_size=128, batch_size=8,
+QUICKSTART_CONFIG = TrainConfig(model="lraspp", data="synthetic", image_size=128, batch_size=8,
                                 lr=3e-3, seed=0)
 
 

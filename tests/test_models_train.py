@@ -13,9 +13,8 @@ from edgeseg.train.evaluate import recalibrate_batchnorm
 from edgeseg.train.loop import compute_class_weights, lr_lambda, train
 
 
-@pytest.mark.parametrize("name,kw", [("unet", {"base": 4, "depth": 2}), ("unet", {"base": 4, "up": "bilinear"}),
-                                     ("lraspp_mobilenet_v3", {})])
-def test_models_keep_input_size(name, kw):
+@pytest.mark.parametrize("name,kw", [("unet", {"base": 4, "depth": 2}), ("unet", {"base": 4, "up": "bilinear"})])
+def test_unet_keeps_input_size(name, kw):
     m = build_model(name, 5, **kw).eval()
     assert m(torch.zeros(2, 3, 64, 96)).shape == (2, 5, 64, 96)
 
@@ -41,15 +40,17 @@ def test_model_errors_suggest():
         build_model("unet", 3, bas=4)
 
 
-def test_lraspp_backbone_weights_from_local_file(tmp_path):
+def test_encoder_weights_from_local_file(tmp_path):
     from torchvision.models import mobilenet_v3_large
 
     ref = mobilenet_v3_large(weights=None)
     torch.save(ref.state_dict(), tmp_path / "mnv3.pth")
-    m = build_model("lraspp_mobilenet_v3", 3, backbone_weights=str(tmp_path / "mnv3.pth"))
-    assert torch.equal(m.model.backbone["0"][0].weight, ref.features[0][0].weight)
+    m = build_model("lraspp", 3, encoder_weights=str(tmp_path / "mnv3.pth"))
+    assert torch.equal(m.encoder.blocks[0][0].weight, ref.features[0][0].weight)
     with pytest.raises(CheckpointError, match="do not exist"):
-        build_model("lraspp_mobilenet_v3", 3, backbone_weights=str(tmp_path / "none.pth"))
+        build_model("lraspp", 3, encoder_weights=str(tmp_path / "none.pth"))
+    with pytest.raises(CheckpointError, match="do not fit resnet18"):
+        build_model("deeplabv3", 3, encoder="resnet18", encoder_weights=str(tmp_path / "mnv3.pth"))
 
 
 def test_class_weights_hand_computed():
@@ -123,7 +124,8 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, monkeypatch):
 
 def test_init_from_other_architecture_is_refused(tiny_run, tmp_path):
     cfg = TrainConfig(**{**TINY, "model_kwargs": {"base": 4, "depth": 2}, "epochs": 1})
-    with pytest.raises(CheckpointError, match=r"--init-from '.*checkpoint.pt' holds a unet with 5 classes"):
+    with pytest.raises(CheckpointError, match=r"--init-from '.*checkpoint.pt' holds a unet \{'base': 12, 'depth': 3\} "
+                                              r"with 5 classes, which does not fit unet \{'base': 4, 'depth': 2\}"):
         train(cfg, tmp_path / "x", init_from=tiny_run, quiet=True, log=lambda s: None)
 
 
@@ -156,3 +158,23 @@ def test_unsafe_and_corrupt_checkpoints(tmp_path, tiny_run):
 
 def test_param_count():
     assert count_params(build_model("unet", 2, base=4, depth=1, batch_norm=False)) > 0
+
+
+def test_input_size_the_model_cannot_take(tmp_path):
+    cfg = TrainConfig(**{**TINY, "model_kwargs": {"base": 4, "depth": 6}, "image_size": 96, "epochs": 1})
+    with pytest.raises(UsageError, match=r"model 'unet' needs input sides divisible by 64, got 96x96; use e.g. 64, 128"):
+        train(cfg, tmp_path / "r", quiet=True, log=lambda s: None)
+
+
+@pytest.mark.parametrize("name,kw,msg", [
+    ("lraspp", {"encoder": "resnet18"}, "lraspp is defined on MobileNetV3"),
+    ("lraspp", {"encoder": "resnet81"}, "unknown encoder 'resnet81' \\(did you mean 'resnet18'\\?\\)"),
+    ("deeplabv3", {"output_stride": 32}, "deeplabv3 takes output_stride 8 or 16, not 32"),
+    ("deeplabv3plus", {"output_stride": 4}, "takes output_stride 8 or 16, not 4"),
+    ("gscnn", {"output_stride": 32}, "gscnn takes output_stride 8 or 16"),
+    ("fastfcn", {"head": "psp"}, "fastfcn head must be 'fcn' or 'aspp'"),
+    ("unet", {"encoder_weights": "x.pth"}, "encoder_weights needs encoder="),
+])
+def test_combinations_that_make_no_sense(name, kw, msg):
+    with pytest.raises(UsageError, match=msg):
+        build_model(name, 3, **kw)

@@ -18,6 +18,9 @@ from edgeseg.registry import Registry, suggest
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 # Importing the modules registers them.
+from edgeseg.models import deeplab as _deeplab  # noqa: E402,F401
+from edgeseg.models import fastfcn as _fastfcn  # noqa: E402,F401
+from edgeseg.models import gscnn as _gscnn  # noqa: E402,F401
 from edgeseg.models import lraspp as _lraspp  # noqa: E402,F401
 from edgeseg.models import unet as _unet  # noqa: E402,F401
 
@@ -42,6 +45,15 @@ def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     if num_classes < 2:
         raise UsageError(f"num_classes must be at least 2 (background + one class), got {num_classes}")
     return builder(num_classes=num_classes, **kwargs)
+
+
+def check_input_size(name: str, model: nn.Module, height: int, width: int) -> None:
+    """Refuse input sides the architecture cannot take, saying which sizes work."""
+    d = int(getattr(model, "size_divisor", 1))
+    if height % d or width % d:
+        ok = [d * k for k in range(max(1, height // d), max(1, height // d) + 3)]
+        raise UsageError(f"model '{name}' needs input sides divisible by {d}, got {height}x{width}; "
+                         f"use e.g. {', '.join(map(str, ok))}")
 
 
 def count_params(model: nn.Module) -> int:

@@ -1,72 +1,46 @@
-"""LR-ASPP on MobileNetV3 (Howard et al., "Searching for MobileNetV3", 2019), from torchvision.
+"""LR-ASPP (Howard et al., "Searching for MobileNetV3", 2019) on a MobileNetV3 encoder.
 
-The head combines stride-16 features, gated by a global-pooling sigmoid branch, with a stride-8
-low-level classifier. Backbone weights default to None (random init). ``backbone_weights`` takes a
-local ``.pth`` state dict of torchvision's ``mobilenet_v3_large`` (loaded with
-``weights_only=True``), or ``"imagenet"`` to download torchvision's ImageNet weights (online only).
+The head (torchvision's ``LRASPPHead``) gates 1×1-conv features of the last stage (output stride 16,
+dilated) with a global-pooling sigmoid branch, upsamples them to stride 8 and adds a classifier over the
+stride-8 features. LR-ASPP is defined for MobileNetV3; other encoders are refused.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn as nn
 
-from edgeseg.errors import CheckpointError
 from edgeseg.models import MODELS
+from edgeseg.errors import UsageError
+from edgeseg.models.encoders import ENCODERS, make_encoder, require_output_stride
+from edgeseg.models.layers import resize
+from edgeseg.registry import check_choice
 
 
-class _OutTensor(nn.Module):
-    """torchvision segmentation models return ``{"out": logits}``; exporters want a plain tensor."""
+class LRASPP(nn.Module):
+    def __init__(self, num_classes: int, encoder: str, inter_channels: int, encoder_weights: str | None,
+                 output_stride: int) -> None:
+        from torchvision.models.segmentation.lraspp import LRASPPHead
 
-    def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.encoder = make_encoder(encoder, output_stride, encoder_weights)
+        self.size_divisor = 32
+        self.low = self.encoder.level(8)
+        self.head = LRASPPHead(self.encoder.channels[self.low], self.encoder.channels[-1], num_classes,
+                               inter_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)["out"]
+        feats = self.encoder(x)
+        return resize(self.head({"low": feats[self.low], "high": feats[-1]}), x.shape[-2:])
 
 
-def load_backbone_weights(backbone: nn.Module, source: str) -> None:
-    """Load ImageNet weights into a torchvision MobileNetV3 feature extractor."""
-    from torchvision.models import MobileNet_V3_Large_Weights
-
-    if source == "imagenet":
-        state = MobileNet_V3_Large_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise CheckpointError(f"backbone weights '{path}' do not exist; give a .pth file or 'imagenet'")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-            raise CheckpointError(f"backbone weights '{path}' cannot be read safely ({e})") from None
-    # torchvision's classifier state dict keys are "features.N..."; the segmentation backbone is
-    # an IntermediateLayerGetter over those same modules, named "N...".
-    feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-    missing, unexpected = backbone.load_state_dict(feats, strict=False)
-    if missing:
-        raise CheckpointError(
-            f"backbone weights '{source}' do not fit mobilenet_v3_large ({len(missing)} missing keys, "
-            f"e.g. {missing[0]})"
-        )
-
-
-@MODELS.register("lraspp_mobilenet_v3")
-def lraspp_mobilenet_v3(num_classes: int, backbone_weights: str | None = None,
-                        inter_channels: int = 128) -> nn.Module:
-    """LR-ASPP head on a MobileNetV3-Large backbone (torchvision), output at input size."""
-    from torchvision.models import mobilenet_v3_large
-    from torchvision.models.segmentation.lraspp import LRASPP
-    from torchvision.models._utils import IntermediateLayerGetter
-
-    backbone = mobilenet_v3_large(weights=None, dilated=True).features
-    stage_indices = [0] + [i for i, b in enumerate(backbone) if getattr(b, "_is_cn", False)] + [len(backbone) - 1]
-    low_pos, high_pos = stage_indices[-4], stage_indices[-1]
-    low_channels = backbone[low_pos].out_channels
-    high_channels = backbone[high_pos].out_channels
-    body = IntermediateLayerGetter(backbone, return_layers={str(low_pos): "low", str(high_pos): "high"})
-    if backbone_weights:
-        load_backbone_weights(body, backbone_weights)
-    return _OutTensor(LRASPP(body, low_channels, high_channels, num_classes, inter_channels))
+@MODELS.register("lraspp")
+def lraspp(num_classes: int, encoder: str = "mobilenet_v3_large", inter_channels: int = 128,
+           encoder_weights: str | None = None, output_stride: int = 16) -> nn.Module:
+    """LR-ASPP head on MobileNetV3-Large or -Small (output stride 16, as in the paper)."""
+    check_choice(encoder, list(ENCODERS), "encoder")
+    if not encoder.startswith("mobilenet_v3"):
+        raise UsageError(f"lraspp is defined on MobileNetV3: encoder must be mobilenet_v3_large or "
+                         f"mobilenet_v3_small, not '{encoder}' (use deeplabv3plus or fastfcn for it)")
+    require_output_stride("lraspp", output_stride, (16, 32), "the head fuses stride-8 with the last stage")
+    return LRASPP(num_classes, encoder, inter_channels, encoder_weights, output_stride)

@@ -7,6 +7,10 @@ skip connection of the same level; a final 1x1 conv to the class scores.
 Adaptation for mobile runtimes: convolutions are zero-padded ("same") instead of the paper's
 unpadded ones, so the output has the input's size and no cropping of skips is needed; input sides
 must be divisible by ``2 ** depth``.
+
+With ``encoder=`` (e.g. ``resnet18``) the contracting path is a pretrained-capable backbone: the
+expanding path upsamples from its stride-32 features and concatenates its stride-16, 8, 4 and 2
+features as skips, then one more up step restores the input size.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from edgeseg.errors import UsageError
 from edgeseg.models import MODELS
 
 
@@ -53,6 +58,7 @@ class UNet(nn.Module):
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.depth = depth
+        self.size_divisor = 2**depth
         widths = [base * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList([_double_conv(in_channels, widths[0], batch_norm)])
         for i in range(depth):
@@ -74,8 +80,59 @@ class UNet(nn.Module):
         return self.head(x)
 
 
+class EncoderUNet(nn.Module):
+    """U-Net expanding path over a backbone's feature pyramid (strides 32 -> 16 -> 8 -> 4 -> 2 -> 1)."""
+
+    def __init__(self, num_classes: int, encoder: str, base: int, batch_norm: bool, up: str,
+                 encoder_weights: str | None) -> None:
+        super().__init__()
+        from edgeseg.models.encoders import make_encoder
+
+        self.encoder = make_encoder(encoder, 32, encoder_weights)
+        self.size_divisor = 32
+        ch = self.encoder.channels  # strides 2, 4, 8, 16, 32
+        widths = [base * 2**i for i in range(4, -1, -1)]  # e.g. 256, 128, 64, 32, 16
+        ups, cin = [], ch[-1]
+        for skip_ch, w in zip(list(reversed(ch[:-1])) + [0], widths):
+            ups.append(_UpSkip(cin, skip_ch, w, up, batch_norm))
+            cin = w
+        self.up = nn.ModuleList(ups)
+        self.head = nn.Conv2d(widths[-1], num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.encoder(x)
+        y = feats[-1]
+        skips = list(reversed(feats[:-1])) + [None]
+        for block, skip in zip(self.up, skips):
+            y = block(y, skip)
+        return self.head(y)
+
+
+class _UpSkip(nn.Module):
+    def __init__(self, cin: int, skip: int, cout: int, mode: str, batch_norm: bool) -> None:
+        super().__init__()
+        if mode == "transpose":
+            self.up: nn.Module = nn.ConvTranspose2d(cin, cout, kernel_size=2, stride=2)
+        else:
+            self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                                    nn.Conv2d(cin, cout, 1))
+        self.conv = _double_conv(cout + skip, cout, batch_norm)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        x = self.up(x)
+        return self.conv(x if skip is None else torch.cat([x, skip], dim=1))
+
+
 @MODELS.register("unet")
 def unet(num_classes: int, base: int = 32, depth: int = 4, batch_norm: bool = True,
-         up: str = "transpose") -> nn.Module:
+         up: str = "transpose", encoder: str | None = None, encoder_weights: str | None = None) -> nn.Module:
     """U-Net: two 3x3 convs per level, 2x2 max-pool down, up-convolution + skip concat up."""
-    return UNet(num_classes, base=base, depth=depth, batch_norm=batch_norm, up=up)
+    if up not in ("transpose", "bilinear"):
+        raise UsageError(f"unet up must be 'transpose' or 'bilinear', not '{up}'")
+    if encoder is None:
+        if encoder_weights:
+            raise UsageError("unet: encoder_weights needs encoder= (the classic U-Net has no backbone)")
+        if not 1 <= depth <= 6:
+            raise UsageError(f"unet depth must be 1 to 6, not {depth}")
+        return UNet(num_classes, base=base, depth=depth, batch_norm=batch_norm, up=up)
+    return EncoderUNet(num_classes, encoder, base, batch_norm, up, encoder_weights)

@@ -19,7 +19,7 @@ from edgeseg.config import TrainConfig
 from edgeseg.data import IGNORE_INDEX, open_split
 from edgeseg.data.transforms import Preprocess, TensorDataset, class_frequencies
 from edgeseg.errors import CheckpointError, UsageError
-from edgeseg.models import build_model, count_params
+from edgeseg.models import build_model, check_input_size, count_params
 from edgeseg.progress import progress_bar
 from edgeseg.train.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
 from edgeseg.train.evaluate import evaluate, recalibrate_batchnorm
@@ -109,8 +109,9 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, quiet: bool = F
     n_cls = len(classes)
     pre = Preprocess(cfg.image_size, cfg.image_size)
     model = build_model(cfg.model, n_cls, **cfg.model_kwargs)
+    check_input_size(cfg.model, model, cfg.image_size, cfg.image_size)
     if init_from is not None and not state:
-        _init_weights(model, Path(init_from))
+        _init_weights(model, Path(init_from), cfg, n_cls)
     if cfg.bn_momentum is not None:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -160,7 +161,7 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, quiet: bool = F
                 if use_cuda:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    loss = F.cross_entropy(model(x), y, weight=loss_w, ignore_index=IGNORE_INDEX)
+                    loss = training_loss(model, model(x), y, loss_w)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
@@ -201,7 +202,16 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, quiet: bool = F
     return ckpt
 
 
-def _init_weights(model: nn.Module, path: Path) -> None:
+def training_loss(model: nn.Module, out, y: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy on the logits, plus the architecture's own auxiliary loss when it returns more
+    than logits in training mode (Gated-SCNN's edge and dual-task terms)."""
+    if isinstance(out, dict):
+        ce = F.cross_entropy(out["out"], y, weight=class_weights, ignore_index=IGNORE_INDEX)
+        return ce + model.aux_loss(out, y, IGNORE_INDEX)
+    return F.cross_entropy(out, y, weight=class_weights, ignore_index=IGNORE_INDEX)
+
+
+def _init_weights(model: nn.Module, path: Path, cfg: TrainConfig, num_classes: int) -> None:
     """Start from another checkpoint's weights; it must be the same architecture and class count."""
     src = load_checkpoint(path)
     try:
@@ -209,8 +219,9 @@ def _init_weights(model: nn.Module, path: Path) -> None:
     except RuntimeError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         raise CheckpointError(
-            f"--init-from '{src.path}' holds a {src.config.model} with {src.num_classes} classes, which does not "
-            f"fit this model: {lines[1] if len(lines) > 1 else lines[0]}"
+            f"--init-from '{src.path}' holds a {src.config.model} {src.config.model_kwargs} with "
+            f"{src.num_classes} classes, which does not fit {cfg.model} {cfg.model_kwargs} with {num_classes} "
+            f"classes: {lines[1] if len(lines) > 1 else lines[0]}"
         ) from None
 
 

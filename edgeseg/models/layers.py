@@ -1,0 +1,70 @@
+"""Layers shared by the architectures, with the export decisions they embody.
+
+Resizing: always ``F.interpolate(mode="bilinear", align_corners=False)`` to an explicit static size.
+TFLite's RESIZE_BILINEAR implements it as ``half_pixel_centers=True`` and Core ML as
+``upsample_bilinear``/``resize_bilinear`` with the same sampling; ``align_corners=True`` (used by some
+papers' code) converts too but is slower on XNNPACK and has had off-by-half-pixel bugs in converters.
+Sizes come from tensor shapes, which are static once the input shape is fixed for export.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    # int(): the target size becomes a constant in traced graphs (ONNX Resize with constant sizes)
+    # instead of a Shape->Gather->Concat chain; onnx2tf mis-lays-out such chains in some graphs, and
+    # exported models have static shapes anyway.
+    size = (int(size[0]), int(size[1]))
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class ConvBNReLU(nn.Sequential):
+    def __init__(self, cin: int, cout: int, k: int = 3, dilation: int = 1, groups: int = 1) -> None:
+        super().__init__(nn.Conv2d(cin, cout, k, padding=dilation * (k - 1) // 2, dilation=dilation,
+                                   groups=groups, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class SeparableConv(nn.Sequential):
+    """Depthwise k×k (dilated) + BN, then pointwise 1×1 + BN + ReLU (FastFCN's JPU, DeepLabV3+ decoders)."""
+
+    def __init__(self, cin: int, cout: int, dilation: int = 1) -> None:
+        super().__init__(nn.Conv2d(cin, cin, 3, padding=dilation, dilation=dilation, groups=cin, bias=False),
+                         nn.BatchNorm2d(cin),
+                         nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class ASPP(nn.Module):
+    """Atrous Spatial Pyramid Pooling (Chen et al., DeepLabV3): a 1×1 conv, three 3×3 atrous convs and
+    image-level pooling, concatenated and projected by a 1×1 conv.
+
+    Image pooling uses ``AdaptiveAvgPool2d(1)`` (ONNX GlobalAveragePool -> TFLite MEAN, Core ML
+    reduce_mean) and is broadcast back with a bilinear resize from 1×1, which every target supports.
+    ``extra`` channels (Gated-SCNN's edge branch) may be concatenated before the projection.
+    """
+
+    def __init__(self, cin: int, cout: int, rates: tuple[int, int, int] = (6, 12, 18), extra: int = 0,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList([ConvBNReLU(cin, cout, 1)] + [ConvBNReLU(cin, cout, 3, r) for r in rates])
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1, bias=False),
+                                  nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        self.project = nn.Sequential(ConvBNReLU(cout * (len(rates) + 2) + extra, cout, 1), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        outs = [b(x) for b in self.branches] + [resize(self.pool(x), x.shape[-2:])]
+        if extra is not None:
+            outs.append(extra)
+        return self.project(torch.cat(outs, dim=1))
+
+
+def scaled_rates(rates: tuple[int, int, int], output_stride: int) -> tuple[int, int, int]:
+    """DeepLab's rates are given for output stride 16; at 8 they double, at 32 they halve (min 1)."""
+    f = 16 / output_stride
+    return tuple(max(1, int(round(r * f))) for r in rates)  # type: ignore[return-value]
