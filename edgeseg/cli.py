@@ -101,7 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--fresh", action="store_true", help="delete an existing quickstart run first")
 
-    p = sub.add_parser("models", help="list architectures", formatter_class=fmt)
+    p = sub.add_parser("models", help="list architectures with params and MACs", formatter_class=fmt,
+                       description="List every registered architecture (default options) with its parameter "
+                       "count and multiply-accumulates at --size.")
     _common(p)
     p.add_argument("--size", type=int, default=128, help="input side for the parameter/MAC count")
     p.add_argument("--classes", type=int, default=5)
@@ -230,12 +232,17 @@ def cmd_models(a: argparse.Namespace) -> int:
         rows.append({"name": name, "params": count_params(m),
                      "macs": count_macs(m, torch.zeros(1, 3, a.size, a.size)), "size": a.size,
                      "doc": (MODELS.get(name).__doc__ or "").strip().splitlines()[0]})
+    from edgeseg.models.encoders import ENCODERS
+
     if a.json:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
-            print(f"{r['name']:22s} {r['params'] / 1e6:6.2f} M params  {r['macs'] / 1e9:7.3f} GMACs "
+            print(f"{r['name']:14s} {r['params'] / 1e6:6.2f} M params  {r['macs'] / 1e9:7.3f} GMACs "
                   f"@{a.size}x{a.size}  {r['doc']}")
+        print(f"\nencoders (encoder=...): {', '.join(ENCODERS)}; output_stride 8, 16 or 32 where the "
+              f"architecture allows it.\nOptions: edgeseg train --model NAME --model-opt encoder=resnet18 "
+              f"--model-opt output_stride=8")
     return EXIT_OK
 
 

@@ -55,8 +55,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.image_size >= 32 and self.image_size % 32 == 0, "image_size",
-             "must be a multiple of 32 and at least 32"),
+            (self.image_size >= 16, "image_size", "must be at least 16 (each model also checks its own divisor)"),
             (self.epochs >= 1, "epochs", "must be at least 1"),
             (self.batch_size >= 1, "batch_size", "must be at least 1"),
             (self.lr > 0, "lr", "must be positive"),

@@ -81,8 +81,8 @@ def test_recalibrate_batchnorm_measures_real_statistics():
 def test_config_rejects_unknown_keys():
     with pytest.raises(UsageError, match="unknown key 'epoch'.*did you mean 'epochs'"):
         TrainConfig.from_dict({"epoch": 3})
-    with pytest.raises(UsageError, match="image_size=100 must be a multiple of 32"):
-        TrainConfig(image_size=100)
+    with pytest.raises(UsageError, match="image_size=8 must be at least 16"):
+        TrainConfig(image_size=8)
 
 
 def test_tiny_training_learns_and_checkpoint_is_self_describing(tiny_run):
