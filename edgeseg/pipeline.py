@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -81,7 +82,12 @@ def export_run(run: Path, target: str, precision: str | None = None, calibration
     # onnx2tf's own check inference wants 20 sample images even for float exports (see exporters/tflite.py)
     count = calibration if needs_calibration else (20 if target == "tflite" else 0)
     calib = calibration_images(ckpt, count)
-    work = ensure_dir(Path(run) / "export" / ".cache" / _digest(ckpt.path))
+    digest = _digest(ckpt.path)
+    cache = Path(run) / "export" / ".cache"
+    for stale in cache.glob("*"):  # intermediates of checkpoints that have since been replaced
+        if stale.name != digest:
+            shutil.rmtree(stale, ignore_errors=True)
+    work = ensure_dir(cache / digest)
     out = ensure_dir(export_dir(run, target, precision))
     opts = ExportOptions(precision=precision, calibration=calib,
                          class_names=ckpt.class_names,
@@ -97,7 +103,7 @@ def export_run(run: Path, target: str, precision: str | None = None, calibration
         raise ExportError(f"export to {target} {precision} failed: {e}") from None
     record = {"schema": "edgeseg.export/1", **res.to_json(),
               "path": str(res.path.relative_to(run)), "checkpoint": ckpt.path.name,
-              "checkpoint_digest": _digest(ckpt.path), "classes": list(ckpt.class_names),
+              "checkpoint_digest": digest, "classes": list(ckpt.class_names),
               "preprocess": pre.to_json(), "versions": package_versions(),
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     write_json(out / "export.json", record)
