@@ -33,20 +33,6 @@ def _double_conv(cin: int, cout: int, batch_norm: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class _Up(nn.Module):
-    def __init__(self, cin: int, cout: int, mode: str, batch_norm: bool) -> None:
-        super().__init__()
-        if mode == "transpose":
-            self.up: nn.Module = nn.ConvTranspose2d(cin, cout, kernel_size=2, stride=2)
-        else:
-            self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                                    nn.Conv2d(cin, cout, 1))
-        self.conv = _double_conv(cout * 2, cout, batch_norm)
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.conv(torch.cat([self.up(x), skip], dim=1))
-
-
 class UNet(nn.Module):
     """U-Net with configurable width (``base`` channels at level 0) and ``depth`` pooling steps."""
 
@@ -63,7 +49,8 @@ class UNet(nn.Module):
         self.down = nn.ModuleList([_double_conv(in_channels, widths[0], batch_norm)])
         for i in range(depth):
             self.down.append(_double_conv(widths[i], widths[i + 1], batch_norm))
-        self.up = nn.ModuleList([_Up(widths[i + 1], widths[i], up, batch_norm) for i in reversed(range(depth))])
+        self.up = nn.ModuleList([_UpSkip(widths[i + 1], widths[i], widths[i], up, batch_norm)
+                                 for i in reversed(range(depth))])
         self.head = nn.Conv2d(widths[0], num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,6 +96,8 @@ class EncoderUNet(nn.Module):
 
 
 class _UpSkip(nn.Module):
+    """2x up (2x2 up-convolution, or bilinear + 1x1 conv), concatenate the skip (if any), two 3x3 convs."""
+
     def __init__(self, cin: int, skip: int, cout: int, mode: str, batch_norm: bool) -> None:
         super().__init__()
         if mode == "transpose":
