@@ -120,7 +120,13 @@ def render_markdown(r: dict[str, Any]) -> str:
             ds = (f"{p['reference_miou']:.4f} → {p['exported_miou']:.4f}"
                   if p.get("reference_miou") is not None else "—")
             if p["status"] == "not-verified":
-                notes.append(f"- {row['target']} {row['precision']}: not verified: {p['reason']}")
+                note = f"- {row['target']} {row['precision']}: not verified: {p['reason']}"
+                latency_note = f"- {row['target']} {row['precision']}: latency not measured: {p['reason']}"
+                if notes and notes[-1] == latency_note:  # one line when both have the same cause
+                    notes[-1] = f"- {row['target']} {row['precision']}: parity not verified and latency not " \
+                                f"measured: {p['reason']}"
+                else:
+                    notes.append(note)
             for f in p.get("failures", []):
                 notes.append(f"- {row['target']} {row['precision']}: FAILED: {f}")
         lines.append(f"| {row['target']} | {row['precision']} | {row['size_bytes'] / 1e6:.2f} | {lat_s} | "
