@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--schedule", help="cosine (default) or poly")
     p.add_argument("--class-weights", help="none (default), inverse or median frequency balancing")
+    p.add_argument("--loss", help="loss spec, e.g. 'ce' (default), 'ce + 0.5*dice', 'ce + lovasz@10', "
+                   "'dice + 0.01*boundary'; names: ce focal topk dpce dice jaccard sensitivity_specificity "
+                   "lovasz boundary hausdorff")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu or cuda[:N]")
     p.add_argument("--init-from", type=Path, help="start from the weights of another edgeseg checkpoint")
@@ -139,6 +142,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg = TrainConfig.from_yaml(a.config) if a.config else TrainConfig()
     over = {"model": a.model, "data": a.data, "image_size": a.image_size, "epochs": a.epochs,
             "batch_size": a.batch_size, "lr": a.lr, "schedule": a.schedule, "class_weights": a.class_weights,
+            "loss": a.loss,
             "seed": a.seed, "device": a.device}
     over = {k: v for k, v in over.items() if v is not None}
     if a.model_opt:

@@ -24,7 +24,8 @@ class TrainConfig:
         warmup_epochs: linear warm-up length (fraction of an epoch allowed) before the schedule.
         schedule: ``cosine`` or ``poly`` (power 0.9) decay to zero after warm-up.
         class_weights: ``none``, ``inverse`` (1/frequency) or ``median`` (median-frequency balancing),
-            computed once from the training masks.
+            computed once from the training masks; given to every loss term that takes ``weight``.
+        loss: a loss spec (``edgeseg.losses``), e.g. ``"ce + 0.5*dice"`` or ``"ce + lovasz@10"``.
         bn_momentum: BatchNorm momentum used while training (torchvision's MobileNetV3 uses 0.01,
             far too slow for short runs); None keeps the architecture's value.
         precise_bn_batches: training batches used to re-estimate BatchNorm statistics at the end
@@ -46,6 +47,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     schedule: str = "cosine"
     class_weights: str = "none"
+    loss: str = "ce"
     bn_momentum: float | None = 0.1
     precise_bn_batches: int = 25
     seed: int = 0

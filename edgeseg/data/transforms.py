@@ -52,8 +52,10 @@ class Preprocess:
 class TensorDataset(torch.utils.data.Dataset):
     """Wraps a SegDataset: preprocessed image tensors and mask tensors, optional flip augmentation."""
 
-    def __init__(self, ds: SegDataset, pre: Preprocess, augment: bool = False, seed: int = 0) -> None:
+    def __init__(self, ds: SegDataset, pre: Preprocess, augment: bool = False, seed: int = 0,
+                 distance_maps: bool = False) -> None:
         self.ds, self.pre, self.augment, self.seed = ds, pre, augment, seed
+        self.distance_maps = distance_maps  # signed distance maps for boundary/distance losses
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -62,12 +64,18 @@ class TensorDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ds)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         img, mask = self.ds[i]
         x, y = self.pre.image(img), self.pre.mask(mask)
         # Augmentation randomness depends on (seed, epoch, index) only: resumable and worker-safe.
         if self.augment and np.random.default_rng([self.seed, self.epoch, i]).random() < 0.5:
             x, y = x[:, :, ::-1].copy(), y[:, ::-1].copy()
+        if self.distance_maps:
+            # once per sample, on the loader's CPU side, never per step on the training device
+            from edgeseg.losses.distance import signed_distance_maps
+
+            d = signed_distance_maps(y, len(self.ds.classes))
+            return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(d)
         return torch.from_numpy(x), torch.from_numpy(y)
 
 

@@ -16,7 +16,7 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch
     """mIoU, per-class IoU and pixel accuracy of ``model`` against the loader's masks."""
     model.eval()
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    for x, y in loader:
+    for x, y, *_ in loader:
         pred = model(x.to(device)).argmax(1).cpu().numpy()
         cm += confusion(y.numpy(), pred, num_classes)
     return {"miou": mean_iou(cm), "pixel_accuracy": pixel_accuracy(cm),
@@ -40,7 +40,7 @@ def recalibrate_batchnorm(model: nn.Module, loader: Iterable, device: torch.devi
         m.momentum = None  # cumulative moving average
     model.train()
     used = 0
-    for x, _ in loader:
+    for x, *_ in loader:
         model(x.to(device))
         used += 1
         if used >= batches:

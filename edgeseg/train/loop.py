@@ -12,13 +12,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from edgeseg.atomic import ensure_dir, write_json
 from edgeseg.config import TrainConfig
 from edgeseg.data import IGNORE_INDEX, open_split
 from edgeseg.data.transforms import Preprocess, TensorDataset, class_frequencies
 from edgeseg.errors import CheckpointError, UsageError
+from edgeseg.losses import CompositeLoss, parse_loss
 from edgeseg.models import build_model, check_input_size, count_params
 from edgeseg.progress import progress_bar
 from edgeseg.train.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
@@ -124,9 +124,11 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, quiet: bool = F
     weights = state.get("class_weights")
     if weights is None and cfg.class_weights != "none":
         weights = compute_class_weights(class_frequencies(train_ds, n_cls, pre), cfg.class_weights).tolist()
-    loss_w = torch.tensor(weights, device=device) if weights is not None else None
+    criterion = parse_loss(cfg.loss, n_cls, weights)
+    for t in criterion.terms:
+        t.loss.to(device)
 
-    tds = TensorDataset(train_ds, pre, augment=True, seed=cfg.seed)
+    tds = TensorDataset(train_ds, pre, augment=True, seed=cfg.seed, distance_maps=criterion.needs_distance_maps)
     vds = TensorDataset(val_ds, pre)
     steps_per_epoch = len(_loader(tds, cfg, device, shuffle=True))
     total = steps_per_epoch * cfg.epochs
@@ -156,12 +158,13 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, quiet: bool = F
             model.train()
             tds.set_epoch(epoch)
             running, n = 0.0, 0
-            for x, y in _loader(tds, cfg, device, shuffle=True, epoch=epoch):
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            for batch in _loader(tds, cfg, device, shuffle=True, epoch=epoch):
+                x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+                dist = batch[2].to(device, non_blocking=True) if len(batch) > 2 else None
                 if use_cuda:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    loss = training_loss(model, model(x), y, loss_w)
+                    loss = training_loss(model, model(x), y, criterion, dist, epoch)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
@@ -202,13 +205,13 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, quiet: bool = F
     return ckpt
 
 
-def training_loss(model: nn.Module, out, y: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
-    """Cross-entropy on the logits, plus the architecture's own auxiliary loss when it returns more
+def training_loss(model: nn.Module, out, y: torch.Tensor, criterion: CompositeLoss, dist: torch.Tensor | None,
+                  epoch: int) -> torch.Tensor:
+    """The configured loss on the logits, plus the architecture's own auxiliary loss when it returns more
     than logits in training mode (Gated-SCNN's edge and dual-task terms)."""
     if isinstance(out, dict):
-        ce = F.cross_entropy(out["out"], y, weight=class_weights, ignore_index=IGNORE_INDEX)
-        return ce + model.aux_loss(out, y, IGNORE_INDEX)
-    return F.cross_entropy(out, y, weight=class_weights, ignore_index=IGNORE_INDEX)
+        return criterion(out["out"], y, dist, epoch) + model.aux_loss(out, y, IGNORE_INDEX)
+    return criterion(out, y, dist, epoch)
 
 
 def _init_weights(model: nn.Module, path: Path, cfg: TrainConfig, num_classes: int) -> None:
