@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--class-weights", help="none (default), inverse or median frequency balancing")
     p.add_argument("--loss", help="loss spec, e.g. 'ce' (default), 'ce + 0.5*dice', 'ce + lovasz@10', "
                    "'dice + 0.01*boundary'; names: ce focal topk dpce dice jaccard sensitivity_specificity "
-                   "lovasz boundary hausdorff")
+                   "lovasz boundary hausdorff dual_task edge_bce edge_attention (gscnn)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu or cuda[:N]")
     p.add_argument("--init-from", type=Path, help="start from the weights of another edgeseg checkpoint")

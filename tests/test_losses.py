@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from edgeseg.data.base import IGNORE_INDEX
 from edgeseg.errors import UsageError
 from edgeseg.losses import LOSSES, parse_loss
 from edgeseg.losses.distance import signed_distance_maps
@@ -94,6 +95,28 @@ def test_lovasz_on_hard_predictions_equals_one_minus_iou():
     assert one("lovasz(per_image=true)")(x, y).item() == pytest.approx(1 - sum(iou) / 3, abs=1e-4)
 
 
+@pytest.mark.parametrize("per_image", [False, True])
+def test_bucket_sorted_lovasz_matches_the_sorted_one(per_image):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 9, 7, generator=g) * 3
+    y = torch.randint(0, 4, (2, 9, 7), generator=g)
+    y[0, :2] = IGNORE_INDEX
+    y[1] = torch.where(y[1] == 3, 0, y[1])  # class 3 absent from image 1: only present classes count
+    opts = f"per_image={str(per_image).lower()}"
+    xs = [x.clone().requires_grad_(True) for _ in range(3)]
+    exact = one(f"lovasz({opts};bins=0)", 4)(xs[0], y)
+    coarse = one(f"lovasz({opts};bins=64)", 4)(xs[1], y)
+    fine = one(f"lovasz({opts};bins=1048576)", 4)(xs[2], y)
+    for v in (exact, coarse, fine):
+        v.backward()
+    # the bucket-sorted value is within 1/bins below the sorted one
+    assert 0 <= exact.item() - coarse.item() <= 1 / 64
+    assert fine.item() == pytest.approx(exact.item(), abs=1e-5)
+    # with one pixel per bucket the weights are Berman et al.'s exact Lovász gradients
+    assert torch.allclose(xs[2].grad, xs[0].grad, atol=1e-6)
+    assert xs[1].grad[0, :, :2].abs().max() == 0
+
+
 def test_signed_distance_and_boundary_loss_sign_on_a_square():
     disk = np.zeros((21, 21), np.int64)
     disk[5:15, 5:15] = 1
@@ -115,15 +138,25 @@ def test_signed_distance_and_boundary_loss_sign_on_a_square():
 @pytest.mark.parametrize("name", LOSSES.names())
 def test_ignored_pixels_contribute_nothing_and_gradients_are_finite(name):
     x, y, dist = _batch()
+    edge = torch.randn(2, 1, 6, 6, generator=torch.Generator().manual_seed(1)) * 3
     loss = one(name)
-    x1 = x.clone().requires_grad_(True)
-    v1 = loss(x1, y, dist)
+    reads = getattr(loss, "reads_outputs", ())
+
+    def call(logits, edges):
+        torch.manual_seed(0)  # dual_task's Gumbel noise
+        return loss({"out": logits, "edge": edges} if reads else logits, y, dist)
+
+    x1, e1 = x.clone().requires_grad_(True), edge.clone().requires_grad_(True)
+    v1 = call(x1, e1)
     v1.backward()
-    assert torch.isfinite(v1) and torch.isfinite(x1.grad).all()
-    assert x1.grad[0, :, 0, :3].abs().max() == 0  # ignored pixels get no gradient
-    x2 = x.clone()
+    assert torch.isfinite(v1)
+    grads = [gr for gr in (x1.grad, e1.grad) if gr is not None]
+    assert grads and all(torch.isfinite(gr).all() for gr in grads)
+    assert all(gr[0, :, 0, :3].abs().max() == 0 for gr in grads)  # ignored pixels get no gradient
+    x2, e2 = x.clone(), edge.clone()
     x2[0, :, 0, :3] = torch.randn(3, 3) * 10
-    assert loss(x2, y, dist).item() == pytest.approx(v1.item(), rel=1e-5)
+    e2[0, :, 0, :3] = torch.randn(1, 3) * 10
+    assert call(x2, e2).item() == pytest.approx(v1.item(), rel=1e-5)
 
 
 def test_composition_and_schedules():
@@ -144,6 +177,7 @@ def test_composition_and_schedules():
     ("focal(alpha=[1;-1;1])", "loss 'focal': weights must be >= 0"),
     ("topk(k=0)", "loss 'topk': k must be in \\(0, 100\\]"),
     ("topk(k=150)", "loss 'topk': k must be in \\(0, 100\\]"),
+    ("lovasz(bins=1)", "loss 'lovasz': bins must be 0 \\(exact sort\\) or an integer >= 2"),
     ("ce + -1*dice", "cannot read term|must be >= 0"),
 ])
 def test_bad_loss_specs(spec, msg):
@@ -160,22 +194,28 @@ def test_boundary_loss_without_distance_maps():
 # Boundary-based losses are trained with a region loss, as their papers prescribe.
 TRAIN_SPECS = {"ce": "ce", "focal": "focal", "topk": "topk(k=20)", "dpce": "dpce", "dice": "dice",
                "jaccard": "jaccard", "sensitivity_specificity": "sensitivity_specificity(r=0.5)",
-               "lovasz": "lovasz", "boundary": "dice + 0.1*boundary", "hausdorff": "dice + 0.01*hausdorff"}
+               "lovasz": "lovasz", "boundary": "dice + 0.1*boundary", "hausdorff": "dice + 0.01*hausdorff",
+               "dual_task": "dice + dual_task"}
+# Gated-SCNN's edge terms read its edge output, so they train a tiny Gated-SCNN with CE.
+GSCNN_SPECS = {"edge_bce": "ce + edge_bce", "edge_attention": "ce + edge_attention"}
 
 
 def test_every_loss_has_a_training_spec():
-    assert set(TRAIN_SPECS) == set(LOSSES.names())
+    assert set(TRAIN_SPECS) | set(GSCNN_SPECS) == set(LOSSES.names())
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(TRAIN_SPECS))
+@pytest.mark.parametrize("name", sorted(TRAIN_SPECS) + sorted(GSCNN_SPECS))
 def test_each_loss_trains_a_tiny_model(name, tmp_path):
     from edgeseg.config import TrainConfig
     from edgeseg.train.loop import train
 
-    cfg = TrainConfig(model="unet", model_kwargs={"base": 8, "depth": 2}, data="synthetic?train=48&val=12&test=4",
-                      image_size=48, epochs=4, batch_size=8, lr=1e-2, precise_bn_batches=4, seed=0,
-                      loss=TRAIN_SPECS[name])
+    if name in GSCNN_SPECS:
+        model, kwargs, size, spec = "gscnn", {"encoder": "mobilenet_v3_small", "channels": 16}, 64, GSCNN_SPECS[name]
+    else:
+        model, kwargs, size, spec = "unet", {"base": 8, "depth": 2}, 48, TRAIN_SPECS[name]
+    cfg = TrainConfig(model=model, model_kwargs=kwargs, data="synthetic?train=48&val=12&test=4",
+                      image_size=size, epochs=4, batch_size=8, lr=1e-2, precise_bn_batches=4, seed=0, loss=spec)
     ck = train(cfg, tmp_path / "run", quiet=True, log=lambda s: None)
     hist = ck.metrics["history"]
     print(name, [round(h["val_miou"], 3) for h in hist], round(ck.metrics["val"]["miou"], 3))

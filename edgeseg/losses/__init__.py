@@ -58,13 +58,22 @@ class CompositeLoss:
     def needs_distance_maps(self) -> bool:
         return any(getattr(t.loss, "needs_distance_maps", False) for t in self.terms)
 
-    def __call__(self, logits: torch.Tensor, target: torch.Tensor, dist: torch.Tensor | None = None,
+    @property
+    def reads_outputs(self) -> set[str]:
+        """Model outputs other than the logits that some term reads (e.g. Gated-SCNN's ``edge``)."""
+        return {k for t in self.terms for k in getattr(t.loss, "reads_outputs", ())}
+
+    def __call__(self, outputs: torch.Tensor | dict, target: torch.Tensor, dist: torch.Tensor | None = None,
                  epoch: int = 0) -> torch.Tensor:
-        total = logits.new_zeros(())
+        """``outputs`` is the logits, or a model's training dict ``{"out": logits, ...}``; terms that
+        declare ``reads_outputs`` get the dict, the others the logits."""
+        logits = outputs["out"] if isinstance(outputs, dict) else outputs
+        total = logits.new_zeros((), dtype=torch.float32)
         for t in self.terms:
             w = t.weight_at(epoch)
             if w > 0:
-                total = total + w * t.loss(logits, target, dist)
+                arg = outputs if getattr(t.loss, "reads_outputs", ()) else logits
+                total = total + w * t.loss(arg, target, dist)
         return total
 
 
@@ -149,4 +158,5 @@ def check_class_weights(weight: Any, num_classes: int, name: str) -> torch.Tenso
 # Importing the families registers them (at the end: they use the helpers above).
 from edgeseg.losses import boundary as _boundary  # noqa: E402,F401
 from edgeseg.losses import distribution as _distribution  # noqa: E402,F401
+from edgeseg.losses import dual_task as _dual_task  # noqa: E402,F401
 from edgeseg.losses import region as _region  # noqa: E402,F401

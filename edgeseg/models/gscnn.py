@@ -13,9 +13,9 @@
   concatenated with the ASPP branches; a DeepLabV3+-style decoder (stride-4 skip) follows.
 * Mobile adaptation: the shape stream runs at stride 4 (the paper runs it at full resolution); edge
   logits are upsampled to the input size for the loss.
-* Training signal (``aux_loss``): class-balanced BCE between the edge logits and the ground-truth
-  boundaries, plus the dual-task regularizer of the official code: cross-entropy of the segmentation
-  restricted to pixels whose predicted edge probability exceeds 0.8.
+* Training signal: ``loss_terms`` names the loss-spec terms the trainer adds to ``--loss`` unless it
+  already names one of them: class-balanced edge BCE, the edge-attention cross-entropy and the
+  dual-task boundary-consistency regularizer (:mod:`edgeseg.losses.dual_task`).
 
 In training mode ``forward`` returns ``{"out": logits, "edge": edge_logits}``; in eval mode (and in
 every export) it returns the logits tensor only.
@@ -71,8 +71,13 @@ class Sobel(nn.Module):
 
 
 class GSCNN(nn.Module):
+    #: loss-spec terms the trainer adds to ``--loss`` (weights are set there, e.g. ``ce + 2*edge_bce``)
+    loss_terms = "edge_bce + edge_attention + dual_task"
+    #: extra outputs of ``forward`` in training mode, read by those terms
+    train_outputs = ("edge",)
+
     def __init__(self, num_classes: int, encoder: str, output_stride: int, channels: int,
-                 encoder_weights: str | None, edge_weight: float, attention_weight: float) -> None:
+                 encoder_weights: str | None) -> None:
         super().__init__()
         self.encoder = make_encoder(encoder, output_stride, encoder_weights)
         self.size_divisor = 32
@@ -91,7 +96,6 @@ class GSCNN(nn.Module):
         self.low_level = ConvBNReLU(ch[self.i4], 48, 1)
         self.decoder = nn.Sequential(ConvBNReLU(channels + 48, channels, 3), ConvBNReLU(channels, channels, 3))
         self.classifier = nn.Conv2d(channels, num_classes, 1)
-        self.edge_weight, self.attention_weight = edge_weight, attention_weight
 
     def forward(self, x: torch.Tensor):
         feats = self.encoder(x)
@@ -109,35 +113,10 @@ class GSCNN(nn.Module):
             return {"out": out, "edge": resize(edge_logits, x.shape[-2:])}
         return out
 
-    def aux_loss(self, outputs: dict, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
-        """Edge BCE (class-balanced) + the dual-task edge-attention regularizer."""
-        edge_gt, valid = boundaries(target, ignore_index)
-        logit = outputs["edge"][:, 0]
-        pos = (edge_gt * valid).sum()
-        neg = ((1 - edge_gt) * valid).sum()
-        total = (pos + neg).clamp(min=1)
-        weight = torch.where(edge_gt > 0, neg / total, pos / total) * valid
-        bce = F.binary_cross_entropy_with_logits(logit, edge_gt, weight=weight, reduction="sum") / valid.sum().clamp(min=1)
-        focus = torch.where(torch.sigmoid(logit.detach()) > 0.8, target, torch.full_like(target, ignore_index))
-        if (focus != ignore_index).any():
-            att = F.cross_entropy(outputs["out"], focus, ignore_index=ignore_index)
-        else:
-            att = outputs["out"].sum() * 0.0
-        return self.edge_weight * bce + self.attention_weight * att
-
-
-def boundaries(target: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ground-truth boundary pixels (a 3×3 neighbour has another class) and the valid-pixel mask."""
-    valid = (target != ignore_index).float()
-    t = target.float().unsqueeze(1)
-    t = torch.where(t == ignore_index, torch.zeros_like(t), t)
-    edge = (F.max_pool2d(t, 3, 1, 1) != -F.max_pool2d(-t, 3, 1, 1)).float()[:, 0]
-    return edge, valid
-
 
 @MODELS.register("gscnn")
 def gscnn(num_classes: int, encoder: str = "resnet18", output_stride: int = 16, channels: int = 128,
-          encoder_weights: str | None = None, edge_weight: float = 1.0, attention_weight: float = 1.0) -> nn.Module:
+          encoder_weights: str | None = None) -> nn.Module:
     """Gated-SCNN: shape stream with gated conv layers + Sobel gradients, ASPP fusion, dual-task loss."""
     require_output_stride("gscnn", output_stride, (8, 16), "its ASPP fusion is atrous")
-    return GSCNN(num_classes, encoder, output_stride, channels, encoder_weights, edge_weight, attention_weight)
+    return GSCNN(num_classes, encoder, output_stride, channels, encoder_weights)

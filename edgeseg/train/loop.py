@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from edgeseg.atomic import ensure_dir, write_json
 from edgeseg.config import TrainConfig
-from edgeseg.data import IGNORE_INDEX, open_split
+from edgeseg.data import open_split
 from edgeseg.data.transforms import Preprocess, TensorDataset, class_frequencies
 from edgeseg.errors import CheckpointError, UsageError
 from edgeseg.losses import CompositeLoss, parse_loss
@@ -124,7 +124,9 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, quiet: bool = F
     weights = state.get("class_weights")
     if weights is None and cfg.class_weights != "none":
         weights = compute_class_weights(class_frequencies(train_ds, n_cls, pre), cfg.class_weights).tolist()
-    criterion = parse_loss(cfg.loss, n_cls, weights)
+    criterion = build_criterion(cfg.loss, model, n_cls, weights)
+    if criterion.spec != cfg.loss:
+        log(f"loss: {criterion.spec} ({cfg.model} adds its own terms; name any of them in --loss to set them)")
     for t in criterion.terms:
         t.loss.to(device)
 
@@ -164,7 +166,7 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, quiet: bool = F
                 if use_cuda:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    loss = training_loss(model, model(x), y, criterion, dist, epoch)
+                    loss = criterion(model(x), y, dist, epoch)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
@@ -205,13 +207,24 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, quiet: bool = F
     return ckpt
 
 
-def training_loss(model: nn.Module, out, y: torch.Tensor, criterion: CompositeLoss, dist: torch.Tensor | None,
-                  epoch: int) -> torch.Tensor:
-    """The configured loss on the logits, plus the architecture's own auxiliary loss when it returns more
-    than logits in training mode (Gated-SCNN's edge and dual-task terms)."""
-    if isinstance(out, dict):
-        return criterion(out["out"], y, dist, epoch) + model.aux_loss(out, y, IGNORE_INDEX)
-    return criterion(out, y, dist, epoch)
+def build_criterion(spec: str, model: nn.Module, num_classes: int,
+                    class_weights: list[float] | None = None) -> CompositeLoss:
+    """The ``--loss`` spec, plus the model's own ``loss_terms`` (Gated-SCNN's edge and dual-task terms)
+    unless the spec already names one of them; a term reading an output the model lacks is refused."""
+    criterion = parse_loss(spec, num_classes, class_weights)
+    own = getattr(model, "loss_terms", "")
+    if own:
+        own_names = {t.name for t in parse_loss(own, num_classes).terms}
+        if not own_names & {t.name for t in criterion.terms}:
+            criterion = parse_loss(f"{spec} + {own}", num_classes, class_weights)
+    produced = set(getattr(model, "train_outputs", ()))
+    missing = sorted(criterion.reads_outputs - produced)
+    if missing:
+        readers = [t.name for t in criterion.terms if set(getattr(t.loss, "reads_outputs", ())) & set(missing)]
+        raise UsageError(f"--loss: {', '.join(repr(r) for r in readers)} needs the model's "
+                         f"{', '.join(repr(m) for m in missing)} output, which this model does not produce in "
+                         f"training (only gscnn does); drop it from --loss")
+    return criterion
 
 
 def _init_weights(model: nn.Module, path: Path, cfg: TrainConfig, num_classes: int) -> None:
