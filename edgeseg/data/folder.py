@@ -105,7 +105,10 @@ class FolderDataset:
 
     def __init__(self, root: Path | str, split: str = "train", images: str = "images", masks: str = "masks",
                  values: Sequence[int] | None = None, classes: Sequence[str] | None = None,
-                 ignore: int | None = None, split_fractions: Sequence[float] = (0.7, 0.15, 0.15)) -> None:
+                 ignore: int | None = None, split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
+                 strict: bool = True) -> None:
+        from edgeseg.data.layout import raise_problems
+
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"dataset folder '{self.root}' does not exist or is not a directory")
@@ -128,6 +131,7 @@ class FolderDataset:
                     f"expected images/ and masks/ (or name them with ?images=...&masks=...)"
                 )
         self.pairs: list[tuple[Path, Path]] = []
+        self.problems: list[str] = []
         mask_by_stem = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() == ".png"}
         for p in sorted(img_dir.iterdir(), key=lambda q: (len(q.stem), q.stem)):
             if p.suffix.lower() not in IMAGE_SUFFIXES:
@@ -136,8 +140,11 @@ class FolderDataset:
                 continue
             m = mask_by_stem.get(p.stem)
             if m is None:
-                raise DataError(f"image '{p}' has no mask '{mask_dir / (p.stem + '.png')}'")
+                self.problems.append(f"image '{p}' has no mask '{mask_dir / (p.stem + '.png')}'")
+                continue
             self.pairs.append((p, m))
+        if strict:
+            raise_problems(self.problems, f"dataset folder '{self.root}' split '{split}'")
         if not self.pairs:
             raise DataError(f"dataset folder '{self.root}' has no images in split '{split}'")
 

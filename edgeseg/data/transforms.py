@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from edgeseg.data.base import IGNORE_INDEX, SegDataset
+from edgeseg.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,11 +34,15 @@ class Preprocess:
     def from_json(d: dict) -> "Preprocess":
         return Preprocess(int(d["height"]), int(d["width"]), tuple(d["mean"]), tuple(d["std"]))  # type: ignore[arg-type]
 
-    def image(self, img: np.ndarray) -> np.ndarray:
-        """RGB uint8 HxWx3 -> normalized float32 3xHxW at the model's size."""
+    def resize_image(self, img: np.ndarray) -> np.ndarray:
+        """RGB uint8 HxWx3 at the model's size (bilinear)."""
         if img.shape[:2] != (self.height, self.width):
             img = np.asarray(Image.fromarray(img).resize((self.width, self.height), Image.BILINEAR))
-        x = img.astype(np.float32) / 255.0
+        return img
+
+    def image(self, img: np.ndarray) -> np.ndarray:
+        """RGB uint8 HxWx3 -> normalized float32 3xHxW at the model's size."""
+        x = self.resize_image(img).astype(np.float32) / 255.0
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(x.transpose(2, 0, 1))
 
@@ -49,12 +54,27 @@ class Preprocess:
         return mask.astype(np.int64)
 
 
-class TensorDataset(torch.utils.data.Dataset):
-    """Wraps a SegDataset: preprocessed image tensors and mask tensors, optional flip augmentation."""
+class BadSample:
+    """What a dataset item becomes when its files cannot be used (the DataError's message)."""
 
-    def __init__(self, ds: SegDataset, pre: Preprocess, augment: bool = False, seed: int = 0,
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+class TensorDataset(torch.utils.data.Dataset):
+    """Wraps a SegDataset: preprocessed image tensors and mask tensors, optional augmentation.
+
+    Items are indexed by ``i`` or by ``(i, epoch)`` (what :class:`EpochSampler` yields, so persistent
+    workers see the current epoch). A file that raises DataError becomes a :class:`BadSample`, which
+    :func:`collate` sets aside and :func:`batches` reports (or skips with ``--skip-bad``).
+    """
+
+    def __init__(self, ds: SegDataset, pre: Preprocess, augment: str | None = None, seed: int = 0,
                  distance_maps: bool = False) -> None:
-        self.ds, self.pre, self.augment, self.seed = ds, pre, augment, seed
+        from edgeseg.data.augment import Augment
+
+        self.ds, self.pre, self.seed = ds, pre, seed
+        self.augment = Augment(augment, pre.height, pre.width) if augment else None
         self.distance_maps = distance_maps  # signed distance maps for boundary/distance losses
         self.epoch = 0
 
@@ -64,12 +84,16 @@ class TensorDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ds)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
-        img, mask = self.ds[i]
+    def __getitem__(self, index) -> tuple[torch.Tensor, ...] | BadSample:
+        i, epoch = index if isinstance(index, tuple) else (index, self.epoch)
+        try:
+            img, mask = self.ds[i]
+        except DataError as e:
+            return BadSample(str(e))
+        if self.augment is not None:
+            # on the evaluation-time resize; randomness depends on (seed, epoch, index) only
+            img, mask = self.augment(self.pre.resize_image(img), self.pre.mask(mask), seed=[self.seed, epoch, i])
         x, y = self.pre.image(img), self.pre.mask(mask)
-        # Augmentation randomness depends on (seed, epoch, index) only: resumable and worker-safe.
-        if self.augment and np.random.default_rng([self.seed, self.epoch, i]).random() < 0.5:
-            x, y = x[:, :, ::-1].copy(), y[:, ::-1].copy()
         if self.distance_maps:
             # once per sample, on the loader's CPU side, never per step on the training device
             from edgeseg.losses.distance import signed_distance_maps
@@ -77,6 +101,48 @@ class TensorDataset(torch.utils.data.Dataset):
             d = signed_distance_maps(y, len(self.ds.classes))
             return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(d)
         return torch.from_numpy(x), torch.from_numpy(y)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Indices ``(i, epoch)`` in a per-epoch permutation seeded by ``(seed, epoch)`` (or in order)."""
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = range(self.n)
+        return iter([(i, self.epoch) for i in order])
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def collate(items: list) -> tuple[tuple[torch.Tensor, ...] | None, list[str]]:
+    """Stack the good items; return the bad ones' messages beside them."""
+    good = [it for it in items if not isinstance(it, BadSample)]
+    bad = [it.message for it in items if isinstance(it, BadSample)]
+    return (tuple(torch.utils.data.default_collate(good)) if good else None), bad
+
+
+def batches(loader, skip_bad: bool = False, skipped: list[str] | None = None, data: str = "DATA"):
+    """Tensor batches of a :func:`collate` loader; bad files stop with their list unless ``skip_bad``."""
+    for tensors, bad in loader:
+        if bad:
+            if not skip_bad:
+                raise DataError(f"{len(bad)} bad file(s) in this batch:\n  " + "\n  ".join(bad)
+                                + f"\nrun 'edgeseg data check {data}' to list every bad file, or train with "
+                                  f"--skip-bad to leave them out")
+            if skipped is not None:
+                skipped.extend(bad)
+        if tensors is not None:
+            yield tensors
 
 
 def class_frequencies(ds: SegDataset, num_classes: int, pre: Preprocess | None = None) -> np.ndarray:

@@ -16,7 +16,7 @@ import torch.nn as nn
 from edgeseg.atomic import ensure_dir, write_json
 from edgeseg.config import TrainConfig
 from edgeseg.data import open_split
-from edgeseg.data.transforms import Preprocess, TensorDataset, class_frequencies
+from edgeseg.data.transforms import EpochSampler, Preprocess, TensorDataset, batches, class_frequencies, collate
 from edgeseg.errors import CheckpointError, UsageError
 from edgeseg.losses import CompositeLoss, parse_loss
 from edgeseg.models import build_model, check_input_size, count_params
@@ -69,18 +69,27 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _loader(ds: torch.utils.data.Dataset, cfg: TrainConfig, device: torch.device, shuffle: bool,
-            epoch: int = 0) -> torch.utils.data.DataLoader:
+def _loader(ds: TensorDataset, cfg: TrainConfig, device: torch.device, shuffle: bool) -> torch.utils.data.DataLoader:
+    """A loader built once per run: persistent workers see each epoch through :class:`EpochSampler`."""
     workers = cfg.num_workers if cfg.num_workers is not None else (4 if device.type == "cuda" else 0)
-    g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-    return torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle, generator=g,
-                                       num_workers=workers, pin_memory=device.type == "cuda",
-                                       drop_last=shuffle and len(ds) > cfg.batch_size)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=cfg.batch_size, sampler=EpochSampler(len(ds), cfg.seed, shuffle), collate_fn=collate,
+        num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+        drop_last=shuffle and len(ds) > cfg.batch_size)
+
+
+def _epoch(loader: torch.utils.data.DataLoader, epoch: int) -> torch.utils.data.DataLoader:
+    loader.sampler.set_epoch(epoch)
+    return loader
 
 
 def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, quiet: bool = False,
-          init_from: Path | None = None, log: Callable[[str], None] = print) -> Checkpoint:
-    """Train ``cfg.model`` on ``cfg.data``; write ``out_dir/checkpoint.pt``, ``metrics.json``, ``history.csv``."""
+          init_from: Path | None = None, log: Callable[[str], None] = print, skip_bad: bool = False) -> Checkpoint:
+    """Train ``cfg.model`` on ``cfg.data``; write ``out_dir/checkpoint.pt``, ``metrics.json``, ``history.csv``.
+
+    A bad data file stops training with its name (run ``edgeseg data check`` for all of them); with
+    ``skip_bad`` such files are left out, counted, and listed in ``metrics.json``.
+    """
     out_dir = ensure_dir(Path(out_dir), "run directory")
     ckpt_path = out_dir / CHECKPOINT_NAME
     device = pick_device(cfg.device)
@@ -130,9 +139,16 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, quiet: bool = F
     for t in criterion.terms:
         t.loss.to(device)
 
-    tds = TensorDataset(train_ds, pre, augment=True, seed=cfg.seed, distance_maps=criterion.needs_distance_maps)
+    tds = TensorDataset(train_ds, pre, augment=cfg.augment, seed=cfg.seed,
+                        distance_maps=criterion.needs_distance_maps)
     vds = TensorDataset(val_ds, pre)
-    steps_per_epoch = len(_loader(tds, cfg, device, shuffle=True))
+    train_loader, val_loader = _loader(tds, cfg, device, shuffle=True), _loader(vds, cfg, device, shuffle=False)
+    skipped: list[str] = list(state.get("skipped_files", []))
+
+    def data(loader, epoch):
+        return batches(_epoch(loader, epoch), skip_bad, skipped, cfg.data)
+
+    steps_per_epoch = len(train_loader)
     total = steps_per_epoch * cfg.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -158,9 +174,8 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, quiet: bool = F
     with progress_bar(total, "train", disable=quiet, completed=start_epoch * steps_per_epoch) as bar:
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
-            tds.set_epoch(epoch)
             running, n = 0.0, 0
-            for batch in _loader(tds, cfg, device, shuffle=True, epoch=epoch):
+            for batch in data(train_loader, epoch):
                 x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
                 dist = batch[2].to(device, non_blocking=True) if len(batch) > 2 else None
                 if use_cuda:
@@ -177,7 +192,9 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, quiet: bool = F
                 running += loss.item()
                 n += 1
                 bar.advance(f"epoch {epoch + 1}/{cfg.epochs} loss {running / n:.3f}")
-            val = evaluate(model, _loader(vds, cfg, device, shuffle=False), n_cls, device)
+            val = evaluate(model, data(val_loader, 0), n_cls, device)
+            if skipped:
+                bar.note(f"skipped {len(set(skipped))} bad file(s) so far (--skip-bad)")
             row = {"epoch": epoch + 1, "loss": running / max(n, 1), "lr": sched.get_last_lr()[0],
                    "val_miou": val["miou"], "val_pixel_accuracy": val["pixel_accuracy"]}
             history.append(row)
@@ -186,16 +203,17 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, quiet: bool = F
             state = {"epoch": epoch + 1, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(), "history": history,
                      "best_miou": best, "class_weights": weights, "finished": False,
+                     "skipped_files": sorted(set(skipped)),
                      "seconds": prior_seconds + time.time() - t0}
             save_checkpoint(_make_ckpt(cfg, pre, classes, model, {"val": val}, state), out_dir / CHECKPOINT_NAME)
 
     # Precise BatchNorm: eval-mode statistics measured with the final weights.
-    used = recalibrate_batchnorm(model, _loader(tds, cfg, device, shuffle=True, epoch=cfg.epochs), device,
-                                 cfg.precise_bn_batches)
-    val = evaluate(model, _loader(vds, cfg, device, shuffle=False), n_cls, device)
+    used = recalibrate_batchnorm(model, data(train_loader, cfg.epochs), device, cfg.precise_bn_batches)
+    val = evaluate(model, data(val_loader, 0), n_cls, device)
     seconds = prior_seconds + time.time() - t0
     metrics = {"val": val, "params": count_params(model), "train_seconds": round(seconds, 1),
-               "bn_recalibration_batches": used, "history": history, "device": str(device)}
+               "bn_recalibration_batches": used, "history": history, "device": str(device),
+               "skipped_files": sorted(set(skipped))}
     state = {**state, "finished": True}
     ckpt = _make_ckpt(cfg, pre, classes, model, metrics, state)
     save_checkpoint(ckpt, ckpt_path)
