@@ -66,6 +66,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", help="loss spec, e.g. 'ce' (default), 'ce + 0.5*dice', 'ce + lovasz@10', "
                    "'dice + 0.01*boundary'; names: ce focal topk dpce dice jaccard sensitivity_specificity "
                    "lovasz boundary hausdorff dual_task edge_bce edge_attention (gscnn)")
+    p.add_argument("--accumulate", type=int, help="micro-batches per optimizer step (effective batch = "
+                   "--batch-size x --accumulate)")
+    p.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value")
+    p.add_argument("--ema", type=float, help="keep an exponential moving average of the weights with this decay "
+                   "(e.g. 0.999)")
+    p.add_argument("--export-weights", choices=("ema", "raw"), help="with --ema: which weights validation and "
+                   "export use (default ema)")
+    p.add_argument("--precise-bn-batches", type=int, help="training batches that re-estimate BatchNorm "
+                   "statistics at the end (default 25; 0 = off)")
+    p.add_argument("--patience", type=int, help="stop after this many epochs without a better val mIoU")
+    p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N optimizer steps (default: "
+                   "epoch ends only)")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model for training")
+    p.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm across processes (CUDA)")
+    p.add_argument("--nproc-per-node", type=int, help="run N processes on this machine with torchrun (DDP); "
+                   "--batch-size is the global batch. Several machines: torchrun ... -m edgeseg train ...")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu or cuda[:N]")
     p.add_argument("--init-from", type=Path, help="start from the weights of another edgeseg checkpoint")
@@ -79,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", help="tflite: fp32|fp16|int8; coreml: fp32|fp16|int8|palettize6; onnx: fp32")
     p.add_argument("--calibration", type=int, default=100,
                    help="training images used to calibrate int8 (default %(default)s, or all if fewer)")
+    p.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
+                   help="for runs trained with --ema: export the EMA or the raw weights (default: the run's "
+                   "--export-weights)")
     p.add_argument("--json", action="store_true", help="print the export record as JSON")
 
     p = sub.add_parser("check", help="mask parity of an export vs PyTorch", epilog=EPILOG, formatter_class=fmt,
@@ -163,12 +182,15 @@ def _parse_opt(items: list[str]) -> dict[str, Any]:
 
 def cmd_train(a: argparse.Namespace) -> int:
     from edgeseg.config import TrainConfig
+    from edgeseg.errors import UsageError
     from edgeseg.train.loop import train
 
     cfg = TrainConfig.from_yaml(a.config) if a.config else TrainConfig()
     over = {"model": a.model, "data": a.data, "image_size": a.image_size, "epochs": a.epochs,
             "batch_size": a.batch_size, "lr": a.lr, "schedule": a.schedule, "class_weights": a.class_weights,
-            "loss": a.loss, "augment": a.augment, "num_workers": a.workers,
+            "loss": a.loss, "augment": a.augment, "num_workers": a.workers, "accumulate": a.accumulate,
+            "clip_grad": a.clip_grad, "ema": a.ema, "export_weights": a.export_weights, "patience": a.patience,
+            "checkpoint_every": a.checkpoint_every, "precise_bn_batches": a.precise_bn_batches, "compile": a.compile, "sync_bn": a.sync_bn,
             "seed": a.seed, "device": a.device}
     over = {k: v for k, v in over.items() if v is not None}
     if a.categories:
@@ -178,6 +200,17 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.model and a.model != cfg.model and not a.model_opt:
         over["model_kwargs"] = {}
     cfg = cfg.replace(**over)
+    if a.nproc_per_node is not None and "WORLD_SIZE" not in os.environ:
+        from edgeseg.train.distributed import launch, per_rank_batch
+
+        if a.nproc_per_node < 1:
+            raise UsageError(f"--nproc-per-node must be >= 1, got {a.nproc_per_node}")
+        if a.nproc_per_node > 1:
+            per_rank_batch(cfg.batch_size, a.nproc_per_node)  # refuse before starting any process
+            argv = list(a.argv)
+            i = next(k for k, v in enumerate(argv) if v.startswith("--nproc-per-node"))
+            del argv[i: i + (1 if "=" in argv[i] else 2)]
+            return launch(a.nproc_per_node, argv)
     train(cfg, a.output, resume=a.resume, quiet=a.quiet, init_from=a.init_from,
           log=(lambda s: None) if a.quiet else print, skip_bad=a.skip_bad)
     return EXIT_OK
@@ -186,7 +219,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from edgeseg.pipeline import export_run
 
-    rec = export_run(a.run, a.target, a.precision, a.calibration, log=_log(a))
+    rec = export_run(a.run, a.target, a.precision, a.calibration, log=_log(a), weights=a.weights)
     if a.json:
         print(json.dumps(rec, indent=2))
     return EXIT_OK
@@ -320,20 +353,19 @@ def cmd_data(a: argparse.Namespace) -> int:
 
 
 def cmd_data_check(a: argparse.Namespace) -> int:
-    from edgeseg.data import open_split
     from edgeseg.data.check import SPLITS, check_dataset, format_report
     from edgeseg.progress import progress_bar
 
     spec = _data_spec(a.path, a.format, a.categories)
     splits = tuple(a.split) if a.split else SPLITS
-    total = 0
-    for s in splits:
-        try:
-            total += min(len(open_split(spec, s, strict=False)), a.limit or 1 << 62)
-        except EdgesegError:
-            pass
-    with progress_bar(total, "check", disable=a.quiet or a.json) as bar:
-        report = check_dataset(spec, splits, a.limit, progress=lambda i, split: bar.advance(split))
+
+    def progress(split: str, i: int, n: int) -> None:
+        if i == 0:
+            bar.reset(n, f"check {split}")
+        bar.advance()
+
+    with progress_bar(None, "check", disable=a.quiet or a.json) as bar:
+        report = check_dataset(spec, splits, a.limit, progress=progress)
     print(json.dumps(report, indent=2) if a.json else format_report(report))
     return EXIT_OK if report["ok"] else EXIT_FAILURE
 
@@ -349,6 +381,7 @@ COMMANDS = {"train": cmd_train, "export": cmd_export, "check": cmd_check, "repor
 def main(argv: Sequence[str] | None = None) -> int:
     ap = _parser()
     a = ap.parse_args(argv)
+    a.argv = list(sys.argv[1:] if argv is None else argv)
     if not a.command:
         ap.print_help()
         return EXIT_USAGE

@@ -36,6 +36,14 @@ class TrainConfig:
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda[:N]``.
         num_workers: DataLoader workers; None = 0 on CPU, 4 on CUDA.
         amp: mixed precision on CUDA (bf16 where supported, else fp16 + grad scaler); never on CPU.
+        accumulate: micro-batches per optimizer step (effective batch = batch_size x accumulate).
+        clip_grad: clip the gradient norm to this value before each optimizer step (None = off).
+        ema: decay of an exponential moving average of the weights (e.g. 0.999; 0 = off).
+        export_weights: ``ema`` or ``raw``: which weights validation, export and check use when EMA is on.
+        sync_bn: SyncBatchNorm across processes (CUDA only).
+        compile: ``torch.compile`` the model for training.
+        patience: stop after this many epochs without a better val mIoU (None = never).
+        checkpoint_every: also write the checkpoint every N optimizer steps (0 = only at epoch ends).
     """
 
     model: str = "lraspp"
@@ -57,6 +65,14 @@ class TrainConfig:
     device: str = "auto"
     num_workers: int | None = None
     amp: bool = True
+    accumulate: int = 1
+    clip_grad: float | None = None
+    ema: float = 0.0
+    export_weights: str = "ema"
+    sync_bn: bool = False
+    compile: bool = False
+    patience: int | None = None
+    checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
         checks = [
@@ -68,6 +84,12 @@ class TrainConfig:
             (self.class_weights in ("none", "inverse", "median"), "class_weights",
              "must be 'none', 'inverse' or 'median'"),
             (self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0"),
+            (self.accumulate >= 1, "accumulate", "must be at least 1"),
+            (self.clip_grad is None or self.clip_grad > 0, "clip_grad", "must be > 0"),
+            (0 <= self.ema < 1, "ema", "must be in [0, 1) (a decay such as 0.999; 0 = off)"),
+            (self.export_weights in ("ema", "raw"), "export_weights", "must be 'ema' or 'raw'"),
+            (self.patience is None or self.patience >= 1, "patience", "must be at least 1"),
+            (self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0"),
         ]
         for ok, name, msg in checks:
             if not ok:
@@ -75,6 +97,9 @@ class TrainConfig:
         from edgeseg.data.augment import AugmentSpec
 
         AugmentSpec.parse(self.augment)
+
+    #: fields a resumed run may change: they do not change the trained weights
+    RESUME_FREE = ("device", "num_workers", "checkpoint_every")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

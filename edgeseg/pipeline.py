@@ -62,8 +62,12 @@ def calibration_images(ckpt: Checkpoint, count: int) -> list[np.ndarray]:
 
 
 def export_run(run: Path, target: str, precision: str | None = None, calibration: int = DEFAULT_CALIBRATION,
-               log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Export a run's checkpoint; returns the export record (also written as export.json)."""
+               log: Callable[[str], None] = print, weights: str | None = None) -> dict[str, Any]:
+    """Export a run's checkpoint; returns the export record (also written as export.json).
+
+    ``weights``: ``ema`` or ``raw`` for a run trained with ``--ema`` (default: the run's export_weights);
+    the choice is recorded, and ``check`` compares against the same weights.
+    """
     from exporters import ExporterError, ExportOptions, Normalization
 
     t, precision = target_and_precision(target, precision)
@@ -75,7 +79,8 @@ def export_run(run: Path, target: str, precision: str | None = None, calibration
         t.require()
     except ExporterError as e:
         raise ExportError(str(e)) from None
-    model = ckpt.build_model()
+    which = ckpt.weights_choice(weights)
+    model = ckpt.build_model(which)
     pre = ckpt.preprocess
     example = np.zeros((1, 3, pre.height, pre.width), np.float32)
     needs_calibration = target == "tflite" and precision == "int8"
@@ -83,11 +88,12 @@ def export_run(run: Path, target: str, precision: str | None = None, calibration
     count = calibration if needs_calibration else (20 if target == "tflite" else 0)
     calib = calibration_images(ckpt, count)
     digest = _digest(ckpt.path)
+    key = digest if which == "raw" or ckpt.ema_weights is None else f"{digest}-{which}"
     cache = Path(run) / "export" / ".cache"
     for stale in cache.glob("*"):  # intermediates of checkpoints that have since been replaced
-        if stale.name != digest:
+        if not stale.name.startswith(digest):
             shutil.rmtree(stale, ignore_errors=True)
-    work = ensure_dir(cache / digest)
+    work = ensure_dir(cache / key)
     out = ensure_dir(export_dir(run, target, precision))
     opts = ExportOptions(precision=precision, calibration=calib,
                          class_names=ckpt.class_names,
@@ -103,7 +109,7 @@ def export_run(run: Path, target: str, precision: str | None = None, calibration
         raise ExportError(f"export to {target} {precision} failed: {e}") from None
     record = {"schema": "edgeseg.export/1", **res.to_json(),
               "path": str(res.path.relative_to(run)), "checkpoint": ckpt.path.name,
-              "checkpoint_digest": digest, "classes": list(ckpt.class_names),
+              "checkpoint_digest": digest, "weights": which, "classes": list(ckpt.class_names),
               "preprocess": pre.to_json(), "versions": package_versions(),
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     write_json(out / "export.json", record)
@@ -156,7 +162,7 @@ def check_run(run: Path, target: str, precision: str | None = None, min_agreemen
             images.append(ckpt.preprocess.image(img))
             masks.append(ckpt.preprocess.mask(m))
         log(f"checking {target} {precision} against PyTorch on {n} test images ...")
-        res = compare(torch_runner(ckpt.build_model(), threads), runner, images, masks, ckpt.class_names,
+        res = compare(torch_runner(ckpt.build_model(rec.get("weights", "raw")), threads), runner, images, masks, ckpt.class_names,
                       thresholds, target, precision, runtime=runner.runtime)
     write_json(d / "parity.json", {"schema": "edgeseg.parity/1", **res.to_json()})
     return res

@@ -15,13 +15,18 @@ class _Bar:
         if self._p is not None:
             self._p.update(self._t, advance=n, description=description or None)
 
+    def reset(self, total: int | None, description: str) -> None:
+        """Start over with a new total (e.g. the next split)."""
+        if self._p is not None:
+            self._p.update(self._t, total=total, completed=0, description=description)
+
     def note(self, text: str) -> None:
         if self._c is not None:
             self._c.print(text)
 
 
 @contextlib.contextmanager
-def progress_bar(total: int, description: str, disable: bool = False, completed: int = 0) -> Iterator[_Bar]:
+def progress_bar(total: int | None, description: str, disable: bool = False, completed: int = 0) -> Iterator[_Bar]:
     """A rich progress bar (stderr); ``note`` prints a line above it. Disabled: a no-op object."""
     if disable:
         yield _Bar(None, None, None)

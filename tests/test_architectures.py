@@ -23,7 +23,7 @@ ARCHS = {
     "deeplabv3": ({"encoder": "resnet18", "channels": 32, "output_stride": 8}, 3e-3),
     "deeplabv3plus": ({"encoder": "resnet18", "channels": 32, "output_stride": 8}, 3e-3),
     "fastfcn": ({"encoder": "resnet18", "width": 32}, 3e-3),
-    "gscnn": ({"encoder": "mobilenet_v2", "channels": 32}, 3e-3),
+    "gscnn": ({"encoder": "resnet18", "channels": 32}, 3e-3),
     "lraspp": ({"encoder": "mobilenet_v3_small", "inter_channels": 32}, 3e-3),
 }
 DATA = "synthetic?train=96&val=16&test=16"

@@ -21,8 +21,11 @@ SPLITS = ("train", "val", "test")
 
 
 def check_dataset(spec: str, splits: tuple[str, ...] = SPLITS, limit: int | None = None,
-                  progress: Callable[[int, str], Any] | None = None) -> dict[str, Any]:
-    """Scan ``spec``'s splits; a dict ready for JSON (``ok`` is False when anything is wrong)."""
+                  progress: Callable[[str, int, int], Any] | None = None) -> dict[str, Any]:
+    """Scan ``spec``'s splits; a dict ready for JSON (``ok`` is False when anything is wrong).
+
+    ``progress(split, i, n)`` is called before sample ``i`` of ``n`` of each split.
+    """
     report: dict[str, Any] = {"spec": spec, "splits": {}, "ok": True}
     seen: dict[tuple[tuple, tuple], str] = {}
     for split in splits:
@@ -46,7 +49,7 @@ def check_dataset(spec: str, splits: tuple[str, ...] = SPLITS, limit: int | None
         bad: list[str] = []
         for i in range(n):
             if progress:
-                progress(i, split)
+                progress(split, i, n)
             try:
                 img, mask = ds[i]
             except DataError as e:

@@ -29,12 +29,17 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint. ``state`` holds the optional training state (optimizer, ...)."""
+    """A loaded checkpoint. ``state`` holds the optional training state (optimizer, ...).
+
+    ``weights`` are the trained (raw) weights; ``ema_weights`` their exponential moving average when the
+    run used ``--ema``. Export, check and report use ``config.export_weights`` of the two unless told.
+    """
 
     config: TrainConfig
     preprocess: Preprocess
     classes: list[ClassInfo]
     weights: dict[str, torch.Tensor]
+    ema_weights: dict[str, torch.Tensor] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
@@ -48,13 +53,25 @@ class Checkpoint:
     def class_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.classes)
 
-    def build_model(self) -> nn.Module:
-        """Rebuild the architecture and load the weights (eval mode, CPU)."""
+    def weights_choice(self, which: str | None = None) -> str:
+        """``ema`` or ``raw``: the asked-for set, or the run's ``export_weights`` when EMA weights exist."""
+        if which in (None, "auto"):
+            return self.config.export_weights if self.ema_weights is not None else "raw"
+        if which not in ("ema", "raw"):
+            raise CheckpointError(f"--weights must be ema, raw or auto, not '{which}'")
+        if which == "ema" and self.ema_weights is None:
+            raise CheckpointError(f"checkpoint '{self.path}' has no EMA weights (trained without --ema); use "
+                                  f"--weights raw")
+        return which
+
+    def build_model(self, which: str | None = None) -> nn.Module:
+        """Rebuild the architecture and load the (EMA or raw, see :meth:`weights_choice`) weights, eval, CPU."""
         from edgeseg.models import build_model
 
         model = build_model(self.config.model, self.num_classes, **self.config.model_kwargs)
+        weights = self.ema_weights if self.weights_choice(which) == "ema" else self.weights
         try:
-            model.load_state_dict(self.weights)
+            model.load_state_dict(weights)
         except RuntimeError as e:
             first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
             raise CheckpointError(
@@ -71,6 +88,7 @@ class Checkpoint:
             "preprocess": self.preprocess.to_json(),
             "classes": [c.to_json() for c in self.classes],
             "weights": self.weights,
+            "ema_weights": self.ema_weights,
             "metrics": self.metrics,
             "versions": self.versions or package_versions(),
             "state": self.state,
@@ -121,6 +139,7 @@ def load_checkpoint(run: Path | str) -> Checkpoint:
             preprocess=Preprocess.from_json(d["preprocess"]),
             classes=[ClassInfo.from_json(c) for c in d["classes"]],
             weights=d["weights"],
+            ema_weights=d.get("ema_weights"),
             metrics=d.get("metrics", {}),
             versions=d.get("versions", {}),
             state=d.get("state", {}),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -12,13 +12,17 @@ from edgeseg.metrics import confusion, iou_per_class, mean_iou, pixel_accuracy
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch.device) -> dict:
-    """mIoU, per-class IoU and pixel accuracy of ``model`` against the loader's masks."""
+def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch.device,
+             reduce: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
+    """mIoU, per-class IoU and pixel accuracy of ``model`` against the loader's masks; ``reduce`` sums the
+    confusion matrix over processes when each evaluates a shard."""
     model.eval()
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     for x, y, *_ in loader:
         pred = model(x.to(device)).argmax(1).cpu().numpy()
         cm += confusion(y.numpy(), pred, num_classes)
+    if reduce is not None:
+        cm = reduce(cm)
     return {"miou": mean_iou(cm), "pixel_accuracy": pixel_accuracy(cm),
             "iou_per_class": [None if np.isnan(v) else float(v) for v in iou_per_class(cm)]}
 

@@ -1,8 +1,9 @@
-"""``edgeseg train``: one device (CPU or CUDA, chosen automatically), resumable at epoch boundaries."""
+"""``edgeseg train``: CPU or CUDA, one process or several (DDP through torchrun), resumable at any step."""
 
 from __future__ import annotations
 
-import csv
+import contextlib
+import itertools
 import math
 import random
 import time
@@ -16,14 +17,20 @@ import torch.nn as nn
 from edgeseg.atomic import ensure_dir, write_json
 from edgeseg.config import TrainConfig
 from edgeseg.data import open_split
-from edgeseg.data.transforms import EpochSampler, Preprocess, TensorDataset, batches, class_frequencies, collate
-from edgeseg.errors import CheckpointError, UsageError
+from edgeseg.data.transforms import (Preprocess, ShardSampler, TensorDataset, TrainSampler, batches,
+                                     class_frequencies, collate)
+from edgeseg.errors import CheckpointError, EdgesegError, UsageError
 from edgeseg.losses import CompositeLoss, parse_loss
 from edgeseg.models import build_model, check_input_size, count_params
 from edgeseg.progress import progress_bar
 from edgeseg.train.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
+from edgeseg.train.distributed import DistContext, all_reduce_sum, barrier, cleanup, per_rank_batch, setup
 from edgeseg.train.evaluate import evaluate, recalibrate_batchnorm
+from edgeseg.train.logger import RunLogger
+from edgeseg.train.state import capture_rng, restore_rng
 from edgeseg.versions import package_versions
+
+BEST_NAME = "best.pt"
 
 
 def pick_device(name: str) -> torch.device:
@@ -69,47 +76,63 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _loader(ds: TensorDataset, cfg: TrainConfig, device: torch.device, shuffle: bool) -> torch.utils.data.DataLoader:
-    """A loader built once per run: persistent workers see each epoch through :class:`EpochSampler`."""
-    workers = cfg.num_workers if cfg.num_workers is not None else (4 if device.type == "cuda" else 0)
-    return torch.utils.data.DataLoader(
-        ds, batch_size=cfg.batch_size, sampler=EpochSampler(len(ds), cfg.seed, shuffle), collate_fn=collate,
-        num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda",
-        drop_last=shuffle and len(ds) > cfg.batch_size)
+class OutOfMemory(EdgesegError):
+    """A training step ran out of device memory."""
 
 
-def _epoch(loader: torch.utils.data.DataLoader, epoch: int) -> torch.utils.data.DataLoader:
-    loader.sampler.set_epoch(epoch)
-    return loader
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e))
 
 
 def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, quiet: bool = False,
           init_from: Path | None = None, log: Callable[[str], None] = print, skip_bad: bool = False) -> Checkpoint:
-    """Train ``cfg.model`` on ``cfg.data``; write ``out_dir/checkpoint.pt``, ``metrics.json``, ``history.csv``.
+    """Train ``cfg.model`` on ``cfg.data``; write ``out_dir/checkpoint.pt``, ``best.pt``, ``metrics.json``,
+    ``history.csv`` and TensorBoard scalars (``tensorboard/``).
+
+    One process, or one of several started by torchrun (DDP; only rank 0 writes). The checkpoint holds
+    everything needed to continue exactly (weights, EMA, optimizer, scheduler, scaler, RNG states, epoch
+    and step) and is replaced atomically at each epoch end and every ``cfg.checkpoint_every`` steps, so
+    ``resume`` after a crash or ``kill -9`` ends with the weights of an uninterrupted run.
 
     A bad data file stops training with its name (run ``edgeseg data check`` for all of them); with
     ``skip_bad`` such files are left out, counted, and listed in ``metrics.json``.
     """
-    out_dir = ensure_dir(Path(out_dir), "run directory")
+    ctx, device = setup(cfg.device)
+    try:
+        return _train(cfg, Path(out_dir), ctx, device, resume, quiet, init_from,
+                      log if ctx.is_main else (lambda s: None), skip_bad)
+    finally:
+        cleanup(ctx)
+
+
+def _train(cfg: TrainConfig, out_dir: Path, ctx: DistContext, device: torch.device, resume: bool, quiet: bool,
+           init_from: Path | None, log: Callable[[str], None], skip_bad: bool) -> Checkpoint:
+    if ctx.is_main:
+        ensure_dir(out_dir, "run directory")
     ckpt_path = out_dir / CHECKPOINT_NAME
-    device = pick_device(cfg.device)
-    start_epoch, state = 0, {}
+    state: dict[str, Any] = {}
+    old: Checkpoint | None = None
     if resume:
         if not ckpt_path.exists():
             raise CheckpointError(f"--resume: no checkpoint at '{ckpt_path}' to resume from")
         old = load_checkpoint(ckpt_path)
-        if old.config.to_json() != cfg.to_json():
-            diff = [k for k, v in cfg.to_json().items() if old.config.to_json().get(k) != v]
-            raise UsageError(f"--resume: run '{out_dir}' was trained with other settings ({', '.join(diff)}); "
+        mine, theirs = cfg.to_json(), old.config.to_json()
+        diff = [k for k, v in mine.items() if theirs.get(k) != v and k not in TrainConfig.RESUME_FREE]
+        if diff:
+            raise UsageError(f"--resume: run '{out_dir}' was trained with other settings "
+                             f"({', '.join(f'{k}={theirs.get(k)!r}, now {mine[k]!r}' for k in diff)}); "
                              f"resume without changing them, or train into a new -o directory")
         state = old.state
         if state.get("finished"):
             log(f"run '{out_dir}' is already finished; nothing to resume")
             return old
-        start_epoch = int(state["epoch"])
     elif ckpt_path.exists():
         raise UsageError(f"run directory '{out_dir}' already holds a checkpoint; use --resume to continue it "
                          f"or -o for a new directory")
+    local_batch = per_rank_batch(cfg.batch_size, ctx.world)
+    use_cuda = device.type == "cuda"
+    if cfg.sync_bn and not use_cuda:
+        raise UsageError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); drop it on CPU")
 
     _seed_all(cfg.seed)
     train_ds = open_split(cfg.data, "train", cfg.image_size)
@@ -125,10 +148,16 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, quiet: bool = F
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.momentum = cfg.bn_momentum
+    if cfg.sync_bn and ctx.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
-    use_cuda = device.type == "cuda"
     if use_cuda:
         model = model.to(memory_format=torch.channels_last)
+    ema = None
+    if cfg.ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
 
     weights = state.get("class_weights")
     if weights is None and cfg.class_weights != "none":
@@ -142,13 +171,13 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, quiet: bool = F
     tds = TensorDataset(train_ds, pre, augment=cfg.augment, seed=cfg.seed,
                         distance_maps=criterion.needs_distance_maps)
     vds = TensorDataset(val_ds, pre)
-    train_loader, val_loader = _loader(tds, cfg, device, shuffle=True), _loader(vds, cfg, device, shuffle=False)
+    sampler = TrainSampler(len(tds), cfg.seed, ctx.rank, ctx.world)
+    micro_per_epoch = max(1, sampler.num_samples // local_batch)
+    steps_per_epoch = math.ceil(micro_per_epoch / cfg.accumulate)
+    train_loader = _loader(tds, cfg, device, local_batch, sampler, drop_last=sampler.num_samples > local_batch)
+    val_loader = _loader(vds, cfg, device, local_batch, ShardSampler(len(vds), ctx.rank, ctx.world))
     skipped: list[str] = list(state.get("skipped_files", []))
 
-    def data(loader, epoch):
-        return batches(_epoch(loader, epoch), skip_bad, skipped, cfg.data)
-
-    steps_per_epoch = len(train_loader)
     total = steps_per_epoch * cfg.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -159,70 +188,202 @@ def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, quiet: bool = F
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     history: list[dict[str, Any]] = list(state.get("history", []))
     best = float(state.get("best_miou", -1.0))
+    start_epoch, start_step = int(state.get("epoch", 0)), int(state.get("step_in_epoch", 0))
+    global_step = int(state.get("global_step", 0))
     if state:
+        assert old is not None
         model.load_state_dict(old.weights)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
+        if ema is not None:
+            ema.module.load_state_dict(old.ema_weights)
+            ema.n_averaged.fill_(int(state["ema_n_averaged"]))
+        restore_rng(state["rng"])
 
-    log(f"training {cfg.model} ({count_params(model) / 1e6:.2f}M params, {n_cls} classes) on {device}, "
-        f"{len(train_ds)} train / {len(val_ds)} val images at {cfg.image_size}px, "
-        f"{cfg.epochs} epochs x {steps_per_epoch} steps" + (f", resuming at epoch {start_epoch + 1}" if state else ""))
+    train_model: nn.Module = model
+    if ctx.enabled:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None)
+    forward = torch.compile(train_model) if cfg.compile else train_model
+    logger = RunLogger(out_dir, [c.name for c in classes], enabled=ctx.is_main)
+
+    log(f"training {cfg.model} ({count_params(model) / 1e6:.2f}M params, {n_cls} classes) on {device}"
+        + (f" x {ctx.world} processes" if ctx.enabled else "")
+        + f", {len(train_ds)} train / {len(val_ds)} val images at {cfg.image_size}px, {cfg.epochs} epochs x "
+          f"{steps_per_epoch} steps of {cfg.batch_size * cfg.accumulate} images"
+        + (f", resuming at epoch {start_epoch + 1} step {start_step}" if state else ""))
     t0, prior_seconds = time.time(), float(state.get("seconds", 0.0))
-    with progress_bar(total, "train", disable=quiet, completed=start_epoch * steps_per_epoch) as bar:
+    step_seconds, step_images = float(state.get("step_seconds", 0.0)), int(state.get("step_images", 0))
+    stale = int(state.get("stale_epochs", 0))
+    running, n_loss = float(state.get("running_loss", 0.0)), int(state.get("running_steps", 0))
+
+    def eval_model() -> nn.Module:
+        return ema.module if ema is not None and cfg.export_weights == "ema" else model
+
+    def snapshot(epoch: int, step: int, metrics: dict, finished: bool = False) -> Checkpoint:
+        st = {"epoch": epoch, "step_in_epoch": step, "global_step": global_step, "optimizer": opt.state_dict(),
+              "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "rng": capture_rng(),
+              "history": history, "best_miou": best, "class_weights": weights, "finished": finished,
+              "skipped_files": sorted(set(skipped)), "seconds": prior_seconds + time.time() - t0,
+              "step_seconds": step_seconds, "step_images": step_images, "stale_epochs": stale,
+              "running_loss": running, "running_steps": n_loss}
+        if ema is not None:
+            st["ema_n_averaged"] = int(ema.n_averaged.item())
+        return Checkpoint(config=cfg, preprocess=pre, classes=classes, weights=_cpu_state(model),
+                          ema_weights=_cpu_state(ema.module) if ema is not None else None, metrics=metrics,
+                          versions=package_versions(), state=st)
+
+    def save(ck: Checkpoint, path: Path = ckpt_path) -> None:
+        if ctx.is_main:
+            save_checkpoint(ck, path)
+
+    stopped_early = False
+    with progress_bar(total, "train", disable=quiet or not ctx.is_main,
+                      completed=start_epoch * steps_per_epoch + start_step) as bar:
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
-            running, n = 0.0, 0
-            for batch in data(train_loader, epoch):
-                x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-                dist = batch[2].to(device, non_blocking=True) if len(batch) > 2 else None
-                if use_cuda:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    loss = criterion(model(x), y, dist, epoch)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
+            step = start_step if epoch == start_epoch else 0
+            if epoch != start_epoch:
+                running, n_loss = 0.0, 0
+            sampler.set_epoch(epoch)
+            sampler.set_start(step * cfg.accumulate * local_batch)
+            stream = batches(train_loader, skip_bad, skipped, cfg.data)
+            while step < steps_per_epoch:
+                ts = time.perf_counter()  # data loading included, as in any training loop's throughput
+                group = list(itertools.islice(stream, min(cfg.accumulate, micro_per_epoch - step * cfg.accumulate)))
+                if not group:
+                    break
+                try:
+                    loss_value = _optimizer_step(cfg, forward, train_model, model, group, criterion, epoch, opt,
+                                                 scaler, device, amp_dtype, ctx)
+                except Exception as e:
+                    if _is_oom(e):
+                        raise OutOfMemory(
+                            f"out of memory at epoch {epoch + 1} step {step + 1} on {device} with {local_batch} "
+                            f"images per process at {cfg.image_size}px; use a smaller --batch-size, or "
+                            f"--accumulate N with a batch N times smaller to keep the effective batch; the last "
+                            f"good checkpoint '{ckpt_path}' is untouched (--resume continues from it)") from None
+                    raise
                 sched.step()
-                if not torch.isfinite(loss):
-                    raise UsageError(f"loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
-                running += loss.item()
-                n += 1
-                bar.advance(f"epoch {epoch + 1}/{cfg.epochs} loss {running / n:.3f}")
-            val = evaluate(model, data(val_loader, 0), n_cls, device)
+                if ema is not None:
+                    ema.update_parameters(model)
+                if not math.isfinite(loss_value):
+                    raise UsageError(f"loss became {loss_value} at epoch {epoch + 1}; lower --lr")
+                step_seconds += time.perf_counter() - ts
+                step_images += sum(len(b[0]) for b in group) * ctx.world
+                step += 1
+                global_step += 1
+                running += loss_value
+                n_loss += 1
+                logger.step(global_step, loss_value, sched.get_last_lr()[0])
+                bar.advance(f"epoch {epoch + 1}/{cfg.epochs} loss {running / n_loss:.3f}")
+                if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and step < steps_per_epoch:
+                    save(snapshot(epoch, step, {}))
+            val = evaluate(eval_model(), batches(val_loader, skip_bad, skipped, cfg.data), n_cls, device,
+                           reduce=lambda cm: _reduce_confusion(ctx, cm, device))
+            row = {"epoch": epoch + 1, "loss": running / max(n_loss, 1), "lr": sched.get_last_lr()[0],
+                   "val_miou": val["miou"], "val_pixel_accuracy": val["pixel_accuracy"]}
+            row.update({f"iou_{c.name}": v for c, v in zip(classes, val["iou_per_class"])})
+            history.append(row)
+            improved = val["miou"] > best
+            best = max(best, val["miou"])
+            stale = 0 if improved else stale + 1
             if skipped:
                 bar.note(f"skipped {len(set(skipped))} bad file(s) so far (--skip-bad)")
-            row = {"epoch": epoch + 1, "loss": running / max(n, 1), "lr": sched.get_last_lr()[0],
-                   "val_miou": val["miou"], "val_pixel_accuracy": val["pixel_accuracy"]}
-            history.append(row)
-            best = max(best, val["miou"])
             bar.note(f"epoch {epoch + 1}: loss {row['loss']:.4f}  val mIoU {val['miou']:.4f}")
-            state = {"epoch": epoch + 1, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(), "history": history,
-                     "best_miou": best, "class_weights": weights, "finished": False,
-                     "skipped_files": sorted(set(skipped)),
-                     "seconds": prior_seconds + time.time() - t0}
-            save_checkpoint(_make_ckpt(cfg, pre, classes, model, {"val": val}, state), out_dir / CHECKPOINT_NAME)
+            logger.epoch(global_step, row, val["iou_per_class"])
+            logger.write_history(history)
+            ck = snapshot(epoch + 1, 0, {"val": val})
+            save(ck)
+            if improved:
+                save(ck, out_dir / BEST_NAME)
+            if cfg.patience is not None and stale >= cfg.patience and epoch + 1 < cfg.epochs:
+                log(f"early stop: val mIoU has not improved for {stale} epochs (best {best:.4f})")
+                stopped_early = True
+                break
 
-    # Precise BatchNorm: eval-mode statistics measured with the final weights.
-    used = recalibrate_batchnorm(model, data(train_loader, cfg.epochs), device, cfg.precise_bn_batches)
-    val = evaluate(model, data(val_loader, 0), n_cls, device)
-    seconds = prior_seconds + time.time() - t0
-    metrics = {"val": val, "params": count_params(model), "train_seconds": round(seconds, 1),
-               "bn_recalibration_batches": used, "history": history, "device": str(device),
-               "skipped_files": sorted(set(skipped))}
-    state = {**state, "finished": True}
-    ckpt = _make_ckpt(cfg, pre, classes, model, metrics, state)
-    save_checkpoint(ckpt, ckpt_path)
-    write_json(out_dir / "metrics.json", metrics)
-    _write_history(out_dir / "history.csv", history)
-    log(f"val mIoU {val['miou']:.4f} (pixel accuracy {val['pixel_accuracy']:.4f}) after "
-        f"{seconds:.0f} s; checkpoint: {ckpt_path}")
-    ckpt.path = ckpt_path
+    # Rank 0 re-estimates BatchNorm statistics (precise BN) and measures the final model on the whole val set.
+    barrier(ctx)
+    ckpt: Checkpoint | None = None
+    if ctx.is_main:
+        final = eval_model()
+        full_train = _loader(tds, cfg, device, cfg.batch_size, TrainSampler(len(tds), cfg.seed),
+                             drop_last=len(tds) > cfg.batch_size)
+        full_train.sampler.set_epoch(cfg.epochs)
+        used = recalibrate_batchnorm(final, batches(full_train, skip_bad, skipped, cfg.data), device,
+                                     cfg.precise_bn_batches)
+        full_val = _loader(vds, cfg, device, cfg.batch_size, ShardSampler(len(vds)))
+        val = evaluate(final, batches(full_val, skip_bad, skipped, cfg.data), n_cls, device)
+        seconds = prior_seconds + time.time() - t0
+        metrics = {"val": val, "params": count_params(model), "train_seconds": round(seconds, 1),
+                   "train_images_per_second": round(step_images / max(step_seconds, 1e-9), 2),
+                   "bn_recalibration_batches": used, "history": history, "device": str(device),
+                   "processes": ctx.world, "weights": "ema" if final is not model else "raw",
+                   "best_val_miou": best, "stopped_early": stopped_early, "skipped_files": sorted(set(skipped))}
+        ckpt = snapshot(cfg.epochs, 0, metrics, finished=True)
+        save_checkpoint(ckpt, ckpt_path)
+        write_json(out_dir / "metrics.json", metrics)
+        logger.write_history(history)
+        log(f"val mIoU {val['miou']:.4f} (pixel accuracy {val['pixel_accuracy']:.4f}) after "
+            f"{seconds:.0f} s; checkpoint: {ckpt_path}")
+        ckpt.path = ckpt_path
+    logger.close()
+    barrier(ctx)
+    if ckpt is None:
+        ckpt = load_checkpoint(ckpt_path)
     return ckpt
+
+
+def _optimizer_step(cfg: TrainConfig, forward, train_model: nn.Module, model: nn.Module, group: list,
+                    criterion: CompositeLoss, epoch: int, opt, scaler, device: torch.device, amp_dtype,
+                    ctx: DistContext) -> float:
+    """Forward/backward over ``group``'s micro-batches (gradients synchronized on the last), then one
+    optimizer step with optional gradient clipping. Returns the mean loss."""
+    opt.zero_grad(set_to_none=True)
+    total = 0.0
+    for j, batch in enumerate(group):
+        x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        dist = batch[2].to(device, non_blocking=True) if len(batch) > 2 else None
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        sync = train_model.no_sync() if ctx.enabled and j < len(group) - 1 else contextlib.nullcontext()
+        with sync:
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                loss = criterion(forward(x), y, dist, epoch) / len(group)
+            scaler.scale(loss).backward()
+        total += float(loss.detach())
+    if cfg.clip_grad is not None:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+    scaler.step(opt)
+    scaler.update()
+    return total
+
+
+def _reduce_confusion(ctx: DistContext, cm: np.ndarray, device: torch.device) -> np.ndarray:
+    if not ctx.enabled:
+        return cm
+    t = torch.from_numpy(cm).to("cuda" if device.type == "cuda" else "cpu")
+    return all_reduce_sum(ctx, t).cpu().numpy()
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone()
+            for k, v in module.state_dict().items()}
+
+
+def _loader(ds: TensorDataset, cfg: TrainConfig, device: torch.device, batch: int, sampler,
+            drop_last: bool = False) -> torch.utils.data.DataLoader:
+    """A loader built once per run: persistent workers see each epoch through the sampler's ``(i, epoch)``.
+
+    It has its own generator, so creating its iterator never draws from the global RNG (exact resume).
+    """
+    workers = cfg.num_workers if cfg.num_workers is not None else (4 if device.type == "cuda" else 0)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=batch, sampler=sampler, collate_fn=collate, num_workers=workers,
+        persistent_workers=workers > 0, pin_memory=device.type == "cuda", drop_last=drop_last,
+        generator=torch.Generator().manual_seed(cfg.seed))
 
 
 def build_criterion(spec: str, model: nn.Module, num_classes: int,
@@ -257,21 +418,3 @@ def _init_weights(model: nn.Module, path: Path, cfg: TrainConfig, num_classes: i
             f"{src.num_classes} classes, which does not fit {cfg.model} {cfg.model_kwargs} with {num_classes} "
             f"classes: {lines[1] if len(lines) > 1 else lines[0]}"
         ) from None
-
-
-def _make_ckpt(cfg: TrainConfig, pre: Preprocess, classes: list, model: nn.Module, metrics: dict,
-               state: dict) -> Checkpoint:
-    weights = {k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone()
-               for k, v in model.state_dict().items()}
-    return Checkpoint(config=cfg, preprocess=pre, classes=classes, weights=weights, metrics=metrics,
-                      versions=package_versions(), state=state)
-
-
-def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
-    from edgeseg.atomic import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        if history:
-            w = csv.DictWriter(f, fieldnames=list(history[0]))
-            w.writeheader()
-            w.writerows(history)
