@@ -1,7 +1,7 @@
 """The ``edgeseg`` command line. Each subcommand parses arguments and calls one library function.
 
 Exit codes: 0 success; 1 failure (bad file, failed conversion, failed parity check); 2 usage error;
-3 a requested check could not run here (e.g. Core ML needs macOS) and is NOT reported as passed.
+3 a requested check could not run here (e.g. Core ML compute units need macOS) and is NOT reported as passed.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ EPILOG = """exit codes:
   0  success (every check that ran passed)
   1  failure: bad data or checkpoint, failed conversion, failed parity threshold
   2  usage error (unknown name, bad value, output path is a file)
-  3  a requested check could not run on this platform (Core ML needs macOS): not a pass
+  3  a requested check could not run on this platform (Core ML compute units need macOS): not a pass
 """
 
 
@@ -112,6 +112,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-mask-miou", type=float, help="minimum mIoU of exported vs reference masks")
     p.add_argument("--limit", type=int, help="use only the first N test images")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--compute-units", choices=("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL"),
+                   help="coreml on macOS: Core ML runtime compute units (default CPU_ONLY). Elsewhere Core ML "
+                   "is checked by reference execution of the saved program; asking for compute units there "
+                   "is NOT VERIFIED (exit 3)")
     p.add_argument("--json", action="store_true", help="print parity.json to stdout")
 
     p = sub.add_parser("report", help="size/latency/parity report of a run", epilog=EPILOG, formatter_class=fmt,
@@ -253,7 +257,7 @@ def cmd_check(a: argparse.Namespace) -> int:
     from edgeseg.pipeline import check_run
 
     res = check_run(a.run, a.target, a.precision, a.min_agreement, a.min_mask_miou, a.limit, a.threads,
-                    log=_log(a) if not a.json else (lambda s: None))
+                    log=_log(a) if not a.json else (lambda s: None), compute_units=a.compute_units)
     if a.json:
         print(json.dumps(res.to_json(), indent=2))
     else:

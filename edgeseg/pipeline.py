@@ -128,11 +128,13 @@ def _load_export(run: Path, target: str, precision: str) -> tuple[Path, dict]:
 
 def check_run(run: Path, target: str, precision: str | None = None, min_agreement: float | None = None,
               min_mask_miou: float | None = None, limit: int | None = None, threads: int = 2,
-              log: Callable[[str], None] = print) -> ParityResult:
+              log: Callable[[str], None] = print, compute_units: str | None = None) -> ParityResult:
     """Run the exported model and the PyTorch reference on the test split; write parity.json.
 
     Raises nothing on a failed threshold: the result's ``status`` says it (the CLI maps it to an
-    exit code). A target that cannot run here gives a ``not-verified`` result, never a pass.
+    exit code). A target that cannot run here gives a ``not-verified`` result, never a pass. Core ML runs
+    in the Core ML runtime on macOS (``compute_units``) and by reference execution of the saved program
+    elsewhere; ``runtime`` in the result says which.
     """
     from exporters import TARGETS, ExporterError
 
@@ -144,14 +146,21 @@ def check_run(run: Path, target: str, precision: str | None = None, min_agreemen
         raise UsageError(f"the {target} {precision} export in '{d}' was made from another checkpoint; "
                          f"export again: edgeseg export {run} --target {target} --precision {precision}")
     thresholds = thresholds_for(precision, min_agreement, min_mask_miou)
+    if compute_units is not None and target != "coreml":
+        raise UsageError(f"--compute-units applies to --target coreml only, not {target}")
     ok, why = t.can_run()
+    runner = None
+    if ok:
+        try:
+            kw = {"compute_units": compute_units} if compute_units is not None else {}
+            runner = TARGETS[target].load(run / rec["path"], threads=threads, **kw)
+        except ExporterError as e:
+            if compute_units is None:
+                raise ExportError(str(e)) from None
+            ok, why = False, str(e)
     if not ok:
         res = not_verified(target, precision, why, thresholds)
     else:
-        try:
-            runner = TARGETS[target].load(run / rec["path"], threads=threads)
-        except ExporterError as e:
-            raise ExportError(str(e)) from None
         from edgeseg.bench import torch_runner
 
         test = open_split(ckpt.config.data, "test", ckpt.config.image_size)

@@ -56,8 +56,12 @@ def build_report(run: Path, runs: int = 20, warmup: int = 3, threads: int = 2,
             log(f"timing {target} {precision} ({runs} runs after {warmup} warm-up) ...")
             try:
                 runner = TARGETS[target].load(run / rec["path"], threads=threads)
-                row["latency"] = {**measure_latency(runner, x, runs, warmup), "runtime": runner.runtime,
-                                  "threads": threads}
+                if getattr(runner, "is_reference", False):
+                    row["latency"] = {"not_measured": f"{runner.runtime} checks masks; its speed is not a "
+                                                      f"device's (the Core ML runtime needs macOS)"}
+                else:
+                    row["latency"] = {**measure_latency(runner, x, runs, warmup), "runtime": runner.runtime,
+                                      "threads": threads}
             except ExporterError as e:
                 row["latency"] = {"error": str(e)}
         else:

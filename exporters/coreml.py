@@ -139,19 +139,29 @@ def weight_ops(path: Path) -> dict[str, int]:
     return counts
 
 
+COMPUTE_UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
+
+
+def native_runtime() -> bool:
+    """Whether the Core ML framework itself can run models here (macOS only)."""
+    return platform.system() == "Darwin"
+
+
 def can_run() -> tuple[bool, str]:
-    if platform.system() == "Darwin":
-        return True, ""
-    return False, "Core ML runtime needs macOS (coremltools can convert and save on Linux, not run)"
+    """Core ML packages can always be checked: by the Core ML runtime on macOS, elsewhere by the
+    reference execution of the saved program (:mod:`exporters.coreml_reference`)."""
+    return True, ""
 
 
 class CoreMLRunner:
     """Runs an ``.mlpackage`` with ``MLModel.predict`` (macOS only). Input: NCHW normalized float32."""
 
     def __init__(self, path: Path, compute_units: str = "CPU_ONLY") -> None:
-        ok, why = can_run()
-        if not ok:
-            raise ExporterError(why)
+        if not native_runtime():
+            raise ExporterError("the Core ML runtime needs macOS (coremltools can convert and save on Linux, "
+                                "not run)")
+        if compute_units not in COMPUTE_UNITS:
+            raise ExporterError(f"compute units must be one of {', '.join(COMPUTE_UNITS)}, not '{compute_units}'")
         ct = _import_ct()
         self.ml = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units))
         # The image input takes pixels: undo the caller's normalization with the model's own values.
@@ -159,7 +169,7 @@ class CoreMLRunner:
         if norm is None:
             raise ExporterError(f"'{path}' has no 'normalization' metadata; re-export it with edgeseg")
         self.mean, self.std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
-        self.runtime = f"Core ML ({compute_units}), coremltools {ct.__version__}"
+        self.runtime = f"Core ML runtime on macOS ({compute_units}), coremltools {ct.__version__}"
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         from PIL import Image
@@ -172,9 +182,18 @@ class CoreMLRunner:
         return np.concatenate(outs)
 
 
-def load(path: Path, threads: int = 2, compute_units: str = "CPU_ONLY") -> CoreMLRunner:
-    """``threads`` is accepted for the common Runner signature; Core ML schedules its own threads."""
-    return CoreMLRunner(Path(path), compute_units)
+def load(path: Path, threads: int = 2, compute_units: str | None = None):
+    """The Core ML runtime on macOS (``compute_units``, default CPU_ONLY); elsewhere the reference
+    execution of the saved program, unless a compute unit was asked for, which only macOS has."""
+    if native_runtime():
+        return CoreMLRunner(Path(path), compute_units or "CPU_ONLY")
+    if compute_units is not None:
+        raise ExporterError(f"Core ML compute units ({compute_units}) exist only in the Core ML runtime, which "
+                            f"needs macOS; on this OS edgeseg checks Core ML packages by reference execution of "
+                            f"the saved program (leave out the compute units)")
+    from exporters.coreml_reference import ReferenceRunner
+
+    return ReferenceRunner(Path(path), threads)
 
 
 TARGET = Target(name="coreml", suffix=".mlpackage", precisions=("fp32", "fp16", "int8", "palettize6"),
