@@ -92,7 +92,14 @@ def _parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("run", type=Path, help="run directory or checkpoint.pt")
     p.add_argument("--target", required=True, help="tflite, coreml or onnx")
-    p.add_argument("--precision", help="tflite: fp32|fp16|int8; coreml: fp32|fp16|int8|palettize6; onnx: fp32")
+    p.add_argument("--precision", help="tflite: fp32|fp16|int8; coreml: fp32|fp16|int8|palettize4|palettize6|"
+                   "palettize8 (k-means; add -uniform for uniform palettes)|w8a8; onnx: fp32")
+    p.add_argument("--output", default="logits", choices=("logits", "argmax"),
+                   help="logits (default) or an in-graph argmax class map (coreml)")
+    p.add_argument("--input", dest="input_kind", default="image", choices=("image", "multiarray"),
+                   help="coreml: image (ImageType pixels, default) or multiarray (normalized floats)")
+    p.add_argument("--deployment-target", choices=("iOS16", "iOS17", "iOS18"),
+                   help="coreml: minimum iOS (default iOS16; w8a8 needs iOS17)")
     p.add_argument("--calibration", type=int, default=100,
                    help="training images used to calibrate int8 (default %(default)s, or all if fewer)")
     p.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
@@ -103,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="mask parity of an export vs PyTorch", epilog=EPILOG, formatter_class=fmt,
                        description="Run the exported model and the PyTorch reference on the test split and "
                        "compare their masks. Default thresholds: fp32 >= 99.9 %% agreement; fp16 >= 99.5 %%; "
-                       "int8/palettize6 >= 98 %% and mask mIoU >= 0.95.")
+                       "int8, palettized and w8a8 >= 98 %% and mask mIoU >= 0.95.")
     _common(p)
     p.add_argument("run", type=Path)
     p.add_argument("--target", required=True)
@@ -112,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-mask-miou", type=float, help="minimum mIoU of exported vs reference masks")
     p.add_argument("--limit", type=int, help="use only the first N test images")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--output", default="logits", choices=("logits", "argmax"), help="which export to check")
+    p.add_argument("--input", dest="input_kind", default="image", choices=("image", "multiarray"),
+                   help="which export to check (coreml)")
     p.add_argument("--compute-units", choices=("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL"),
                    help="coreml on macOS: Core ML runtime compute units (default CPU_ONLY). Elsewhere Core ML "
                    "is checked by reference execution of the saved program; asking for compute units there "
@@ -223,7 +233,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from edgeseg.pipeline import export_run
 
-    rec = export_run(a.run, a.target, a.precision, a.calibration, log=_log(a), weights=a.weights)
+    rec = export_run(a.run, a.target, a.precision, a.calibration, log=_log(a), weights=a.weights, output=a.output,
+                     input_kind=a.input_kind, deployment_target=a.deployment_target)
     if a.json:
         print(json.dumps(rec, indent=2))
     return EXIT_OK
@@ -237,7 +248,8 @@ def _print_parity(res) -> None:
     print(f"  images              {res.images}")
     print(f"  pixel agreement     {res.pixel_agreement:.3f} %   (min {res.thresholds.get('min_agreement', '—')})")
     print(f"  mask mIoU vs ref    {res.mask_miou:.4f}     (min {res.thresholds.get('min_mask_miou', '—')})")
-    print(f"  max |Δlogit|        {res.max_abs_logit_diff:.4g}")
+    print("  max |Δlogit|        " + ("— (the export outputs the class map)" if res.max_abs_logit_diff is None
+                                      else f"{res.max_abs_logit_diff:.4g}"))
     print(f"  dataset mIoU        reference {res.reference_miou:.4f}  exported {res.exported_miou:.4f}")
     changes = ", ".join(f"{k} {v:+.4f}" for k, v in res.iou_change.items() if v is not None)
     print(f"  IoU change/class    {changes}")
@@ -257,7 +269,8 @@ def cmd_check(a: argparse.Namespace) -> int:
     from edgeseg.pipeline import check_run
 
     res = check_run(a.run, a.target, a.precision, a.min_agreement, a.min_mask_miou, a.limit, a.threads,
-                    log=_log(a) if not a.json else (lambda s: None), compute_units=a.compute_units)
+                    log=_log(a) if not a.json else (lambda s: None), compute_units=a.compute_units,
+                    output=a.output, input_kind=a.input_kind)
     if a.json:
         print(json.dumps(res.to_json(), indent=2))
     else:

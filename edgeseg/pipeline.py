@@ -41,8 +41,19 @@ def target_and_precision(target: str, precision: str | None) -> tuple[Any, str]:
     return t, p
 
 
-def export_dir(run: Path, target: str, precision: str) -> Path:
-    return Path(run) / "export" / f"{target}-{precision}"
+def export_dir(run: Path, target: str, precision: str, output: str = "logits", input_kind: str = "image") -> Path:
+    """``RUN/export/<target>-<precision>[-argmax][-multiarray]``."""
+    suffix = ("-argmax" if output == "argmax" else "") + ("-multiarray" if input_kind == "multiarray" else "")
+    return Path(run) / "export" / f"{target}-{precision}{suffix}"
+
+
+def _check_variant(target: str, output: str, input_kind: str) -> None:
+    if output not in ("logits", "argmax"):
+        raise UsageError(f"--output must be logits or argmax, not '{output}'")
+    if input_kind not in ("image", "multiarray"):
+        raise UsageError(f"--input must be image or multiarray, not '{input_kind}'")
+    if input_kind != "image" and target != "coreml":
+        raise UsageError(f"--input {input_kind} applies to --target coreml only")
 
 
 def _digest(path: Path) -> str:
@@ -62,7 +73,8 @@ def calibration_images(ckpt: Checkpoint, count: int) -> list[np.ndarray]:
 
 
 def export_run(run: Path, target: str, precision: str | None = None, calibration: int = DEFAULT_CALIBRATION,
-               log: Callable[[str], None] = print, weights: str | None = None) -> dict[str, Any]:
+               log: Callable[[str], None] = print, weights: str | None = None, output: str = "logits",
+               input_kind: str = "image", deployment_target: str | None = None) -> dict[str, Any]:
     """Export a run's checkpoint; returns the export record (also written as export.json).
 
     ``weights``: ``ema`` or ``raw`` for a run trained with ``--ema`` (default: the run's export_weights);
@@ -71,6 +83,9 @@ def export_run(run: Path, target: str, precision: str | None = None, calibration
     from exporters import ExporterError, ExportOptions, Normalization
 
     t, precision = target_and_precision(target, precision)
+    _check_variant(target, output, input_kind)
+    if deployment_target is not None and target != "coreml":
+        raise UsageError("--deployment-target applies to --target coreml only")
     if calibration < 1:
         raise UsageError(f"--calibration must be at least 1, got {calibration}")
     ckpt = load_checkpoint(run)
@@ -83,7 +98,7 @@ def export_run(run: Path, target: str, precision: str | None = None, calibration
     model = ckpt.build_model(which)
     pre = ckpt.preprocess
     example = np.zeros((1, 3, pre.height, pre.width), np.float32)
-    needs_calibration = target == "tflite" and precision == "int8"
+    needs_calibration = (target, precision) in (("tflite", "int8"), ("coreml", "w8a8"))
     # onnx2tf's own check inference wants 20 sample images even for float exports (see exporters/tflite.py)
     count = calibration if needs_calibration else (20 if target == "tflite" else 0)
     calib = calibration_images(ckpt, count)
@@ -94,14 +109,14 @@ def export_run(run: Path, target: str, precision: str | None = None, calibration
         if not stale.name.startswith(digest):
             shutil.rmtree(stale, ignore_errors=True)
     work = ensure_dir(cache / key)
-    out = ensure_dir(export_dir(run, target, precision))
+    out = ensure_dir(export_dir(run, target, precision, output, input_kind))
     opts = ExportOptions(precision=precision, calibration=calib,
                          class_names=ckpt.class_names,
                          normalization=Normalization(tuple(pre.mean), tuple(pre.std)),
                          metadata={"author": "edgeseg", "edgeseg_model": ckpt.config.model,
                                    "edgeseg_preprocess": json.dumps(pre.to_json()),
                                    "edgeseg_classes": json.dumps([c.to_json() for c in ckpt.classes])},
-                         work_dir=work)
+                         work_dir=work, output=output, input=input_kind, deployment_target=deployment_target)
     log(f"exporting {ckpt.config.model} to {target} {precision} ...")
     try:
         res = t.export(model, example, opts, out)
@@ -117,18 +132,22 @@ def export_run(run: Path, target: str, precision: str | None = None, calibration
     return record
 
 
-def _load_export(run: Path, target: str, precision: str) -> tuple[Path, dict]:
-    d = export_dir(run, target, precision)
+def _load_export(run: Path, target: str, precision: str, output: str = "logits",
+                 input_kind: str = "image") -> tuple[Path, dict]:
+    d = export_dir(run, target, precision, output, input_kind)
     rec = d / "export.json"
     if not rec.exists():
-        raise UsageError(f"no {target} {precision} export in '{run}'; run: edgeseg export {run} "
-                         f"--target {target} --precision {precision}")
+        extra = (f" --output {output}" if output != "logits" else "") + \
+                (f" --input {input_kind}" if input_kind != "image" else "")
+        raise UsageError(f"no {target} {precision}{extra} export in '{run}'; run: edgeseg export {run} "
+                         f"--target {target} --precision {precision}{extra}")
     return d, json.loads(rec.read_text())
 
 
 def check_run(run: Path, target: str, precision: str | None = None, min_agreement: float | None = None,
               min_mask_miou: float | None = None, limit: int | None = None, threads: int = 2,
-              log: Callable[[str], None] = print, compute_units: str | None = None) -> ParityResult:
+              log: Callable[[str], None] = print, compute_units: str | None = None, output: str = "logits",
+              input_kind: str = "image") -> ParityResult:
     """Run the exported model and the PyTorch reference on the test split; write parity.json.
 
     Raises nothing on a failed threshold: the result's ``status`` says it (the CLI maps it to an
@@ -141,7 +160,8 @@ def check_run(run: Path, target: str, precision: str | None = None, min_agreemen
     t, precision = target_and_precision(target, precision)
     ckpt = load_checkpoint(run)
     run = Path(ckpt.path).parent
-    d, rec = _load_export(run, target, precision)
+    _check_variant(target, output, input_kind)
+    d, rec = _load_export(run, target, precision, output, input_kind)
     if rec.get("checkpoint_digest") != _digest(ckpt.path):
         raise UsageError(f"the {target} {precision} export in '{d}' was made from another checkpoint; "
                          f"export again: edgeseg export {run} --target {target} --precision {precision}")

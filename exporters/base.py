@@ -46,7 +46,12 @@ class ExportOptions:
         calibration: NCHW float32 batches (normalized) for full-integer quantization.
         class_names: labels written into the model's metadata where the format has a place for them.
         normalization: the model's input normalization (CoreML encodes it in its image input).
-        output: ``"logits"`` (NCHW scores). An in-graph ``"argmax"`` class map is reserved for later.
+        output: ``"logits"`` (NCHW scores) or ``"argmax"`` (an in-graph class map, NHW integers), where the
+            target supports it.
+        input: ``"image"`` (Core ML ``ImageType``: pixels, normalization in the model) or ``"multiarray"``
+            (normalized NCHW floats), where the target has the choice.
+        deployment_target: the minimum OS the artifact must run on (Core ML: ``iOS16``, ``iOS17``,
+            ``iOS18``; None = the lowest the precision allows).
         metadata: free-form string metadata (author, licence, version, edgeseg manifest fields).
         work_dir: a folder where a target may cache intermediate artifacts shared between
             precisions (e.g. the TF SavedModel); created by the caller, may be None.
@@ -57,6 +62,8 @@ class ExportOptions:
     class_names: tuple[str, ...] = ()
     normalization: Normalization = Normalization()
     output: str = "logits"
+    input: str = "image"
+    deployment_target: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     work_dir: Path | None = None
 

@@ -4,11 +4,19 @@
   app passes a ``CVPixelBuffer`` straight in. Core ML has one scale for all channels: when the
   per-channel stds differ (ImageNet's do), ``scale = 1/(255*std[0])``, ``bias_c = -mean_c/std[0]``
   and an in-graph per-channel multiply by ``std[0]/std_c`` makes the result exact.
+* Or a multi-array input (``input="multiarray"``): normalized NCHW float32, no scale/bias.
+* Output: ``logits`` (NCHW) or ``argmax``: an in-graph class map (NHW int32; Core ML model outputs have
+  no 8-bit integer type) so an app skips the per-pixel argmax; class labels are in the metadata.
 * Precisions: fp32; fp16 (compute and storage); int8 = fp16 model with weights linearly quantized
-  to int8 per channel (``linear_quantize_weights``); palettize6 = 6-bit k-means weight palettes.
-* Class labels and the caller's metadata go into the model's user-defined metadata.
-* Running the model needs the Core ML framework, i.e. macOS: ``load`` raises on other systems
-  (coremltools' ``predict`` says "Model prediction is only supported on macOS").
+  to int8 per channel (``linear_quantize_weights``); palettize4/6/8 = 4/6/8-bit k-means weight palettes
+  (``-uniform``: uniform palettes, much faster to build); w8a8 = weights and activations int8 for iOS 17+
+  neural engines, calibrated on the caller's images with coremltools.optimize.torch's LinearQuantizer
+  (observers only, BatchNorm frozen: post-training) before conversion — the path that works on Linux.
+* Deployment target iOS16 (default), iOS17 (needed by w8a8) or iOS18.
+* Class labels, normalization and the caller's metadata (author, license, version, description and
+  edgeseg's manifest fields) go into the model's metadata.
+* Running the model needs the Core ML framework, i.e. macOS; elsewhere ``load`` returns the reference
+  execution of the saved program (:mod:`exporters.coreml_reference`).
 """
 
 from __future__ import annotations
@@ -62,71 +70,150 @@ def image_scale_bias(mean, std) -> tuple[float, list[float]]:
     return scale, [-m / std[0] for m in mean]
 
 
+DEPLOYMENT_TARGETS = ("iOS16", "iOS17", "iOS18")
+PALETTE_BITS = {"palettize4": 4, "palettize6": 6, "palettize8": 8}
+
+
+def _with_argmax(net):
+    import torch
+
+    class ArgmaxHead(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x).argmax(dim=1).to(torch.int32)
+
+    return ArgmaxHead(net).eval()
+
+
+def _w8a8(net, example: np.ndarray, calibration) -> "object":
+    """Weights and activations int8: coremltools.optimize.torch's LinearQuantizer with observers on and
+    fake quantization, BatchNorm updates off (post-training calibration), finalized for conversion."""
+    import torch
+    from coremltools.optimize.torch.quantization import (LinearQuantizer, LinearQuantizerConfig,
+                                                         ModuleLinearQuantizerConfig)
+
+    if not calibration:
+        raise ExporterError("precision 'w8a8' needs calibration images (activation ranges)")
+    cfg = LinearQuantizerConfig(global_config=ModuleLinearQuantizerConfig(
+        quantization_scheme="symmetric", milestones=[0, 10**9, 10**9, 0]))
+    quantizer = LinearQuantizer(net, cfg)
+    try:
+        prepared = quantizer.prepare(example_inputs=(torch.from_numpy(np.asarray(example, np.float32)),),
+                                     inplace=False)
+    except Exception as e:  # noqa: BLE001 - torch.fx raises many types on untraceable code
+        raise ExporterError(f"precision 'w8a8' quantizes with coremltools.optimize.torch, which traces the model "
+                            f"with torch.fx; this model cannot be traced symbolically ({type(e).__name__}: "
+                            f"{str(e)[:300]})") from None
+    prepared.train()
+    quantizer.step()
+    with torch.no_grad():
+        for b in calibration:
+            prepared(torch.from_numpy(np.asarray(b, np.float32)))
+    prepared.eval()
+    return quantizer.finalize(inplace=False).eval()
+
+
 def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) -> ExportResult:
     """Write ``out_dir/model.mlpackage`` at ``options.precision``."""
     import torch
 
-    if options.precision not in TARGET.precisions:
-        raise ExporterError(f"target 'coreml' has no precision '{options.precision}'")
-    if options.output != "logits":
-        raise ExporterError(f"target 'coreml' does not support output '{options.output}' yet")
+    precision = options.precision
+    if precision not in TARGET.precisions:
+        raise ExporterError(f"target 'coreml' has no precision '{precision}'")
+    if options.output not in ("logits", "argmax"):
+        raise ExporterError(f"target 'coreml' has no output '{options.output}' (logits or argmax)")
+    if options.input not in ("image", "multiarray"):
+        raise ExporterError(f"target 'coreml' has no input kind '{options.input}' (image or multiarray)")
+    target = options.deployment_target or ("iOS17" if precision == "w8a8" else "iOS16")
+    if target not in DEPLOYMENT_TARGETS:
+        raise ExporterError(f"deployment target '{target}' is not one of {', '.join(DEPLOYMENT_TARGETS)}")
+    if precision == "w8a8" and target == "iOS16":
+        raise ExporterError("precision 'w8a8' (int8 activations) needs deployment target iOS17 or later; the "
+                            "iOS16 Core ML runtime has no quantize/dequantize ops (use --deployment-target iOS17)")
     ct = _import_ct()
     t0 = time.time()
     mean, std = options.normalization.mean, options.normalization.std
-    net = _wrapped(model.eval().cpu(), std)
+    image_input = options.input == "image"
+    net = _wrapped(model.eval().cpu(), std) if image_input else model.eval().cpu()
+    x = torch.from_numpy(np.asarray(example, np.float32))
+    if precision == "w8a8":
+        # calibrate on what the wrapped network sees: for an image input, x * std/std[0]'s inverse
+        calib = [np.asarray(b, np.float32) for b in options.calibration]
+        if image_input:
+            inv = np.asarray([s / std[0] for s in std], np.float32).reshape(1, 3, 1, 1)
+            calib = [b * inv for b in calib]
+        net = _w8a8(net, example, calib)
+    if options.output == "argmax":
+        net = _with_argmax(net)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(net, torch.from_numpy(np.asarray(example, np.float32)))
+        traced = torch.jit.trace(net, x)
     scale, bias = image_scale_bias(mean, std)
-    precision = ct.precision.FLOAT32 if options.precision == "fp32" else ct.precision.FLOAT16
+    compute = ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16
+    if image_input:
+        inputs = [ct.ImageType(name=INPUT_NAME, shape=tuple(example.shape), scale=scale, bias=bias,
+                               color_layout=ct.colorlayout.RGB)]
+    else:
+        inputs = [ct.TensorType(name=INPUT_NAME, shape=tuple(example.shape), dtype=np.float32)]
     with quiet_native() as log, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            ml = ct.convert(
-                traced,
-                inputs=[ct.ImageType(name=INPUT_NAME, shape=tuple(example.shape), scale=scale, bias=bias,
-                                     color_layout=ct.colorlayout.RGB)],
-                outputs=[ct.TensorType(name=OUTPUT_NAME)],
-                convert_to="mlprogram",
-                compute_precision=precision,
-                minimum_deployment_target=ct.target.iOS16,
-            )
-            if options.precision == "int8":
-                from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
+            ml = ct.convert(traced, inputs=inputs, outputs=[ct.TensorType(name=OUTPUT_NAME)],
+                            convert_to="mlprogram", compute_precision=compute,
+                            minimum_deployment_target=getattr(ct.target, target))
+            from coremltools.optimize.coreml import (OpLinearQuantizerConfig, OpPalettizerConfig, OptimizationConfig,
+                                                     linear_quantize_weights, palettize_weights)
 
-                cfg = OptimizationConfig(global_config=OpLinearQuantizerConfig(mode="linear_symmetric",
-                                                                               granularity="per_channel"))
-                ml = linear_quantize_weights(ml, config=cfg)
-            elif options.precision == "palettize6":
-                from coremltools.optimize.coreml import OpPalettizerConfig, OptimizationConfig, palettize_weights
-
-                ml = palettize_weights(ml, config=OptimizationConfig(
-                    global_config=OpPalettizerConfig(mode="kmeans", nbits=6)))
+            if precision == "int8":
+                ml = linear_quantize_weights(ml, config=OptimizationConfig(global_config=OpLinearQuantizerConfig(
+                    mode="linear_symmetric", granularity="per_channel")))
+            elif precision.startswith("palettize"):
+                base, _, mode = precision.partition("-")
+                ml = palettize_weights(ml, config=OptimizationConfig(global_config=OpPalettizerConfig(
+                    mode=mode or "kmeans", nbits=PALETTE_BITS[base])))
         except Exception as e:  # noqa: BLE001 - coremltools raises many types
-            raise ExporterError(f"coremltools conversion failed ({options.precision}): {e}\n"
+            raise ExporterError(f"coremltools conversion failed ({precision}, {target}): {e}\n"
                                 f"{log.getvalue()[-2000:]}") from e
-    ml.short_description = "Semantic segmentation: per-class logits (NCHW) for an RGB image."
-    ml.input_description[INPUT_NAME] = (f"RGB image {example.shape[3]}x{example.shape[2]}; normalization "
-                                        f"mean={list(mean)} std={list(std)} is applied in the model")
-    ml.output_description[OUTPUT_NAME] = f"class logits [1, {len(options.class_names) or 'C'}, H, W]"
     meta = dict(options.metadata)
+    n_cls = len(options.class_names) or "C"
+    ml.author = meta.pop("author", "edgeseg")
+    ml.license = meta.pop("license", "")
+    ml.version = meta.pop("version", "")
+    ml.short_description = meta.pop("description", "Semantic segmentation: " + (
+        "per-pixel class index map" if options.output == "argmax" else "per-class logits (NCHW)")
+        + " for an RGB image.")
+    if image_input:
+        ml.input_description[INPUT_NAME] = (f"RGB image {example.shape[3]}x{example.shape[2]}; normalization "
+                                            f"mean={list(mean)} std={list(std)} is applied in the model")
+    else:
+        ml.input_description[INPUT_NAME] = (f"normalized RGB [1, 3, {example.shape[2]}, {example.shape[3]}]: "
+                                            f"(pixel/255 - mean) / std, mean={list(mean)} std={list(std)}")
+    ml.output_description[OUTPUT_NAME] = (f"class index per pixel [1, {example.shape[2]}, {example.shape[3]}] "
+                                          f"(int32; labels in metadata 'classes')" if options.output == "argmax"
+                                          else f"class logits [1, {n_cls}, H, W]")
     meta["classes"] = json.dumps(list(options.class_names))
     meta["normalization"] = json.dumps({"mean": list(mean), "std": list(std)})
-    meta["precision"] = options.precision
+    meta.update({"precision": precision, "output": options.output, "input": options.input,
+                 "deployment_target": target})
     for k, v in meta.items():
         ml.user_defined_metadata[str(k)] = str(v)
     final = Path(out_dir) / "model.mlpackage"
     with atomic_path(final) as tmp, quiet_native():
         ml.save(str(tmp))
-    return ExportResult("coreml", options.precision, final, path_size(final), time.time() - t0,
+    return ExportResult("coreml", precision, final, path_size(final), time.time() - t0,
                         tuple(example.shape),
                         {"converter": f"coremltools {ct.__version__} (torch.jit.trace -> mlprogram)",
-                         "deployment_target": "iOS16", "image_scale": scale, "image_bias": bias,
+                         "deployment_target": target, "input": options.input, "output": options.output,
+                         "image_scale": scale if image_input else None, "image_bias": bias if image_input else None,
                          "weight_ops": weight_ops(final)})
 
 
 def weight_ops(path: Path) -> dict[str, int]:
-    """Count the weight (de)compression ops in a saved program: proof of int8/palettized storage."""
+    """Count the weight (de)compression and activation (de)quantization ops in a saved program: proof of
+    int8/palettized storage and of int8 activations (w8a8)."""
     ct = _import_ct()
     with quiet_native():
         spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
@@ -134,7 +221,7 @@ def weight_ops(path: Path) -> dict[str, int]:
     for fn in spec.mlProgram.functions.values():
         for block in fn.block_specializations.values():
             for op in block.operations:
-                if op.type.startswith("constexpr") or op.type == "const":
+                if op.type.startswith("constexpr") or op.type in ("const", "quantize", "dequantize"):
                     counts[op.type] = counts.get(op.type, 0) + 1
     return counts
 
@@ -169,16 +256,21 @@ class CoreMLRunner:
         if norm is None:
             raise ExporterError(f"'{path}' has no 'normalization' metadata; re-export it with edgeseg")
         self.mean, self.std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
+        self.input_kind = self.ml.user_defined_metadata.get("input", "image")
         self.runtime = f"Core ML runtime on macOS ({compute_units}), coremltools {ct.__version__}"
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Logits [N, C, H, W], or the class map [N, H, W] of an argmax model."""
         from PIL import Image
 
         outs = []
         for img in np.asarray(x, np.float32):
-            rgb = (img.transpose(1, 2, 0) * self.std + self.mean) * 255.0
-            pil = Image.fromarray(np.clip(np.round(rgb), 0, 255).astype(np.uint8))
-            outs.append(np.asarray(self.ml.predict({INPUT_NAME: pil})[OUTPUT_NAME], np.float32))
+            if self.input_kind == "multiarray":
+                feed = img[None]
+            else:
+                rgb = (img.transpose(1, 2, 0) * self.std + self.mean) * 255.0
+                feed = Image.fromarray(np.clip(np.round(rgb), 0, 255).astype(np.uint8))
+            outs.append(np.asarray(self.ml.predict({INPUT_NAME: feed})[OUTPUT_NAME]))
         return np.concatenate(outs)
 
 
@@ -196,5 +288,7 @@ def load(path: Path, threads: int = 2, compute_units: str | None = None):
     return ReferenceRunner(Path(path), threads)
 
 
-TARGET = Target(name="coreml", suffix=".mlpackage", precisions=("fp32", "fp16", "int8", "palettize6"),
+TARGET = Target(name="coreml", suffix=".mlpackage",
+                precisions=("fp32", "fp16", "int8", "palettize4", "palettize6", "palettize8", "palettize4-uniform",
+                            "palettize6-uniform", "palettize8-uniform", "w8a8"),
                 default_precision="fp16", requires=("coremltools",), export=export, load=load, can_run=can_run)

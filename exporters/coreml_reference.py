@@ -341,7 +341,41 @@ def _kernels() -> dict[str, Callable]:
         "matmul": lambda op, v: torch.matmul(v["x"].transpose(-1, -2) if v.get("transpose_x") else v["x"],
                                              v["y"].transpose(-1, -2) if v.get("transpose_y") else v["y"]),
         "linear": lambda op, v: F.linear(v["x"], v["weight"], v.get("bias")),
+        "quantize": _quantize,
+        "dequantize": _dequantize,
     }
+
+
+_INT_RANGE = {"int8": (-128, 127), "uint8": (0, 255)}
+
+
+def _affine_params(v, x):
+    torch = _torch()
+    scale = v["scale"] if isinstance(v["scale"], torch.Tensor) else torch.tensor(float(v["scale"]))
+    zp = v.get("zero_point")
+    zp = torch.zeros(()) if zp is None else (zp.float() if isinstance(zp, torch.Tensor) else torch.tensor(float(zp)))
+    axis = v.get("axis")
+    if scale.dim() == 1 and axis is not None:
+        shape = [1] * x.dim()
+        shape[int(axis)] = -1
+        scale, zp = scale.view(shape), (zp.view(shape) if zp.dim() == 1 else zp)
+    return scale.float(), zp
+
+
+def _quantize(op, v):
+    """iOS17 ``quantize``: round(x / scale + zero_point), saturated to the output integer type."""
+    torch = _torch()
+    lo, hi = _INT_RANGE.get(v.get("output_dtype", "int8"), (None, None))
+    if lo is None:
+        raise UnsupportedOp(f"op '{op.name}' (quantize): output_dtype '{v.get('output_dtype')}' is not supported")
+    scale, zp = _affine_params(v, v["input"])
+    return torch.clamp(torch.round(v["input"] / scale + zp), lo, hi)
+
+
+def _dequantize(op, v):
+    """iOS17 ``dequantize``: (q - zero_point) * scale."""
+    scale, zp = _affine_params(v, v["input"])
+    return (v["input"].float() - zp) * scale
 
 
 def _expand(x, axes):
@@ -523,15 +557,20 @@ class ReferenceRunner:
         if norm is None:
             raise ExporterError(f"'{path}' has no 'normalization' metadata; re-export it with edgeseg")
         self.mean, self.std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
+        self.input_kind = meta.get("input", "image")
         self.input = self.ref.inputs[0]
         self.output = self.ref.outputs[0]
         self.runtime = RUNTIME
         self.is_reference = True  # its speed says nothing about a device
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Logits [N, C, H, W], or the class map [N, H, W] of an argmax model."""
         outs = []
         for img in np.asarray(x, np.float32):
-            rgb = (img.transpose(1, 2, 0) * self.std + self.mean) * 255.0
-            pixels = np.clip(np.round(rgb), 0, 255).astype(np.float32).transpose(2, 0, 1)[None]
-            outs.append(np.asarray(self.ref.run({self.input: pixels})[self.output], np.float32))
+            if self.input_kind == "multiarray":
+                feed = img[None]
+            else:
+                rgb = (img.transpose(1, 2, 0) * self.std + self.mean) * 255.0
+                feed = np.clip(np.round(rgb), 0, 255).astype(np.float32).transpose(2, 0, 1)[None]
+            outs.append(np.asarray(self.ref.run({self.input: feed})[self.output]))
         return np.concatenate(outs)

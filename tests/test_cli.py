@@ -121,3 +121,21 @@ def test_module_entry_point():
     assert code == 0 and "exit codes:" in out
     code, out, err = run_cli("data", "show", "synthetic?train=4&val=2&test=2", "--json")
     assert code == 0 and json.loads(out)["splits"]["train"]["images"] == 4
+
+
+def test_coreml_argmax_export_and_check_through_the_cli(tiny_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export"))
+    assert main(["export", str(run), "--target", "coreml", "--precision", "w8a8", "--output", "argmax",
+                 "--calibration", "8", "--json", "-q"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["path"] == "export/coreml-w8a8-argmax/model.mlpackage"
+    assert rec["details"]["deployment_target"] == "iOS17" and rec["details"]["output"] == "argmax"
+    code = main(["check", str(run), "--target", "coreml", "--precision", "w8a8", "--output", "argmax", "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert res["max_abs_logit_diff"] is None and res["pixel_agreement"] > 90
+    assert code == (0 if res["status"] == "passed" else 1)
+    assert main(["export", str(run), "--target", "tflite", "--input", "multiarray"]) == 2
+    assert "--input multiarray applies to --target coreml only" in capsys.readouterr().err

@@ -103,3 +103,55 @@ def test_a_damaged_package_is_a_clear_error(tmp_path):
     (path / "Data" / "com.apple.CoreML" / "model.mlmodel").write_bytes(b"\x00garbage")
     with pytest.raises(ExporterError, match="is not a readable Core ML ML Program"):
         MILReference(path)
+
+
+@pytest.mark.parametrize("precision,ops", [
+    ("palettize4", {"constexpr_lut_to_dense"}), ("palettize8-uniform", {"constexpr_lut_to_dense"}),
+    ("w8a8", {"constexpr_affine_dequantize", "quantize", "dequantize"}),
+])
+def test_compression_modes_store_what_they_claim_and_keep_masks(precision, ops, tmp_path):
+    torch.manual_seed(0)
+    model = build_model("unet", 5, base=16, depth=2).eval()
+    x = _inputs()
+    opts = ExportOptions(precision=precision, class_names=tuple("abcde"), normalization=NORM,
+                         calibration=[x[:1], x[1:]])
+    res = TARGETS["coreml"].export(model, np.zeros((1, 3, 64, 64), np.float32), opts, tmp_path)
+    assert ops <= set(res.details["weight_ops"])
+    assert res.details["deployment_target"] == ("iOS17" if precision == "w8a8" else "iOS16")
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    y = ReferenceRunner(res.path)(x)
+    # untrained random weights make near-ties everywhere; the masks must still mostly agree
+    assert (y.argmax(1) == ref.argmax(1)).mean() >= (0.8 if precision in ("palettize4", "w8a8") else 0.95)
+
+
+def test_argmax_output_multiarray_input_and_app_metadata(tmp_path):
+    import coremltools as ct
+
+    torch.manual_seed(0)
+    model = build_model("unet", 5, base=8, depth=2).eval()
+    x = _inputs()
+    opts = ExportOptions(precision="fp32", class_names=tuple("abcde"), normalization=NORM, output="argmax",
+                         input="multiarray", deployment_target="iOS18",
+                         metadata={"author": "Jane", "license": "MIT", "version": "1.2", "edgeseg_model": "unet"})
+    res = TARGETS["coreml"].export(model, np.zeros((1, 3, 64, 64), np.float32), opts, tmp_path)
+    ml = ct.models.MLModel(str(res.path), skip_model_load=True)
+    assert (ml.author, ml.license, ml.version) == ("Jane", "MIT", "1.2")
+    meta = ml.user_defined_metadata
+    assert meta["output"] == "argmax" and meta["input"] == "multiarray" and meta["deployment_target"] == "iOS18"
+    assert meta["classes"] == '["a", "b", "c", "d", "e"]' and meta["edgeseg_model"] == "unet"
+    y = ReferenceRunner(res.path)(x)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert y.shape == (2, 64, 64) and y.dtype.kind == "i"
+    assert (y == ref.argmax(1)).mean() == 1.0
+
+
+def test_w8a8_below_ios17_is_refused(tmp_path):
+    from exporters import ExporterError
+
+    opts = ExportOptions(precision="w8a8", class_names=tuple("abcde"), normalization=NORM,
+                         calibration=[_inputs()[:1]], deployment_target="iOS16")
+    with pytest.raises(ExporterError, match="'w8a8' \\(int8 activations\\) needs deployment target iOS17"):
+        TARGETS["coreml"].export(build_model("unet", 5, base=8, depth=2).eval(),
+                                 np.zeros((1, 3, 64, 64), np.float32), opts, tmp_path)

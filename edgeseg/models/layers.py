@@ -15,6 +15,10 @@ import torch.nn.functional as F
 
 
 def resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    if isinstance(size, torch.fx.Proxy) or isinstance(size[0], torch.fx.Proxy):
+        # symbolic torch.fx tracing (coremltools.optimize.torch's quantizer): sizes stay symbolic, and the
+        # later torch.jit.trace for Core ML sees real shapes again
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     # int(): the target size becomes a constant in traced graphs (ONNX Resize with constant sizes)
     # instead of a Shape->Gather->Concat chain; onnx2tf mis-lays-out such chains in some graphs, and
     # exported models have static shapes anyway.
