@@ -240,6 +240,20 @@ def can_run() -> tuple[bool, str]:
     return True, ""
 
 
+def package_io(meta: dict, path: Path) -> tuple[np.ndarray, np.ndarray, str]:
+    """Normalization mean/std and input kind from an edgeseg package's user-defined metadata."""
+    norm = json.loads(meta.get("normalization", "null") or "null")
+    if norm is None:
+        raise ExporterError(f"'{path}' has no 'normalization' metadata; re-export it with edgeseg")
+    return np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32), meta.get("input", "image")
+
+
+def to_pixels(img: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """A normalized CHW image back to the 8-bit HWC RGB pixels an app's camera frame would hold."""
+    rgb = (img.transpose(1, 2, 0) * std + mean) * 255.0
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+
 class CoreMLRunner:
     """Runs an ``.mlpackage`` with ``MLModel.predict`` (macOS only). Input: NCHW normalized float32."""
 
@@ -252,11 +266,7 @@ class CoreMLRunner:
         ct = _import_ct()
         self.ml = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units))
         # The image input takes pixels: undo the caller's normalization with the model's own values.
-        norm = json.loads(self.ml.user_defined_metadata.get("normalization", "null") or "null")
-        if norm is None:
-            raise ExporterError(f"'{path}' has no 'normalization' metadata; re-export it with edgeseg")
-        self.mean, self.std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
-        self.input_kind = self.ml.user_defined_metadata.get("input", "image")
+        self.mean, self.std, self.input_kind = package_io(dict(self.ml.user_defined_metadata), path)
         self.runtime = f"Core ML runtime on macOS ({compute_units}), coremltools {ct.__version__}"
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -265,11 +275,7 @@ class CoreMLRunner:
 
         outs = []
         for img in np.asarray(x, np.float32):
-            if self.input_kind == "multiarray":
-                feed = img[None]
-            else:
-                rgb = (img.transpose(1, 2, 0) * self.std + self.mean) * 255.0
-                feed = Image.fromarray(np.clip(np.round(rgb), 0, 255).astype(np.uint8))
+            feed = img[None] if self.input_kind == "multiarray" else Image.fromarray(to_pixels(img, self.mean, self.std))
             outs.append(np.asarray(self.ml.predict({INPUT_NAME: feed})[OUTPUT_NAME]))
         return np.concatenate(outs)
 

@@ -546,18 +546,13 @@ class ReferenceRunner:
     """
 
     def __init__(self, path: Path, threads: int = 2) -> None:
-        import json
-
         import torch
+
+        from exporters.coreml import package_io
 
         torch.set_num_threads(max(1, threads))
         self.ref = MILReference(path)
-        meta = dict(self.ref.spec.description.metadata.userDefined)
-        norm = json.loads(meta.get("normalization", "null") or "null")
-        if norm is None:
-            raise ExporterError(f"'{path}' has no 'normalization' metadata; re-export it with edgeseg")
-        self.mean, self.std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
-        self.input_kind = meta.get("input", "image")
+        self.mean, self.std, self.input_kind = package_io(dict(self.ref.spec.description.metadata.userDefined), path)
         self.input = self.ref.inputs[0]
         self.output = self.ref.outputs[0]
         self.runtime = RUNTIME
@@ -565,12 +560,13 @@ class ReferenceRunner:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Logits [N, C, H, W], or the class map [N, H, W] of an argmax model."""
+        from exporters.coreml import to_pixels
+
         outs = []
         for img in np.asarray(x, np.float32):
             if self.input_kind == "multiarray":
                 feed = img[None]
             else:
-                rgb = (img.transpose(1, 2, 0) * self.std + self.mean) * 255.0
-                feed = np.clip(np.round(rgb), 0, 255).astype(np.float32).transpose(2, 0, 1)[None]
+                feed = to_pixels(img, self.mean, self.std).astype(np.float32).transpose(2, 0, 1)[None]
             outs.append(np.asarray(self.ref.run({self.input: feed})[self.output]))
         return np.concatenate(outs)
