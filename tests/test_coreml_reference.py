@@ -105,13 +105,16 @@ def test_a_damaged_package_is_a_clear_error(tmp_path):
         MILReference(path)
 
 
-@pytest.mark.parametrize("precision,ops", [
-    ("palettize4", {"constexpr_lut_to_dense"}), ("palettize8-uniform", {"constexpr_lut_to_dense"}),
-    ("w8a8", {"constexpr_affine_dequantize", "quantize", "dequantize"}),
+@pytest.mark.parametrize("name,kw,precision,ops", [
+    ("unet", {"base": 16, "depth": 2}, "palettize4", {"constexpr_lut_to_dense"}),
+    ("unet", {"base": 16, "depth": 2}, "palettize8-uniform", {"constexpr_lut_to_dense"}),
+    ("unet", {"base": 16, "depth": 2}, "w8a8", {"constexpr_affine_dequantize", "quantize", "dequantize"}),
+    # torchvision's MobileNetV3 + LR-ASPP head through torch.fx tracing and the quantized conversion
+    ("lraspp", {"encoder": "mobilenet_v3_small", "inter_channels": 32}, "w8a8", {"quantize", "dequantize"}),
 ])
-def test_compression_modes_store_what_they_claim_and_keep_masks(precision, ops, tmp_path):
+def test_compression_modes_store_what_they_claim_and_keep_masks(name, kw, precision, ops, tmp_path):
     torch.manual_seed(0)
-    model = build_model("unet", 5, base=16, depth=2).eval()
+    model = build_model(name, 5, **kw).eval()
     x = _inputs()
     opts = ExportOptions(precision=precision, class_names=tuple("abcde"), normalization=NORM,
                          calibration=[x[:1], x[1:]])

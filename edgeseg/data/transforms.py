@@ -65,8 +65,8 @@ class BadSample:
 class TensorDataset(torch.utils.data.Dataset):
     """Wraps a SegDataset: preprocessed image tensors and mask tensors, optional augmentation.
 
-    Items are indexed by ``i`` or by ``(i, epoch)`` (what :class:`TrainSampler` yields, so persistent
-    workers see the current epoch). A file that raises DataError becomes a :class:`BadSample`, which
+    Items are indexed by ``(i, epoch)`` (what :class:`TrainSampler` yields, so persistent workers see the
+    current epoch) or by ``i`` alone (epoch 0). A file that raises DataError becomes a :class:`BadSample`, which
     :func:`collate` sets aside and :func:`batches` reports (or skips with ``--skip-bad``).
     """
 
@@ -77,16 +77,12 @@ class TensorDataset(torch.utils.data.Dataset):
         self.ds, self.pre, self.seed = ds, pre, seed
         self.augment = Augment(augment, pre.height, pre.width) if augment else None
         self.distance_maps = distance_maps  # signed distance maps for boundary/distance losses
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.ds)
 
     def __getitem__(self, index) -> tuple[torch.Tensor, ...] | BadSample:
-        i, epoch = index if isinstance(index, tuple) else (index, self.epoch)
+        i, epoch = index if isinstance(index, tuple) else (index, 0)
         try:
             img, mask = self.ds[i]
         except DataError as e:

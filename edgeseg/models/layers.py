@@ -16,9 +16,13 @@ import torch.nn.functional as F
 
 def resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
     if isinstance(size, torch.fx.Proxy) or isinstance(size[0], torch.fx.Proxy):
-        # symbolic torch.fx tracing (coremltools.optimize.torch's quantizer): sizes stay symbolic, and the
-        # later torch.jit.trace for Core ML sees real shapes again
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        # symbolic torch.fx tracing (coremltools.optimize.torch's quantizer): record one leaf call, which
+        # runs with real shapes (and constant sizes) when the quantized graph is later traced for Core ML
+        return _static_resize(x, size)
+    return _static_resize(x, size)
+
+
+def _static_resize(x: torch.Tensor, size) -> torch.Tensor:
     # int(): the target size becomes a constant in traced graphs (ONNX Resize with constant sizes)
     # instead of a Shape->Gather->Concat chain; onnx2tf mis-lays-out such chains in some graphs, and
     # exported models have static shapes anyway.
@@ -26,6 +30,9 @@ def resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
     if tuple(x.shape[-2:]) == size:
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+torch.fx.wrap("_static_resize")
 
 
 class ConvBNReLU(nn.Sequential):

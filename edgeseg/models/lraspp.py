@@ -1,6 +1,6 @@
 """LR-ASPP (Howard et al., "Searching for MobileNetV3", 2019) on a MobileNetV3 encoder.
 
-The head (torchvision's ``LRASPPHead``) gates 1×1-conv features of the last stage (output stride 16,
+The head (torchvision's ``LRASPPHead`` modules, its forward restated with static-size resizes) gates 1×1-conv features of the last stage (output stride 16,
 dilated) with a global-pooling sigmoid branch, upsamples them to stride 8 and adds a classifier over the
 stride-8 features. LR-ASPP is defined for MobileNetV3; other encoders are refused.
 """
@@ -31,7 +31,12 @@ class LRASPP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.encoder(x)
-        return resize(self.head({"low": feats[self.low], "high": feats[-1]}), x.shape[-2:])
+        low, high = feats[self.low], feats[-1]
+        h = self.head
+        # torchvision's LRASPPHead.forward, with its upsampling through our static-size resize (constant
+        # sizes in traced graphs: ONNX/onnx2tf and the quantized Core ML path need them)
+        y = resize(h.cbr(high) * h.scale(high), low.shape[-2:])
+        return resize(h.low_classifier(low) + h.high_classifier(y), x.shape[-2:])
 
 
 @MODELS.register("lraspp")

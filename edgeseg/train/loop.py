@@ -200,7 +200,10 @@ def _train(cfg: TrainConfig, out_dir: Path, ctx: DistContext, device: torch.devi
         if ema is not None:
             ema.module.load_state_dict(old.ema_weights)
             ema.n_averaged.fill_(int(state["ema_n_averaged"]))
-        restore_rng(state["rng"])
+        if "rng" in state:
+            restore_rng(state["rng"])
+        elif "torch_rng" in state:  # an epoch-end checkpoint of edgeseg before step checkpoints
+            torch.set_rng_state(state["torch_rng"])
 
     train_model: nn.Module = model
     if ctx.enabled:
