@@ -15,10 +15,9 @@ import torch.nn.functional as F
 
 
 def resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
-    if isinstance(size, torch.fx.Proxy) or isinstance(size[0], torch.fx.Proxy):
-        # symbolic torch.fx tracing (coremltools.optimize.torch's quantizer): record one leaf call, which
-        # runs with real shapes (and constant sizes) when the quantized graph is later traced for Core ML
-        return _static_resize(x, size)
+    # Under symbolic torch.fx tracing (coremltools.optimize.torch's quantizer) ``_static_resize`` is one leaf
+    # call (torch.fx.wrap below), which runs with real shapes, hence constant sizes, when the quantized graph
+    # is later traced for Core ML. It is looked up in this module's globals, which is where fx patches it.
     return _static_resize(x, size)
 
 
