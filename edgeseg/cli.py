@@ -122,10 +122,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="logits", choices=("logits", "argmax"), help="which export to check")
     p.add_argument("--input", dest="input_kind", default="image", choices=("image", "multiarray"),
                    help="which export to check (coreml)")
-    p.add_argument("--compute-units", choices=("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL"),
-                   help="coreml on macOS: Core ML runtime compute units (default CPU_ONLY). Elsewhere Core ML "
-                   "is checked by reference execution of the saved program; asking for compute units there "
-                   "is NOT VERIFIED (exit 3)")
+    p.add_argument("--compute-units", metavar="UNITS",
+                   help="coreml on macOS: Core ML runtime compute units to check, comma-separated from CPU_ONLY, "
+                   "CPU_AND_GPU, CPU_AND_NE, ALL (default CPU_ONLY,ALL; the check passes only if every one does). "
+                   "Elsewhere Core ML is checked by reference execution of the saved program; asking for "
+                   "compute units there is NOT VERIFIED (exit 3)")
     p.add_argument("--json", action="store_true", help="print parity.json to stdout")
 
     p = sub.add_parser("report", help="size/latency/parity report of a run", epilog=EPILOG, formatter_class=fmt,
@@ -245,6 +246,9 @@ def _print_parity(res) -> None:
     if res.status == "not-verified":
         print(f"  not verified: {res.reason}")
         return
+    for runtime, r in res.by_runtime.items():
+        print(f"  {runtime}: {r['status'].upper()}, agreement {r['pixel_agreement'] or 0:.3f} %, "
+              f"mask mIoU {r['mask_miou'] or 0:.4f}")
     print(f"  images              {res.images}")
     print(f"  pixel agreement     {res.pixel_agreement:.3f} %   (min {res.thresholds.get('min_agreement', '—')})")
     print(f"  mask mIoU vs ref    {res.mask_miou:.4f}     (min {res.thresholds.get('min_mask_miou', '—')})")

@@ -43,6 +43,8 @@ class ParityResult:
     thresholds: dict[str, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     reason: str = ""
+    #: one entry per runtime when a check ran several (Core ML's compute units on macOS)
+    by_runtime: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -107,6 +109,21 @@ def compare(reference: Callable[[np.ndarray], np.ndarray], exported: Callable[[n
     if res.failures:
         res.status = FAILED
     return res
+
+
+def combine_results(results: Sequence[ParityResult]) -> ParityResult:
+    """One result for a check that ran on several runtimes: the worst one's figures and status (failed >
+    not verified > passed), every runtime's figures in ``by_runtime``, every failure kept."""
+    rank = {FAILED: 0, NOT_VERIFIED: 1, PASSED: 2}
+    worst = min(results, key=lambda r: (rank[r.status], r.pixel_agreement if r.status == PASSED else 0.0))
+    out = dataclasses.replace(worst, failures=[], by_runtime={})
+    for r in results:
+        key = r.runtime or f"not verified: {r.reason}"
+        out.by_runtime[key] = {"status": r.status, "pixel_agreement": r.pixel_agreement, "mask_miou": r.mask_miou,
+                               "max_abs_logit_diff": r.max_abs_logit_diff, "reason": r.reason}
+        out.failures += [f"{r.runtime}: {f}" for f in r.failures]
+    out.runtime = "; ".join(r.runtime for r in results if r.runtime)
+    return out
 
 
 def not_verified(target: str, precision: str, reason: str, thresholds: dict[str, float]) -> ParityResult:

@@ -22,7 +22,7 @@ import numpy as np
 from edgeseg.atomic import ensure_dir, write_json
 from edgeseg.data import open_split
 from edgeseg.errors import CheckFailed, ExportError, UsageError
-from edgeseg.parity import NOT_VERIFIED, ParityResult, compare, not_verified, thresholds_for
+from edgeseg.parity import NOT_VERIFIED, ParityResult, combine_results, compare, not_verified, thresholds_for
 from edgeseg.registry import check_choice
 from edgeseg.train.checkpoint import Checkpoint, load_checkpoint
 from edgeseg.versions import package_versions
@@ -168,31 +168,43 @@ def check_run(run: Path, target: str, precision: str | None = None, min_agreemen
     thresholds = thresholds_for(precision, min_agreement, min_mask_miou)
     if compute_units is not None and target != "coreml":
         raise UsageError(f"--compute-units applies to --target coreml only, not {target}")
+    units: list[str | None] = [None]
+    if compute_units is not None:
+        units = [u.strip() for u in compute_units.split(",") if u.strip()]
+    elif target == "coreml":
+        from exporters.coreml import native_runtime
+
+        if native_runtime():  # the Core ML runtime on the CPU alone and with every unit (GPU, neural engine)
+            units = ["CPU_ONLY", "ALL"]
     ok, why = t.can_run()
-    runner = None
-    if ok:
-        try:
-            kw = {"compute_units": compute_units} if compute_units is not None else {}
-            runner = TARGETS[target].load(run / rec["path"], threads=threads, **kw)
-        except ExporterError as e:
-            if compute_units is None:
-                raise ExportError(str(e)) from None
-            ok, why = False, str(e)
     if not ok:
         res = not_verified(target, precision, why, thresholds)
-    else:
-        from edgeseg.bench import torch_runner
+        write_json(d / "parity.json", {"schema": "edgeseg.parity/1", **res.to_json()})
+        return res
+    from edgeseg.bench import torch_runner
 
-        test = open_split(ckpt.config.data, "test", ckpt.config.image_size)
-        n = len(test) if limit is None else min(limit, len(test))
-        images, masks = [], []
-        for i in range(n):
-            img, m = test[i]
-            images.append(ckpt.preprocess.image(img))
-            masks.append(ckpt.preprocess.mask(m))
-        log(f"checking {target} {precision} against PyTorch on {n} test images ...")
-        res = compare(torch_runner(ckpt.build_model(rec.get("weights", "raw")), threads), runner, images, masks, ckpt.class_names,
-                      thresholds, target, precision, runtime=runner.runtime)
+    test = open_split(ckpt.config.data, "test", ckpt.config.image_size)
+    n = len(test) if limit is None else min(limit, len(test))
+    images, masks = [], []
+    for i in range(n):
+        img, m = test[i]
+        images.append(ckpt.preprocess.image(img))
+        masks.append(ckpt.preprocess.mask(m))
+    reference = torch_runner(ckpt.build_model(rec.get("weights", "raw")), threads)
+    results = []
+    for unit in units:
+        try:
+            kw = {"compute_units": unit} if unit is not None else {}
+            runner = TARGETS[target].load(run / rec["path"], threads=threads, **kw)
+        except ExporterError as e:
+            if unit is None:
+                raise ExportError(str(e)) from None
+            results.append(not_verified(target, precision, str(e), thresholds))
+            continue
+        log(f"checking {target} {precision} ({runner.runtime}) against PyTorch on {n} test images ...")
+        results.append(compare(reference, runner, images, masks, ckpt.class_names, thresholds, target, precision,
+                               runtime=runner.runtime))
+    res = combine_results(results) if len(results) > 1 else results[0]
     write_json(d / "parity.json", {"schema": "edgeseg.parity/1", **res.to_json()})
     return res
 

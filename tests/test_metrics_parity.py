@@ -56,3 +56,23 @@ def test_default_thresholds():
     assert thresholds_for("fp16") == {"min_agreement": 99.5}
     assert thresholds_for("int8") == {"min_agreement": 98.0, "min_mask_miou": 0.95}
     assert thresholds_for("int8", min_agreement=90)["min_agreement"] == 90
+
+
+def test_results_of_several_runtimes_combine_to_the_worst():
+    from edgeseg.parity import combine_results
+
+    rng = np.random.default_rng(0)
+    x = [rng.standard_normal((3, 4, 4)).astype(np.float32) for _ in range(2)]
+    y = [np.zeros((4, 4), np.int64) for _ in range(2)]
+    ref = lambda b: b  # noqa: E731 - the logits are the input itself
+    flip = lambda b: -b  # noqa: E731 - every argmax changes
+    t = thresholds_for("fp16")
+    good = compare(ref, ref, x, y, ["a", "b", "c"], t, "coreml", "fp16", runtime="Core ML runtime (CPU_ONLY)")
+    bad = compare(ref, flip, x, y, ["a", "b", "c"], t, "coreml", "fp16", runtime="Core ML runtime (ALL)")
+    both = combine_results([good, bad])
+    assert both.status == "failed" and both.pixel_agreement == bad.pixel_agreement
+    assert set(both.by_runtime) == {"Core ML runtime (CPU_ONLY)", "Core ML runtime (ALL)"}
+    assert both.by_runtime["Core ML runtime (CPU_ONLY)"]["pixel_agreement"] == 100.0
+    assert both.failures and all(f.startswith("Core ML runtime (ALL): ") for f in both.failures)
+    skipped = not_verified("coreml", "fp16", "needs macOS", t)
+    assert combine_results([good, skipped]).status == NOT_VERIFIED
