@@ -139,6 +139,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", action="store_true", help="print report.json to stdout")
 
+    p = sub.add_parser("bench", help="size, I/O and latency of any model file", epilog=EPILOG, formatter_class=fmt,
+                       description="Describe and time a .tflite (LiteRT, XNNPACK on and off), .onnx (onnxruntime), "
+                       ".mlpackage (Core ML runtime, macOS only) or edgeseg checkpoint/run (PyTorch eager) at "
+                       "several thread counts; hardware and runtime versions are recorded.")
+    _common(p)
+    p.add_argument("model", type=Path, help="model file, .mlpackage, checkpoint .pt or run directory")
+    p.add_argument("--threads", default="1,2,4", help="comma-separated thread counts (default %(default)s)")
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="print the figures as JSON (schema edgeseg.bench/1)")
+
     p = sub.add_parser("quickstart", help="the main job on the embedded data", epilog=EPILOG, formatter_class=fmt,
                        description="Train LR-ASPP MobileNetV3 on the embedded synthetic data, export TFLite "
                        "fp32/fp16/int8 and Core ML fp16/int8, check parity and write the report.")
@@ -391,11 +402,24 @@ def cmd_data_check(a: argparse.Namespace) -> int:
     return EXIT_OK if report["ok"] else EXIT_FAILURE
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    from edgeseg.errors import UsageError
+    from edgeseg.model_bench import bench_model, format_bench
+
+    try:
+        threads = tuple(int(t) for t in a.threads.split(",") if t.strip())
+    except ValueError:
+        raise UsageError(f"--threads takes comma-separated integers, got '{a.threads}'") from None
+    r = bench_model(a.model, threads, a.runs, a.warmup, log=_log(a) if not a.json else (lambda s: None))
+    print(json.dumps(r, indent=2) if a.json else format_bench(r))
+    return EXIT_OK
+
+
 def _log(a: argparse.Namespace):
     return (lambda s: None) if a.quiet else (lambda s: print(s, file=sys.stderr))
 
 
-COMMANDS = {"train": cmd_train, "export": cmd_export, "check": cmd_check, "report": cmd_report,
+COMMANDS = {"train": cmd_train, "export": cmd_export, "check": cmd_check, "report": cmd_report, "bench": cmd_bench,
             "quickstart": cmd_quickstart, "models": cmd_models, "data": cmd_data}
 
 
