@@ -137,6 +137,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=20, help="timed runs per model (default %(default)s)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--budget", type=Path, help="YAML of limits per export (max_size_mb, max_latency_ms, "
+                   "min_agreement, max_miou_drop); exit 1 if one is exceeded, 3 if one could not be measured")
+    p.add_argument("--baseline", type=Path, help="an earlier report.json: diff table, exit 1 on a regression "
+                   "(size +5 %%, latency +15 %%, agreement -0.5 points, dataset mIoU -0.01)")
     p.add_argument("--json", action="store_true", help="print report.json to stdout")
 
     p = sub.add_parser("bench", help="size, I/O and latency of any model file", epilog=EPILOG, formatter_class=fmt,
@@ -296,12 +300,13 @@ def cmd_check(a: argparse.Namespace) -> int:
 def cmd_report(a: argparse.Namespace) -> int:
     from edgeseg.report import build_report
 
-    rep = build_report(a.run, a.runs, a.warmup, a.threads, log=_log(a) if not a.json else (lambda s: None))
+    rep = build_report(a.run, a.runs, a.warmup, a.threads, log=_log(a) if not a.json else (lambda s: None),
+                       budget=a.budget, baseline=a.baseline)
     if a.json:
         print(json.dumps(rep, indent=2))
     else:
         print((Path(rep["run"]) / "report.md").read_text())
-    return EXIT_OK
+    return {"failed": EXIT_FAILURE, "not-verified": EXIT_NOT_VERIFIED}.get(rep["status"], EXIT_OK)
 
 
 def cmd_quickstart(a: argparse.Namespace) -> int:

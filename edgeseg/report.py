@@ -22,19 +22,28 @@ def _fmt(v: Any, spec: str, none: str = "—") -> str:
 
 
 def build_report(run: Path, runs: int = 20, warmup: int = 3, threads: int = 2,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure every export of ``run`` and write ``report.json`` and ``report.md`` into it."""
+                 log: Callable[[str], None] = print, budget: Path | None = None,
+                 baseline: Path | None = None) -> dict[str, Any]:
+    """Measure every export of ``run`` and write ``report.json`` and ``report.md`` into it; with ``budget``
+    (YAML) and/or ``baseline`` (an earlier report.json) add their verdicts (:mod:`edgeseg.budget`)."""
+    from edgeseg.budget import check_budget, compare_baseline, load_baseline, load_budget
+    from edgeseg.errors import UsageError
     from exporters import TARGETS, ExporterError
 
+    limits = load_budget(budget) if budget is not None else None
+    previous = load_baseline(baseline, SCHEMA) if baseline is not None else None
     ckpt = load_checkpoint(run)
     run = Path(ckpt.path).parent
+    if not list((run / "export").glob("*-*/export.json")):
+        raise UsageError(f"run '{run}' has no exports to report on; first: edgeseg export {run} --target tflite "
+                         f"(and edgeseg check for parity)")
     model = ckpt.build_model()
     pre = ckpt.preprocess
     x = np.random.default_rng(0).standard_normal((1, 3, pre.height, pre.width)).astype(np.float32)
     params = count_params(model)
     ref_lat = measure_latency(torch_runner(model, threads), x, runs, warmup)
     rows: list[dict[str, Any]] = [{
-        "target": "pytorch", "precision": "fp32", "size_bytes": sum(v.numel() * v.element_size()
+        "name": "pytorch-fp32", "target": "pytorch", "precision": "fp32", "size_bytes": sum(v.numel() * v.element_size()
                                                                     for v in ckpt.weights.values()),
         "params": params, "latency": {**ref_lat, "runtime": f"PyTorch eager CPU, {threads} threads",
                                       "threads": threads},
@@ -48,7 +57,8 @@ def build_report(run: Path, runs: int = 20, warmup: int = 3, threads: int = 2,
         target, precision = rec["target"], rec["precision"]
         parity_path = rec_path.parent / "parity.json"
         parity = json.loads(parity_path.read_text()) if parity_path.exists() else None
-        row: dict[str, Any] = {"target": target, "precision": precision, "size_bytes": rec["size_bytes"],
+        row: dict[str, Any] = {"name": rec_path.parent.name, "target": target, "precision": precision,
+                               "size_bytes": rec["size_bytes"],
                                "params": params, "path": rec["path"], "export_seconds": rec["seconds"],
                                "stale": rec.get("checkpoint_digest") is None, "parity": parity}
         ok, why = TARGETS[target].can_run() if target in TARGETS else (False, "unknown target")
@@ -79,9 +89,28 @@ def build_report(run: Path, runs: int = 20, warmup: int = 3, threads: int = 2,
         "versions": package_versions(),
         "results": rows,
     }
+    verdicts = []
+    if limits is not None:
+        lines = check_budget(report, limits)
+        report["budget"] = {"file": str(budget), "lines": lines, "status": _worst(b["status"] for b in lines)}
+        verdicts.append(report["budget"]["status"])
+    if previous is not None:
+        diff = compare_baseline(report, previous)
+        report["baseline"] = {"file": str(baseline), "rows": diff,
+                              "status": "failed" if any(d["regressions"] for d in diff) else "passed"}
+        verdicts.append(report["baseline"]["status"])
+    report["status"] = _worst(verdicts) if verdicts else "no-gates"  # nothing was gated: not a pass
     write_json(run / "report.json", report)
     write_text(run / "report.md", render_markdown(report))
     return report
+
+
+def _worst(statuses) -> str:
+    statuses = list(statuses)
+    for s in ("failed", "not-verified"):
+        if s in statuses:
+            return s
+    return "passed"
 
 
 def render_markdown(r: dict[str, Any]) -> str:
@@ -137,6 +166,10 @@ def render_markdown(r: dict[str, Any]) -> str:
                      f"{runtime} | {status} | {agree} | {miou} | {dlog} | {ds} |")
     if notes:
         lines += ["", "Notes:", *notes]
+    from edgeseg.budget import render_markdown as render_verdicts
+
+    lines += render_verdicts((r.get("budget") or {}).get("lines") if "budget" in r else None,
+                             (r.get("baseline") or {}).get("rows") if "baseline" in r else None)
     lines += ["", "Parity: the exported model and the PyTorch model run on the same preprocessed test images; "
               "agreement = % of pixels with the same argmax class, mask mIoU = mIoU of the exported masks "
               "against the reference masks. Latency: batch 1 on this CPU, not a phone.", ""]

@@ -1,0 +1,96 @@
+"""Budgets and baselines gate an app's CI: figures, statuses and exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from edgeseg.cli import main
+
+
+@pytest.fixture(scope="module")
+def reported(tiny_run, tmp_path_factory):
+    """A copy of the tiny run with a TFLite fp32 export, checked, and a plain report."""
+    from edgeseg.pipeline import check_run, export_run
+    from edgeseg.report import build_report
+
+    run = tmp_path_factory.mktemp("budget") / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "report.*"))
+    export_run(run, "tflite", "fp32", log=lambda s: None)
+    check_run(run, "tflite", "fp32", log=lambda s: None)
+    build_report(run, runs=3, warmup=1, log=lambda s: None)
+    shutil.copy(run / "report.json", run.parent / "baseline.json")
+    return run
+
+
+def _report(run, *extra, capsys):
+    code = main(["report", str(run), "--runs", "3", "--warmup", "1", "--json", "-q", *map(str, extra)])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_budget_pass_fail_and_not_verified(reported, tmp_path, capsys):
+    size = (reported / "export" / "tflite-fp32" / "model.tflite").stat().st_size / 1e6
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(f"defaults:\n  min_agreement: 99\nexports:\n  tflite-fp32:\n    max_size_mb: {size + 0.01:.3f}\n"
+                  f"    max_latency_ms: 10000\n    max_miou_drop: 0.01\n")
+    code, rep = _report(reported, "--budget", ok, capsys=capsys)
+    assert code == 0 and rep["budget"]["status"] == "passed" and rep["status"] == "passed"
+    got = {b["limit"]: b for b in rep["budget"]["lines"]}
+    assert got["max_size_mb"]["value"] == pytest.approx(size) and got["min_agreement"]["value"] >= 99.9
+    tight = tmp_path / "tight.yaml"
+    tight.write_text(f"exports:\n  tflite-fp32:\n    max_size_mb: {size / 2:.3f}\n")
+    code, rep = _report(reported, "--budget", tight, capsys=capsys)
+    assert code == 1 and rep["budget"]["lines"][0]["status"] == "failed"
+    assert "| tflite-fp32 | max_size_mb |" in (reported / "report.md").read_text()
+
+
+def test_budget_on_an_unmeasured_figure_is_not_verified(reported, tmp_path, capsys):
+    from edgeseg.pipeline import export_run
+
+    export_run(reported, "coreml", "fp16", log=lambda s: None)  # exported, never checked
+    b = tmp_path / "b.yaml"
+    b.write_text("exports:\n  coreml-fp16:\n    min_agreement: 98\n")
+    code, rep = _report(reported, "--budget", b, capsys=capsys)
+    assert code == 3 and rep["budget"]["lines"][0]["status"] == "not-verified"
+    assert "edgeseg check" in rep["budget"]["lines"][0]["reason"]
+    shutil.rmtree(reported / "export" / "coreml-fp16")
+
+
+def test_baseline_diff_and_regression(reported, tmp_path, capsys):
+    base = json.loads((reported.parent / "baseline.json").read_text())
+    code, rep = _report(reported, "--baseline", reported.parent / "baseline.json", capsys=capsys)
+    row = next(d for d in rep["baseline"]["rows"] if d["export"] == "tflite-fp32")
+    assert row["size_mb"][0] == row["size_mb"][1] and row["agreement"][0] == row["agreement"][1]
+    # a baseline whose model was half the size: the size regression fails the report
+    for r in base["results"]:
+        r["size_bytes"] //= 2
+    worse = tmp_path / "small.json"
+    worse.write_text(json.dumps(base))
+    code, rep = _report(reported, "--baseline", worse, capsys=capsys)
+    assert code == 1 and any("size" in x for d in rep["baseline"]["rows"] for x in d["regressions"])
+
+
+@pytest.mark.parametrize("content,msg", [
+    ("exports:\n  tflite-fp32:\n    max_sise_mb: 1\n", "unknown limit 'max_sise_mb' \\(did you mean 'max_size_mb'\\?\\)"),
+    ("limits: {}\n", "unknown key 'limits'"),
+    ("exports:\n  tflite-int9:\n    max_size_mb: 1\n", "names export 'tflite-int9', which this run does not have"),
+    ("exports:\n  tflite-fp32:\n    max_size_mb: big\n", "'tflite-fp32.max_size_mb' must be a number"),
+])
+def test_bad_budget_files(reported, tmp_path, capsys, content, msg):
+    b = tmp_path / "b.yaml"
+    b.write_text(content)
+    assert main(["report", str(reported), "--budget", str(b), "-q"]) == 2
+    assert __import__("re").search(msg, capsys.readouterr().err)
+
+
+def test_bad_baseline_and_run_without_exports(reported, tmp_path, tiny_run, capsys):
+    other = tmp_path / "old.json"
+    other.write_text(json.dumps({"schema": "edgeseg.report/0", "results": []}))
+    assert main(["report", str(reported), "--baseline", str(other), "-q"]) == 2
+    assert "has schema 'edgeseg.report/0', not 'edgeseg.report/1'" in capsys.readouterr().err
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_run, bare, ignore=shutil.ignore_patterns("export", "report.*"))
+    assert main(["report", str(bare), "-q"]) == 2
+    assert "has no exports to report on" in capsys.readouterr().err
