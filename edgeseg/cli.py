@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", help="tflite: fp32|fp16|int8; coreml: fp32|fp16|int8|palettize4|palettize6|"
                    "palettize8 (k-means; add -uniform for uniform palettes)|w8a8; onnx: fp32")
     p.add_argument("--output", default="logits", choices=("logits", "argmax"),
-                   help="logits (default) or an in-graph argmax class map (coreml)")
+                   help="logits (default) or an in-graph argmax class map (tflite: uint8, coreml: int32)")
     p.add_argument("--input", dest="input_kind", default="image", choices=("image", "multiarray"),
                    help="coreml: image (ImageType pixels, default) or multiarray (normalized floats)")
     p.add_argument("--deployment-target", choices=("iOS16", "iOS17", "iOS18"),

@@ -6,6 +6,8 @@
 * fp32: plain conversion. fp16: float16 weights (``supported_types=[tf.float16]``), computed in
   float32 by XNNPACK on CPUs. int8: full-integer quantization (``TFLITE_BUILTINS_INT8``, int8 input
   and output) calibrated on the representative images the caller passes.
+* ``output="argmax"``: the same SavedModel's logits followed by ``ARG_MAX`` and ``CAST`` to uint8, so an app
+  reads the [1, H, W] class map directly (int8 models keep int8 input and compute the argmax on int8 logits).
 * onnx2tf runs a check inference on a sample file it downloads when the input looks like an image
   (``calibration_image_sample_data_20x128x128x3_float32.npy``), even offline; we run it in a
   temporary working directory that already holds such a file, built from the caller's calibration
@@ -90,9 +92,27 @@ def saved_model(model, example: np.ndarray, options: ExportOptions) -> tuple[Pat
     return sm, time.time() - t0
 
 
+def _argmax_converter(tf, sm: Path):
+    """A converter for the SavedModel's logits followed by an in-graph argmax over classes, cast to uint8:
+    the app gets the class map directly (``ARG_MAX`` + ``CAST``, both TFLite builtins)."""
+    loaded = tf.saved_model.load(str(sm))
+    sig = loaded.signatures["serving_default"]
+    (name, spec), = sig.structured_input_signature[1].items()
+
+    @tf.function(input_signature=[tf.TensorSpec(spec.shape, tf.float32, name=name)])
+    def classes(image):
+        logits = list(sig(**{name: image}).values())[0]
+        return {"classes": tf.cast(tf.argmax(logits, axis=-1, output_type=tf.int32), tf.uint8)}
+
+    return tf.lite.TFLiteConverter.from_concrete_functions([classes.get_concrete_function()], loaded)
+
+
 def _convert(sm: Path, options: ExportOptions) -> bytes:
     tf = import_tensorflow()
-    conv = tf.lite.TFLiteConverter.from_saved_model(str(sm))
+    if options.output == "argmax":
+        conv = _argmax_converter(tf, sm)
+    else:
+        conv = tf.lite.TFLiteConverter.from_saved_model(str(sm))
     if options.precision == "fp16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.target_spec.supported_types = [tf.float16]
@@ -109,7 +129,8 @@ def _convert(sm: Path, options: ExportOptions) -> bytes:
         conv.representative_dataset = representative
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         conv.inference_input_type = tf.int8
-        conv.inference_output_type = tf.int8
+        if options.output != "argmax":  # a class map is already uint8
+            conv.inference_output_type = tf.int8
     with quiet_native() as log:
         try:
             return conv.convert()
@@ -135,8 +156,8 @@ def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) ->
     """Write ``out_dir/model.tflite`` at ``options.precision`` (fp32, fp16 or int8)."""
     if options.precision not in TARGET.precisions:
         raise ExporterError(f"target 'tflite' has no precision '{options.precision}'")
-    if options.output != "logits":
-        raise ExporterError(f"target 'tflite' does not support output '{options.output}' yet")
+    if options.output not in ("logits", "argmax"):
+        raise ExporterError(f"target 'tflite' has no output '{options.output}' (logits or argmax)")
     t0 = time.time()
     sm, sm_seconds = saved_model(model, example, options)
     data = _convert(sm, options)
@@ -145,7 +166,9 @@ def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) ->
         tmp.write_bytes(data)
     details = {"converter": "onnx2tf + TF Lite converter", "onnx2tf_seconds": round(sm_seconds, 2),
                "calibration_images": len(batches(options.calibration)) if options.precision == "int8" else 0,
-               "layout": "NHWC input [1,H,W,3]; output [1,H,W,C]"}
+               "output": options.output,
+               "layout": "NHWC input [1,H,W,3]; output " + ("class map [1,H,W] uint8" if options.output == "argmax"
+                                                            else "logits [1,H,W,C]")}
     details.update(tensor_types(final))
     return ExportResult("tflite", options.precision, final, path_size(final), time.time() - t0,
                         tuple(example.shape), details)
@@ -164,7 +187,8 @@ def _interpreter(path: Path, threads: int, xnnpack: bool = True):
 
 
 class TFLiteRunner:
-    """NCHW float32 in, NCHW float32 logits out, through the LiteRT interpreter (XNNPACK by default)."""
+    """NCHW float32 in, NCHW float32 logits (or an argmax model's [N, H, W] class map) out, through the LiteRT
+    interpreter (XNNPACK by default)."""
 
     def __init__(self, path: Path, threads: int = 2, xnnpack: bool = True) -> None:
         import ai_edge_litert
@@ -197,6 +221,8 @@ class TFLiteRunner:
             self.interp.invoke()
             outs.append(self.interp.get_tensor(self.out["index"]).copy())
         y = np.concatenate(outs)
+        if y.ndim == 3:  # an in-graph argmax model: the class map [N, H, W] itself
+            return y.astype(np.int64)
         if self.out["dtype"] in (np.int8, np.uint8):
             scale, zero = self.out["quantization"]
             y = (y.astype(np.float32) - zero) * scale

@@ -137,5 +137,10 @@ def test_coreml_argmax_export_and_check_through_the_cli(tiny_run, tmp_path, caps
     res = json.loads(capsys.readouterr().out)
     assert res["max_abs_logit_diff"] is None and res["pixel_agreement"] > 90
     assert code == (0 if res["status"] == "passed" else 1)
+    # TFLite int8 with the in-graph argmax: a uint8 class map, checked against PyTorch's masks
+    assert main(["export", str(run), "--target", "tflite", "--precision", "int8", "--output", "argmax", "-q"]) == 0
+    code = main(["check", str(run), "--target", "tflite", "--precision", "int8", "--output", "argmax", "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert code == 0 and res["status"] == "passed" and res["pixel_agreement"] >= 98
     assert main(["export", str(run), "--target", "tflite", "--input", "multiarray"]) == 2
     assert "--input multiarray applies to --target coreml only" in capsys.readouterr().err

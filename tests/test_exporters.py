@@ -110,3 +110,18 @@ def test_tflite_runner_runs_a_model_edgeseg_did_not_make():
     assert run.input_shape_nchw == (1, 3, 256, 256)
     y = run(np.random.default_rng(0).random((1, 3, 256, 256), dtype=np.float32))
     assert y.shape == (1, 1, 256, 256) and 0.0 <= y.min() and y.max() <= 1.0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_tflite_argmax_output_is_the_class_map(setup, precision):
+    ck, model, cal, x, ref, work = setup
+    out = work / f"tflite-{precision}-argmax"
+    out.mkdir(exist_ok=True)
+    opts = ExportOptions(precision=precision, calibration=cal, class_names=ck.class_names, work_dir=work,
+                         normalization=Normalization(ck.preprocess.mean, ck.preprocess.std), output="argmax")
+    r = TARGETS["tflite"].export(model, x[:1], opts, out)
+    assert r.details["output_dtype"] == "uint8" and r.details["output"] == "argmax"
+    assert r.details["input_dtype"] == ("int8" if precision == "int8" else "float32")
+    y = TARGETS["tflite"].load(r.path)(x)
+    assert y.shape == ref.shape[:1] + ref.shape[2:] and y.dtype.kind == "i"
+    assert 100 * (y == ref.argmax(1)).mean() >= (99.9 if precision == "fp32" else 97.0)
