@@ -1,4 +1,5 @@
-"""``edgeseg report``: join training metrics, exports, parity and latency into report.json + report.md."""
+"""``edgeseg report``: join training metrics, exports, parity and latency into report.json, report.md and a
+self-contained report.html (plots and mask overlays, :mod:`edgeseg.report_html`)."""
 
 from __future__ import annotations
 
@@ -102,6 +103,9 @@ def build_report(run: Path, runs: int = 20, warmup: int = 3, threads: int = 2,
     report["status"] = _worst(verdicts) if verdicts else "no-gates"  # nothing was gated: not a pass
     write_json(run / "report.json", report)
     write_text(run / "report.md", render_markdown(report))
+    from edgeseg.report_html import write_html
+
+    write_html(report, run, ckpt, run / "report.html", threads=threads)
     return report
 
 

@@ -94,3 +94,25 @@ def test_bad_baseline_and_run_without_exports(reported, tmp_path, tiny_run, caps
     shutil.copytree(tiny_run, bare, ignore=shutil.ignore_patterns("export", "report.*"))
     assert main(["report", str(bare), "-q"]) == 2
     assert "has no exports to report on" in capsys.readouterr().err
+
+
+def test_report_html_is_self_contained_with_plots_and_overlays(reported):
+    from html.parser import HTMLParser
+
+    page = (reported / "report.html").read_text()
+
+    class Images(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.srcs, self.titles = [], []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.srcs.append(dict(attrs)["src"])
+
+    p = Images()
+    p.feed(page)
+    assert page.startswith("<!doctype html>") and "</html>" in page
+    # size + latency-vs-agreement + per-class IoU change + one overlay figure for the checked TFLite export
+    assert len(p.srcs) >= 4 and all(s.startswith("data:image/png;base64,") for s in p.srcs)
+    assert "Masks: tflite-fp32" in page and "http" not in page.replace("http-equiv", "")
