@@ -24,12 +24,17 @@ def test_bench_a_tflite_edgeseg_did_not_make(capsys):
     assert r["hardware"]["cores"] >= 1 and "ai-edge-litert" in r["versions"]
 
 
-def test_bench_checkpoint_onnx_and_mlpackage(tiny_run, capsys):
+def test_bench_checkpoint_onnx_and_mlpackage(tiny_run, tmp_path, capsys):
     import platform
+    import shutil
 
     from edgeseg.models import count_params
     from edgeseg.pipeline import export_run
     from edgeseg.train.checkpoint import load_checkpoint
+
+    # a copy: the shared tiny run must keep only the exports other tests made
+    shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns("export", "report.*"))
+    tiny_run = tmp_path / "run"
 
     assert main(["bench", str(tiny_run), "--threads", "1", "--runs", "2", "--json", "-q"]) == 0
     r = json.loads(capsys.readouterr().out)
