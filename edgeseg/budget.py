@@ -33,17 +33,10 @@ TOLERANCES = {"size_pct": 5.0, "latency_pct": 15.0, "agreement_pts": 0.5, "miou"
 
 def load_budget(path: Path) -> dict[str, dict[str, float]]:
     """``{export name or "defaults": {limit: value}}`` from a budget YAML; every bad key is named."""
-    import yaml
+    from edgeseg.config import read_yaml_mapping
 
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"--budget '{path}' does not exist") from None
-    except yaml.YAMLError as e:
-        raise UsageError(f"--budget '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"--budget '{path}' must be a mapping with 'defaults' and/or 'exports'")
+    data = read_yaml_mapping(path, "--budget")
     for k in data:
         if k not in ("defaults", "exports"):
             raise UsageError(f"--budget '{path}': unknown key '{k}'{suggest(k, ['defaults', 'exports'])}; "

@@ -114,17 +114,22 @@ class TrainConfig:
 
     @staticmethod
     def from_yaml(path: Path) -> "TrainConfig":
-        import yaml
-
-        try:
-            d = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise UsageError(f"config file '{path}' does not exist") from None
-        except yaml.YAMLError as e:
-            raise UsageError(f"config file '{path}' is not valid YAML: {e}") from None
-        if not isinstance(d, dict):
-            raise UsageError(f"config file '{path}' must hold a mapping of keys to values")
-        return TrainConfig.from_dict(d, source=str(path))
+        return TrainConfig.from_dict(read_yaml_mapping(path, "config file"), source=str(path))
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping, read safely; UsageError naming ``what`` and the file otherwise."""
+    import yaml
+
+    try:
+        d = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise UsageError(f"{what} '{path}' does not exist") from None
+    except yaml.YAMLError as e:
+        raise UsageError(f"{what} '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(d, dict):
+        raise UsageError(f"{what} '{path}' must hold a mapping of keys to values")
+    return d
