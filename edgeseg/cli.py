@@ -96,8 +96,10 @@ def _parser() -> argparse.ArgumentParser:
                    "palettize8 (k-means; add -uniform for uniform palettes)|w8a8; onnx: fp32")
     p.add_argument("--output", default="logits", choices=("logits", "argmax"),
                    help="logits (default) or an in-graph argmax class map (tflite: uint8, coreml: int32)")
-    p.add_argument("--input", dest="input_kind", default="image", choices=("image", "multiarray"),
-                   help="coreml: image (ImageType pixels, default) or multiarray (normalized floats)")
+    p.add_argument("--input", dest="input_kind", default="image", choices=("image", "multiarray", "pixels"),
+                   help="coreml: image (ImageType pixels, default) or multiarray (normalized floats); tflite: "
+                   "image (normalized floats, default) or pixels (RGB 0-255, normalization in the graph; uint8 "
+                   "for int8; what MediaPipe and Android camera code feed)")
     p.add_argument("--deployment-target", choices=("iOS16", "iOS17", "iOS18"),
                    help="coreml: minimum iOS (default iOS16; w8a8 needs iOS17)")
     p.add_argument("--calibration", type=int, default=100,
@@ -120,8 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use only the first N test images")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--output", default="logits", choices=("logits", "argmax"), help="which export to check")
-    p.add_argument("--input", dest="input_kind", default="image", choices=("image", "multiarray"),
-                   help="which export to check (coreml)")
+    p.add_argument("--input", dest="input_kind", default="image", choices=("image", "multiarray", "pixels"),
+                   help="which export to check (coreml: multiarray; tflite: pixels)")
     p.add_argument("--compute-units", metavar="UNITS",
                    help="coreml on macOS: Core ML runtime compute units to check, comma-separated from CPU_ONLY, "
                    "CPU_AND_GPU, CPU_AND_NE, ALL (default CPU_ONLY,ALL; the check passes only if every one does). "

@@ -42,18 +42,18 @@ def target_and_precision(target: str, precision: str | None) -> tuple[Any, str]:
 
 
 def export_dir(run: Path, target: str, precision: str, output: str = "logits", input_kind: str = "image") -> Path:
-    """``RUN/export/<target>-<precision>[-argmax][-multiarray]``."""
-    suffix = ("-argmax" if output == "argmax" else "") + ("-multiarray" if input_kind == "multiarray" else "")
+    """``RUN/export/<target>-<precision>[-argmax][-multiarray|-pixels]``."""
+    suffix = ("-argmax" if output == "argmax" else "") + (f"-{input_kind}" if input_kind != "image" else "")
     return Path(run) / "export" / f"{target}-{precision}{suffix}"
 
 
 def _check_variant(target: str, output: str, input_kind: str) -> None:
     if output not in ("logits", "argmax"):
         raise UsageError(f"--output must be logits or argmax, not '{output}'")
-    if input_kind not in ("image", "multiarray"):
-        raise UsageError(f"--input must be image or multiarray, not '{input_kind}'")
-    if input_kind != "image" and target != "coreml":
-        raise UsageError(f"--input {input_kind} applies to --target coreml only")
+    kinds = {"coreml": ("image", "multiarray"), "tflite": ("image", "pixels")}.get(target, ("image",))
+    if input_kind not in kinds:
+        raise UsageError(f"--input {input_kind} does not apply to --target {target}; it takes "
+                         + " or ".join(kinds))
 
 
 def _digest(path: Path) -> str:

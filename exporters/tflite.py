@@ -7,7 +7,13 @@
   float32 by XNNPACK on CPUs. int8: full-integer quantization (``TFLITE_BUILTINS_INT8``, int8 input
   and output) calibrated on the representative images the caller passes.
 * ``output="argmax"``: the same SavedModel's logits followed by ``ARG_MAX`` and ``CAST`` to uint8, so an app
-  reads the [1, H, W] class map directly (int8 models keep int8 input and compute the argmax on int8 logits).
+  reads the [1, H, W] class map directly (int8 models compute the argmax on int8 logits).
+* ``input="pixels"``: the normalization moves into the graph, so the model takes RGB pixel values 0-255 as a
+  camera frame holds them (float32; uint8 for int8 models, whose input quantization is then exactly scale 1,
+  zero point 0). This is what MediaPipe Tasks and most Android code expect. ``input="image"`` (the default)
+  takes the normalized float tensor (int8 models: int8 input with the stored scale/zero point).
+* Every file carries TFLite metadata (:mod:`exporters.tflite_metadata`): normalization, labels, and an
+  ``edgeseg`` entry the runner reads to feed the model correctly.
 * onnx2tf runs a check inference on a sample file it downloads when the input looks like an image
   (``calibration_image_sample_data_20x128x128x3_float32.npy``), even offline; we run it in a
   temporary working directory that already holds such a file, built from the caller's calibration
@@ -20,6 +26,7 @@ and from NHWC and (de)quantizes int8 tensors with the scale/zero-point stored in
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 import time
@@ -28,6 +35,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from exporters import tflite_metadata
 from exporters._atomic import atomic_path
 from exporters._tf import import_tensorflow, quiet_native
 from exporters.base import ExporterError, ExportOptions, ExportResult, Target, batches, path_size
@@ -61,12 +69,41 @@ def _onnx2tf_sample(calibration: Sequence[np.ndarray], mean, std) -> np.ndarray:
     return np.concatenate([x] * reps)[:20]
 
 
+def _pixel_input(model, mean, std):
+    """``model`` behind ``(x / 255 - mean) / std`` on NCHW RGB pixels 0-255 (one multiply-add in the graph)."""
+    import torch
+
+    class PixelInput(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+            self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)))
+            self.register_buffer("shift", -(torch.tensor(mean) / torch.tensor(std)).float().view(1, 3, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x * self.scale + self.shift)
+
+    return PixelInput(model).eval()
+
+
+def to_pixels(x: np.ndarray, mean, std) -> np.ndarray:
+    """Normalized NCHW floats back to the 8-bit pixel values (as float32) a camera frame holds."""
+    m = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
+    s = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+    return np.clip(np.round((np.asarray(x, np.float32) * s + m) * 255.0), 0, 255).astype(np.float32)
+
+
 def saved_model(model, example: np.ndarray, options: ExportOptions) -> tuple[Path, float]:
-    """Return the NHWC SavedModel directory for ``model`` (converted once, cached in work_dir)."""
+    """Return the NHWC SavedModel directory for ``model`` (converted once per input kind, cached in work_dir)."""
     from exporters.onnx import write_onnx
 
     work = Path(options.work_dir) if options.work_dir else Path(tempfile.mkdtemp(prefix="edgeseg-tf-"))
-    sm = work.resolve() / "tf_savedmodel"  # absolute: onnx2tf runs in a scratch working directory
+    pixels = options.input == "pixels"
+    # absolute: onnx2tf runs in a scratch working directory
+    sm = work.resolve() / ("tf_savedmodel-pixels" if pixels else "tf_savedmodel")
+    if pixels:
+        model = _pixel_input(model, options.normalization.mean, options.normalization.std)
+        example = np.full_like(example, 128.0)
     if (sm / "saved_model.pb").exists():
         return sm, 0.0
     t0 = time.time()
@@ -119,6 +156,12 @@ def _convert(sm: Path, options: ExportOptions) -> bytes:
         samples = batches(options.calibration)
         if not samples:
             raise ExporterError("int8 TFLite needs calibration images; none were given")
+        if options.input == "pixels":
+            norm = options.normalization
+            samples = [to_pixels(s, norm.mean, norm.std) for s in samples]
+            # one black and one white pixel make the input range exactly 0-255, so the uint8 input's
+            # quantization is scale 1, zero point 0: the app feeds camera bytes unchanged
+            samples[0][0, :, 0, 0], samples[0][0, :, 0, 1] = 0.0, 255.0
 
         def representative():
             for s in samples:
@@ -127,7 +170,7 @@ def _convert(sm: Path, options: ExportOptions) -> bytes:
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = representative
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        conv.inference_input_type = tf.int8
+        conv.inference_input_type = tf.uint8 if options.input == "pixels" else tf.int8
         if options.output != "argmax":  # a class map is already uint8
             conv.inference_output_type = tf.int8
     with quiet_native() as log:
@@ -135,6 +178,22 @@ def _convert(sm: Path, options: ExportOptions) -> bytes:
             return conv.convert()
         except Exception as e:  # noqa: BLE001 - the converter raises ConverterError and friends
             raise ExporterError(f"TF Lite converter failed ({options.precision}): {e}\n{log.getvalue()[-2000:]}") from e
+
+
+def model_info(options: ExportOptions) -> tflite_metadata.ModelInfo:
+    """The metadata of an export: normalization in the input tensor's units, labels, edgeseg's own entry."""
+    norm = options.normalization
+    meta = options.metadata
+    if options.input == "pixels":
+        mean, std = (0.0,), (1.0,)
+    else:
+        mean, std = tuple(m * 255.0 for m in norm.mean), tuple(s * 255.0 for s in norm.std)
+    return tflite_metadata.ModelInfo(
+        name=meta.get("name", "edgeseg segmentation model"), labels=tuple(options.class_names),
+        mean=mean, std=std, description=meta.get("description", ""), version=meta.get("version", ""),
+        author=meta.get("author", ""), license=meta.get("license", ""), output=options.output,
+        edgeseg={"input": options.input, "normalization": {"mean": list(norm.mean), "std": list(norm.std)},
+                 "classes": json.loads(meta.get("edgeseg_classes", "[]")), "precision": options.precision})
 
 
 def tensor_types(path: Path) -> dict[str, object]:
@@ -146,9 +205,13 @@ def tensor_types(path: Path) -> dict[str, object]:
     for d in details:
         name = np.dtype(d["dtype"]).name
         counts[name] = counts.get(name, 0) + 1
-    return {"input_dtype": np.dtype(interp.get_input_details()[0]["dtype"]).name,
-            "output_dtype": np.dtype(interp.get_output_details()[0]["dtype"]).name,
-            "tensor_dtypes": counts}
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    res: dict[str, object] = {"input_dtype": np.dtype(inp["dtype"]).name, "output_dtype": np.dtype(out["dtype"]).name,
+                              "tensor_dtypes": counts}
+    for key, d in (("input_quantization", inp), ("output_quantization", out)):
+        if np.dtype(d["dtype"]).kind in "iu" and d["quantization"] != (0.0, 0):
+            res[key] = {"scale": float(d["quantization"][0]), "zero_point": int(d["quantization"][1])}
+    return res
 
 
 def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) -> ExportResult:
@@ -157,16 +220,19 @@ def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) ->
         raise ExporterError(f"target 'tflite' has no precision '{options.precision}'")
     if options.output not in ("logits", "argmax"):
         raise ExporterError(f"target 'tflite' has no output '{options.output}' (logits or argmax)")
+    if options.input not in ("image", "pixels"):
+        raise ExporterError(f"target 'tflite' has no input kind '{options.input}' (image or pixels)")
     t0 = time.time()
     sm, sm_seconds = saved_model(model, example, options)
-    data = _convert(sm, options)
+    data = tflite_metadata.populate(_convert(sm, options), model_info(options))
     final = Path(out_dir) / "model.tflite"
     with atomic_path(final) as tmp:
         tmp.write_bytes(data)
     details = {"converter": "onnx2tf + TF Lite converter", "onnx2tf_seconds": round(sm_seconds, 2),
                "calibration_images": len(batches(options.calibration)) if options.precision == "int8" else 0,
-               "output": options.output,
-               "layout": "NHWC input [1,H,W,3]; output " + ("class map [1,H,W] uint8" if options.output == "argmax"
+               "output": options.output, "input": options.input,
+               "layout": "NHWC input [1,H,W,3] " + ("RGB pixels 0-255" if options.input == "pixels" else
+                                                    "normalized") + "; output " + ("class map [1,H,W] uint8" if options.output == "argmax"
                                                             else "logits [1,H,W,C]")}
     details.update(tensor_types(final))
     return ExportResult("tflite", options.precision, final, path_size(final), time.time() - t0,
@@ -199,6 +265,10 @@ class TFLiteRunner:
         if len(self.inp["shape"]) != 4:
             raise ExporterError(f"'{path}' has a {len(self.inp['shape'])}-D input; edgeseg runs image models "
                                 f"with one [1,H,W,C] input")
+        # a pixel-input model (edgeseg metadata) takes 0-255 RGB values: the runner converts its normalized input
+        self.pixels = tflite_metadata.edgeseg_info(self.path.read_bytes())
+        if self.pixels.get("input") != "pixels":
+            self.pixels = {}
         version = getattr(ai_edge_litert, "__version__", "")
         self.runtime = (f"LiteRT {version} interpreter, {'XNNPACK' if xnnpack else 'builtin kernels'}, "
                         f"{threads} threads").replace("  ", " ")
@@ -209,6 +279,8 @@ class TFLiteRunner:
         return n, c, h, w
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.pixels:
+            x = to_pixels(x, self.pixels["normalization"]["mean"], self.pixels["normalization"]["std"])
         x = np.asarray(x, np.float32).transpose(0, 2, 3, 1)
         if self.inp["dtype"] in (np.int8, np.uint8):
             scale, zero = self.inp["quantization"]

@@ -143,4 +143,4 @@ def test_coreml_argmax_export_and_check_through_the_cli(tiny_run, tmp_path, caps
     res = json.loads(capsys.readouterr().out)
     assert code == 0 and res["status"] == "passed" and res["pixel_agreement"] >= 98
     assert main(["export", str(run), "--target", "tflite", "--input", "multiarray"]) == 2
-    assert "--input multiarray applies to --target coreml only" in capsys.readouterr().err
+    assert "--input multiarray does not apply to --target tflite; it takes image or pixels" in capsys.readouterr().err

@@ -125,3 +125,57 @@ def test_tflite_argmax_output_is_the_class_map(setup, precision):
     y = TARGETS["tflite"].load(r.path)(x)
     assert y.shape == ref.shape[:1] + ref.shape[2:] and y.dtype.kind == "i"
     assert 100 * (y == ref.argmax(1)).mean() >= (99.9 if precision == "fp32" else 97.0)
+
+
+def _mediapipe_category_mask(path, pixels_hwc):
+    """MediaPipe Tasks' ImageSegmenter (the Android/iOS/Python task) on one RGB frame: it reads the model's
+    metadata (normalization, labels) itself."""
+    from exporters._tf import preload_triton
+
+    preload_triton()
+    import mediapipe as mp
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    opts = vision.ImageSegmenterOptions(base_options=BaseOptions(model_asset_path=str(path)),
+                                        output_category_mask=True, output_confidence_masks=False)
+    with vision.ImageSegmenter.create_from_options(opts) as seg:
+        res = seg.segment(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(pixels_hwc)))
+        return res.category_mask.numpy_view().squeeze(-1).copy(), list(seg.labels)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_tflite_pixel_input_metadata_and_mediapipe(setup, precision):
+    """--input pixels: RGB 0-255 in (uint8 with scale 1 / zero point 0 for int8), normalization in the graph,
+    TFLite metadata that MediaPipe's ImageSegmenter reads without any code of ours."""
+    from exporters.tflite import to_pixels
+    from exporters.tflite_metadata import read
+
+    ck, model, cal, x, ref, work = setup
+    out = work / f"tflite-{precision}-pixels"
+    out.mkdir(exist_ok=True)
+    opts = ExportOptions(precision=precision, calibration=cal, class_names=ck.class_names, work_dir=work,
+                         normalization=Normalization(ck.preprocess.mean, ck.preprocess.std), input="pixels",
+                         metadata={"name": "tiny unet", "version": "1.2.3", "license": "MIT"})
+    r = TARGETS["tflite"].export(model, x[:1], opts, out)
+    assert r.details["input"] == "pixels"
+    if precision == "int8":
+        assert r.details["input_dtype"] == "uint8"
+        assert r.details["input_quantization"] == {"scale": 1.0, "zero_point": 0}
+    else:
+        assert r.details["input_dtype"] == "float32"
+    md = read(r.path.read_bytes())
+    assert md["name"] == "tiny unet" and md["version"] == "1.2.3" and md["license"] == "MIT"
+    assert md["input"]["mean"] == [0.0] and md["input"]["std"] == [1.0]
+    assert md["associated_files"]["labels.txt"].split() == list(ck.class_names)
+    assert md["min_parser_version"] == "1.5.0"  # the segmenter options (softmax) are custom metadata
+    runner = TARGETS["tflite"].load(r.path)
+    y = runner(x)
+    agree = 100 * (y.argmax(1) == ref.argmax(1)).mean()
+    assert agree >= (99.5 if precision == "fp32" else 97.0)
+    pixels = to_pixels(x, ck.preprocess.mean, ck.preprocess.std).astype(np.uint8).transpose(0, 2, 3, 1)
+    same = []
+    for i in range(4):
+        mask, labels = _mediapipe_category_mask(r.path, pixels[i])
+        assert labels == list(ck.class_names) and mask.shape == (64, 64)
+        same.append((mask == y[i].argmax(0)).mean())
+    assert 100 * np.mean(same) >= 99.9, same
