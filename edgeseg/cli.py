@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgeseg import __version__
-from edgeseg.errors import EXIT_FAILURE, EXIT_NOT_VERIFIED, EXIT_OK, EXIT_USAGE, EdgesegError
+from edgeseg.errors import EXIT_FAILURE, EXIT_NOT_VERIFIED, EXIT_OK, EXIT_USAGE, EdgesegError, UsageError
 
 EPILOG = """exit codes:
   0  success (every check that ran passed)
@@ -156,9 +156,37 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print the figures as JSON (schema edgeseg.bench/1)")
 
+    p = sub.add_parser("bundle", help="the folder Android and iOS builds consume", epilog=EPILOG, formatter_class=fmt,
+                       description="Write RUN's checked exports as android/model.tflite (with TFLite metadata), "
+                       "ios/<Name>.mlpackage, labels.txt, an app README with Kotlin and Swift code, and one "
+                       "manifest.json (schema edgeseg.bundle/1) with sha256 of every file, parity and latency "
+                       "evidence. Only exports whose parity check passed are taken. --verify DIR re-checks a "
+                       "bundle against its manifest (exit 1 on any difference).")
+    _common(p)
+    p.add_argument("run", type=Path, nargs="?", help="run directory or checkpoint.pt")
+    p.add_argument("-o", "--output", type=Path, default=Path("dist"), help="bundle folder (default %(default)s)")
+    p.add_argument("--tflite", default="auto", metavar="EXPORT",
+                   help="which TFLite export, e.g. int8-pixels (a folder of RUN/export without 'tflite-'); auto "
+                   "(default): the smallest passing one, pixel input first; none: leave Android out")
+    p.add_argument("--coreml", default="auto", metavar="EXPORT",
+                   help="which Core ML export, e.g. fp16; auto (default) or none, as --tflite")
+    p.add_argument("--name", help="model name in metadata and manifest (default: run folder + architecture); "
+                   "the .mlpackage (and the Swift class Xcode generates) is named after it")
+    p.add_argument("--version", default="1.0.0", help="model version (default %(default)s)")
+    p.add_argument("--author", default="")
+    p.add_argument("--license", default="")
+    p.add_argument("--description", default="")
+    p.add_argument("--allow-unchecked", action="store_true",
+                   help="also take exports without a passing parity check (never failed ones)")
+    p.add_argument("--force", action="store_true", help="replace an existing, non-empty output folder")
+    p.add_argument("--verify", type=Path, metavar="DIR",
+                   help="verify an existing bundle (schema, sha256 of every file, no extra or unsafe paths)")
+    p.add_argument("--json", action="store_true", help="print the manifest (or the verification) as JSON")
+
     p = sub.add_parser("quickstart", help="the main job on the embedded data", epilog=EPILOG, formatter_class=fmt,
                        description="Train LR-ASPP MobileNetV3 on the embedded synthetic data, export TFLite "
-                       "fp32/fp16/int8 and Core ML fp16/int8, check parity and write the report.")
+                       "fp32/fp16/int8 (+ int8 with pixel input) and Core ML fp16/int8, check parity, write the "
+                       "report and the app bundle (OUTPUT/dist).")
     _common(p)
     p.add_argument("-o", "--output", type=Path, default=Path("runs/quickstart"))
     p.add_argument("--epochs", type=int, default=12)
@@ -311,13 +339,48 @@ def cmd_report(a: argparse.Namespace) -> int:
     return {"failed": EXIT_FAILURE, "not-verified": EXIT_NOT_VERIFIED}.get(rep["status"], EXIT_OK)
 
 
+def cmd_bundle(a: argparse.Namespace) -> int:
+    from edgeseg.bundle import make_bundle, verify_bundle
+
+    if a.verify is not None:
+        if a.run is not None:
+            raise UsageError("pass either RUN (to make a bundle) or --verify DIR, not both")
+        problems = verify_bundle(a.verify)
+        if a.json:
+            print(json.dumps({"bundle": str(a.verify), "ok": not problems, "problems": problems}, indent=2))
+        else:
+            for p in problems:
+                print(f"{a.verify}: {p}", file=sys.stderr)
+            if not problems:
+                print(f"{a.verify}: every file matches manifest.json")
+        return EXIT_FAILURE if problems else EXIT_OK
+    if a.run is None:
+        raise UsageError("bundle needs RUN (a run directory) or --verify DIR")
+    manifest = make_bundle(a.run, a.output, tflite=a.tflite, coreml=a.coreml, name=a.name, version=a.version,
+                           author=a.author, license=a.license, description=a.description,
+                           allow_unchecked=a.allow_unchecked, force=a.force,
+                           log=_log(a) if not a.json else (lambda s: None))
+    if a.json:
+        print(json.dumps(manifest, indent=2))
+    else:
+        for plat, d in manifest["platforms"].items():
+            par = d["parity"]
+            figures = (f"{par['pixel_agreement']:.3f} % agreement, mask mIoU {par['mask_miou']:.4f}"
+                       if par.get("pixel_agreement") is not None else f"parity {par['status']}")
+            print(f"{plat:8s} {d['file']}  {d['size_bytes'] / 1e6:.2f} MB  {d['precision']}  {figures}")
+        print(f"bundle: {a.output} ({len(manifest['files'])} files; edgeseg bundle --verify {a.output})")
+    return EXIT_OK
+
+
 def cmd_quickstart(a: argparse.Namespace) -> int:
     from edgeseg.quickstart import quickstart
 
     results = quickstart(a.output, epochs=a.epochs, fresh=a.fresh, quiet=a.quiet, log=print)
     for r in results:
         _print_parity(r)
-    print(f"\nreport: {a.output / 'report.md'} (and report.json)")
+    print(f"\nreport: {a.output / 'report.md'} (and report.json, report.html)")
+    if (a.output / "dist" / "manifest.json").exists():
+        print(f"app bundle: {a.output / 'dist'} (android/, ios/, manifest.json, README.md)")
     code = _status_code(results)
     # Core ML cannot run on Linux: quickstart says so in its output and report, and that alone does not
     # fail the main job; a parity failure does.
@@ -427,7 +490,7 @@ def _log(a: argparse.Namespace):
 
 
 COMMANDS = {"train": cmd_train, "export": cmd_export, "check": cmd_check, "report": cmd_report, "bench": cmd_bench,
-            "quickstart": cmd_quickstart, "models": cmd_models, "data": cmd_data}
+            "bundle": cmd_bundle, "quickstart": cmd_quickstart, "models": cmd_models, "data": cmd_data}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,8 +4,8 @@ Parameters are counted for checkpoints (with MACs); for ``.tflite``/``.onnx`` fi
 their constant tensors are reported instead (biases, folded BatchNorm and quantization tensors included).
 
 Accepts ``.tflite`` (LiteRT, XNNPACK on and off), ``.onnx`` (onnxruntime), ``.mlpackage`` (the Core ML
-runtime on macOS; elsewhere its latency is not measured — the reference execution checks masks, its speed
-is not a device's) and edgeseg checkpoints or run directories (PyTorch eager). Latency: median / p90 / min
+runtime on macOS on CPU_ONLY and ALL; elsewhere edgeseg's reference execution of the saved program is timed and
+marked ``reference-execution`` — a figure for comparing packages on this CPU, not a device's speed) and edgeseg checkpoints or run directories (PyTorch eager). Latency: median / p90 / min
 over ``runs`` after ``warmup`` at each thread count, with the hardware and runtime versions recorded.
 Memory: the process's resident-set growth while loading and running each configuration.
 """
@@ -141,8 +141,12 @@ def bench_model(path: Path | str, threads: tuple[int, ...] = (1, 2, 4), runs: in
         if native_runtime():
             configs = [(u, 0, lambda u=u: CoreMLRunner(path, u)) for u in ("CPU_ONLY", "ALL")]
         else:
-            out["latency_note"] = ("not measured: the Core ML runtime needs macOS; on this OS edgeseg checks Core ML "
-                                   "masks by reference execution, whose speed is not a device's")
+            from exporters.coreml_reference import ReferenceRunner
+
+            # timed, and marked: PyTorch kernels running the saved program on this CPU, not a device's Core ML
+            out["latency_note"] = ("the Core ML runtime needs macOS; these figures time edgeseg's reference "
+                                   "execution of the saved program on this CPU, not a device")
+            configs = [("reference-execution", t, lambda t=t: ReferenceRunner(path, t)) for t in threads]
     else:
         from edgeseg.bench import torch_runner
         from edgeseg.models import count_params

@@ -1,4 +1,4 @@
-"""The main job on the embedded default: train, export TFLite + Core ML, check parity, report."""
+"""The main job on the embedded default: train, export TFLite + Core ML, check parity, report, bundle."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgeseg.atomic import ensure_dir
+from edgeseg.bundle import make_bundle
 from edgeseg.config import TrainConfig
 from edgeseg.parity import ParityResult
 from edgeseg.pipeline import check_run, export_run
@@ -14,7 +15,9 @@ from edgeseg.report import build_report
 from edgeseg.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from edgeseg.train.loop import train
 
-EXPORTS = (("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8"), ("coreml", "fp16"), ("coreml", "int8"))
+# (target, precision, input kind); the pixel-input int8 TFLite (camera bytes in) is the one an Android app takes
+EXPORTS = (("tflite", "fp32", "image"), ("tflite", "fp16", "image"), ("tflite", "int8", "image"),
+           ("tflite", "int8", "pixels"), ("coreml", "fp16", "image"), ("coreml", "int8", "image"))
 QUICKSTART_CONFIG = TrainConfig(model="lraspp", data="synthetic", image_size=128, batch_size=8,
                                 lr=3e-3, seed=0)
 
@@ -34,8 +37,12 @@ def quickstart(out: Path, epochs: int = 12, fresh: bool = False, quiet: bool = F
     else:
         train(cfg, out, resume=ckpt_path.exists(), quiet=quiet, log=log)
     results = []
-    for target, precision in EXPORTS:
-        export_run(out, target, precision, log=log)
-        results.append(check_run(out, target, precision, log=log))
+    for target, precision, input_kind in EXPORTS:
+        export_run(out, target, precision, log=log, input_kind=input_kind)
+        results.append(check_run(out, target, precision, log=log, input_kind=input_kind))
     build_report(out, log=log)
+    if all(r.passed for r in results if r.status != "not-verified"):
+        # the folder an app build takes: the checked pixel-input int8 TFLite and the smallest checked Core ML
+        make_bundle(out, out / "dist", tflite="int8-pixels", coreml="auto", name="Quickstart segmenter",
+                    force=True, log=log)
     return results

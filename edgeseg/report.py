@@ -101,6 +101,11 @@ def build_report(run: Path, runs: int = 20, warmup: int = 3, threads: int = 2,
                               "status": "failed" if any(d["regressions"] for d in diff) else "passed"}
         verdicts.append(report["baseline"]["status"])
     report["status"] = _worst(verdicts) if verdicts else "no-gates"  # nothing was gated: not a pass
+    from edgeseg.schemas import problems
+
+    wrong = problems(report, "report-1")
+    if wrong:  # a bug of ours: a CI must never read a report that breaks its documented schema
+        raise RuntimeError("report.json does not match schemas/report-1.schema.json: " + "; ".join(wrong[:5]))
     write_json(run / "report.json", report)
     write_text(run / "report.md", render_markdown(report))
     from edgeseg.report_html import write_html

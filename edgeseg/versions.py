@@ -7,7 +7,7 @@ import os
 import platform
 
 PACKAGES = ("edgeseg", "torch", "torchvision", "numpy", "onnx", "onnxruntime", "onnx2tf", "tensorflow",
-            "ai-edge-litert", "coremltools", "nncf")
+            "ai-edge-litert", "coremltools", "nncf", "mediapipe")
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:

@@ -107,8 +107,16 @@ def saved_model(model, example: np.ndarray, options: ExportOptions) -> tuple[Pat
     if (sm / "saved_model.pb").exists():
         return sm, 0.0
     t0 = time.time()
-    import_tensorflow()
+    tf = import_tensorflow()
     import onnx2tf
+
+    # Keras numbers layer names per process (model_2/convolution_44...): start from zero so that the same model
+    # converts to the same tensor names, and so the same bytes, whatever was converted before in this process
+    tf.keras.backend.clear_session()
+    with contextlib.suppress(ImportError):
+        import tf_keras
+
+        tf_keras.backend.clear_session()
 
     with atomic_path(sm) as tmp, tempfile.TemporaryDirectory(prefix="edgeseg-onnx2tf-") as scratch:
         scratch = Path(scratch)

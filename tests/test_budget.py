@@ -118,3 +118,25 @@ def test_report_html_is_self_contained_with_plots_and_overlays(reported):
     # size + latency-vs-agreement + per-class IoU change + one overlay figure for the checked TFLite export
     assert len(p.srcs) >= 4 and all(s.startswith("data:image/png;base64,") for s in p.srcs)
     assert "Masks: tflite-fp32" in page and "http" not in page.replace("http-equiv", "")
+
+
+def test_report_json_validates_against_its_published_schema(reported, tmp_path, capsys):
+    """report.json with budget and baseline verdicts validates; the schema is strict enough to catch a broken
+    file (a CI reading it relies on the documented shape)."""
+    from edgeseg.schemas import problems
+
+    budget = tmp_path / "b.yaml"
+    budget.write_text("defaults:\n  max_size_mb: 100\n  min_agreement: 99\n")
+    code, rep = _report(reported, "--budget", budget, "--baseline", reported.parent / "baseline.json",
+                        capsys=capsys)
+    assert code == 0 and rep["status"] == "passed"
+    assert problems(rep, "report-1") == []
+    assert problems(json.loads((reported / "report.json").read_text()), "report-1") == []
+    broken = json.loads(json.dumps(rep))
+    broken["results"][1]["latency"] = {"median_ms": -1.0}
+    broken["results"][1]["parity"]["pixel_agreement"] = 101.0
+    del broken["status"]
+    found = problems(broken, "report-1")
+    assert found[0] == "(root): 'status' is a required property"
+    assert any(p.startswith("results/1/latency") for p in found)
+    assert any(p.startswith("results/1/parity") for p in found)

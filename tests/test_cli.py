@@ -14,7 +14,8 @@ def run_cli(*args, cwd=None):
     return p.returncode, p.stdout, p.stderr
 
 
-@pytest.mark.parametrize("cmd", ["train", "export", "check", "report", "bench", "quickstart", "models", "data"])
+@pytest.mark.parametrize("cmd", ["train", "export", "check", "report", "bench", "bundle", "quickstart", "models",
+                                 "data"])
 def test_help_for_every_command(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         main([cmd, "--help"])

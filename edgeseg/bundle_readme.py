@@ -1,0 +1,204 @@
+"""The README an app developer reads in a bundle: what the files are, and Kotlin and Swift code filled in with this
+model's sizes, input encoding, output layout and class colours."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _kotlin_input(plat: dict[str, Any], mean: list[float], std: list[float]) -> tuple[str, str]:
+    """(bytes per channel, the statement that writes one pixel's r, g, b into ``input``)."""
+    dtype, values = plat["input"]["dtype"], plat["input"]["values"]
+    if values.startswith("RGB pixels"):
+        if dtype == "uint8":
+            return "1", "input.put(r.toByte()); input.put(g.toByte()); input.put(b.toByte())"
+        return "4", "input.putFloat(r.toFloat()); input.putFloat(g.toFloat()); input.putFloat(b.toFloat())"
+    norm = (f"val nr = (r / 255f - {mean[0]:.4f}f) / {std[0]:.4f}f; val ng = (g / 255f - {mean[1]:.4f}f) / "
+            f"{std[1]:.4f}f; val nb = (b / 255f - {mean[2]:.4f}f) / {std[2]:.4f}f")
+    if dtype == "int8":
+        q = plat["input"]["quantization"]
+        return "1", (f"{norm}\n            for (v in floatArrayOf(nr, ng, nb)) input.put((Math.round(v / {q['scale']}f) + "
+                     f"{q['zero_point']}).coerceIn(-128, 127).toByte())")
+    return "4", f"{norm}\n            input.putFloat(nr); input.putFloat(ng); input.putFloat(nb)"
+
+
+def _kotlin_output(plat: dict[str, Any], n: int) -> str:
+    out = plat["output"]
+    if out["kind"] == "argmax":
+        return ("val output = ByteBuffer.allocateDirect(W * H).order(ByteOrder.nativeOrder())\n"
+                "    interpreter.run(input, output)\n"
+                "    output.rewind()\n"
+                "    val classes = IntArray(W * H) { output.get().toInt() and 0xFF }  // class index per pixel")
+    size = "1" if out["dtype"] == "int8" else "4"
+    read = "output.get().toFloat()" if out["dtype"] == "int8" else "output.getFloat()"
+    note = "  // int8 scores: argmax needs no dequantization" if out["dtype"] == "int8" else ""
+    return (f"val output = ByteBuffer.allocateDirect(W * H * NUM_CLASSES * {size}).order(ByteOrder.nativeOrder())\n"
+            f"    interpreter.run(input, output)\n"
+            f"    output.rewind()\n"
+            f"    val classes = IntArray(W * H) {{  // argmax over the class scores of each pixel{note}\n"
+            f"        var best = 0; var bestScore = Float.NEGATIVE_INFINITY\n"
+            f"        for (c in 0 until NUM_CLASSES) {{ val s = {read}; if (s > bestScore) {{ best = c; bestScore = s }} }}\n"
+            f"        best\n"
+            f"    }}")
+
+
+def _kotlin(m: dict[str, Any]) -> str:
+    plat = m["platforms"]["android"]
+    h, w, n = m["input"]["height"], m["input"]["width"], len(m["classes"])
+    colors = ", ".join(f"0xFF{c['color'][0]:02X}{c['color'][1]:02X}{c['color'][2]:02X}.toInt()" for c in m["classes"])
+    nbytes, put = _kotlin_input(plat, m["input"]["normalization"]["mean"], m["input"]["normalization"]["std"])
+    mediapipe = ""
+    if plat["input"]["values"].startswith("RGB pixels") and plat["output"]["kind"] == "logits":
+        mediapipe = """
+With MediaPipe Tasks (`com.google.mediapipe:tasks-vision`), which reads the model's metadata (labels, input
+encoding, softmax) itself — tested here with MediaPipe's Python ImageSegmenter, which runs the same C++ graph:
+
+```kotlin
+val segmenter = ImageSegmenter.createFromOptions(context,
+    ImageSegmenter.ImageSegmenterOptions.builder()
+        .setBaseOptions(BaseOptions.builder().setModelAssetPath("model.tflite").build())
+        .setOutputCategoryMask(true).setOutputConfidenceMasks(false).build())
+val result = segmenter.segment(BitmapImageBuilder(bitmap).build())
+val mask = ByteBufferExtractor.extract(result.categoryMask().get())  // one byte per pixel: the class index
+```
+"""
+    return f"""```kotlin
+// app/build.gradle.kts: implementation("com.google.ai.edge.litert:litert:1.4.0")
+//                       androidResources {{ noCompress += "tflite" }}
+// copy android/model.tflite to app/src/main/assets/
+import android.content.Context
+import android.graphics.Bitmap
+import java.io.FileInputStream
+import java.nio.ByteBuffer
+import java.nio.ByteOrder
+import java.nio.channels.FileChannel
+import org.tensorflow.lite.Interpreter
+
+const val W = {w}
+const val H = {h}
+const val NUM_CLASSES = {n}
+val COLORS = intArrayOf({colors})  // ARGB per class, from manifest.json
+
+fun loadSegmenter(context: Context): Interpreter {{
+    val fd = context.assets.openFd("model.tflite")
+    val model = FileInputStream(fd.fileDescriptor).channel
+        .map(FileChannel.MapMode.READ_ONLY, fd.startOffset, fd.declaredLength)
+    return Interpreter(model, Interpreter.Options().setNumThreads(2))
+}}
+
+/** The class mask of [bitmap] as a W x H bitmap in the class colours. */
+fun segment(interpreter: Interpreter, bitmap: Bitmap): Bitmap {{
+    val scaled = Bitmap.createScaledBitmap(bitmap, W, H, true)  // bilinear, aspect ratio not kept
+    val pixels = IntArray(W * H).also {{ scaled.getPixels(it, 0, W, 0, 0, W, H) }}
+    val input = ByteBuffer.allocateDirect(W * H * 3 * {nbytes}).order(ByteOrder.nativeOrder())
+    for (p in pixels) {{
+        val r = (p shr 16) and 0xFF; val g = (p shr 8) and 0xFF; val b = p and 0xFF
+            {put}
+    }}
+    {_kotlin_output(plat, n)}
+    return Bitmap.createBitmap(IntArray(W * H) {{ COLORS[classes[it]] }}, W, H, Bitmap.Config.ARGB_8888)
+}}
+```
+{mediapipe}"""
+
+
+def _swift(m: dict[str, Any]) -> str:
+    plat = m["platforms"]["ios"]
+    cls = plat["file"].split("/")[-1].removesuffix(".mlpackage")
+    h, w, n = m["input"]["height"], m["input"]["width"], len(m["classes"])
+    colors = ", ".join(f"({c['color'][0]}, {c['color'][1]}, {c['color'][2]})" for c in m["classes"])
+    image = plat["input"]["type"].startswith("image")
+    argmax = plat["output"]["kind"] == "argmax"
+    pick = ("let cls = Int(out[y * W + x].int32Value)" if argmax else
+            "var cls = 0\n            var best = -Float.infinity\n"
+            "            for c in 0..<NUM_CLASSES {\n"
+            "                let s = out[(c * H + y) * W + x].floatValue\n"
+            "                if s > best { best = s; cls = c }\n"
+            "            }")
+    feed = ("""    let request = VNCoreMLRequest(model: try VNCoreMLModel(for: model.model))
+    request.imageCropAndScaleOption = .scaleFill  // resize to W x H, aspect ratio not kept (as in training)
+    try VNImageRequestHandler(cgImage: image).perform([request])
+    guard let obs = request.results?.first as? VNCoreMLFeatureValueObservation,
+          let out = obs.featureValue.multiArrayValue else { return nil }"""
+            if image else
+            f"""    // multiarray input: fill a [1, 3, {h}, {w}] Float32 MLMultiArray with (pixel / 255 - mean) / std
+    let input = try MLMultiArray(shape: [1, 3, {h}, {w}], dataType: .float32)
+    // ... write the normalized RGB values of the resized image into `input` (channel-major) ...
+    let out = try model.prediction(image: input).{plat['output']['name']}""")
+    return f"""```swift
+// Drag ios/{cls}.mlpackage into Xcode: it generates the class `{cls}`.
+import CoreML
+import Vision
+
+let W = {w}, H = {h}, NUM_CLASSES = {n}
+let COLORS: [(UInt8, UInt8, UInt8)] = [{colors}]  // RGB per class, from manifest.json
+
+/// The class mask of `image` as RGBA bytes (W x H) in the class colours.
+func segment(_ image: CGImage) throws -> [UInt8]? {{
+    let config = MLModelConfiguration()
+    config.computeUnits = .all
+    let model = try {cls}(configuration: config)
+{feed}
+    var rgba = [UInt8](repeating: 255, count: W * H * 4)
+    for y in 0..<H {{
+        for x in 0..<W {{
+            {pick}
+            let (r, g, b) = COLORS[cls]
+            let i = (y * W + x) * 4
+            rgba[i] = r; rgba[i + 1] = g; rgba[i + 2] = b
+        }}
+    }}
+    return rgba
+}}
+```
+"""
+
+
+def _evidence(plat: dict[str, Any]) -> str:
+    p = plat["parity"]
+    if p.get("status") != "passed":
+        parity = f"parity {p.get('status')}"
+    else:
+        parity = (f"{p['pixel_agreement']:.3f} % pixel agreement, mask mIoU {p['mask_miou']:.4f} vs PyTorch on "
+                  f"{p['images']} test images ({p['runtime']})")
+    lat = plat.get("latency")
+    speed = (f"{lat['median_ms']:.2f} ms median ({lat['runtime']})" if lat else
+             "latency not measured (run `edgeseg report` before bundling)")
+    return f"{plat['size_bytes'] / 1e6:.2f} MB, {plat['precision']}; {parity}; {speed}"
+
+
+def render_readme(m: dict[str, Any]) -> str:
+    h, w = m["input"]["height"], m["input"]["width"]
+    norm = m["input"]["normalization"]
+    lines = [f"# {m['model']['name']} {m['model']['version']}", "",
+             f"{m['model']['description']}. Made by edgeseg; `manifest.json` (schema `{m['schema']}`) describes every "
+             f"file with its sha256 — check them with `edgeseg bundle --verify <this folder>`.", "",
+             "| class | index | colour |", "|---|---:|---|"]
+    lines += [f"| {c['name']} | {c['index']} | rgb({', '.join(map(str, c['color']))}) |" for c in m["classes"]]
+    lines += ["", f"Input: an RGB image resized to {w}x{h} (bilinear, aspect ratio not kept). The model was trained "
+              f"on `(pixel / 255 - mean) / std` with mean {norm['mean']} and std {norm['std']}.", ""]
+    if "android" in m["platforms"]:
+        a = m["platforms"]["android"]
+        q = a["input"].get("quantization")
+        lines += ["## Android (`android/model.tflite`)", "",
+                  f"{_evidence(a)}.", "",
+                  f"Input `{a['input']['shape']}` {a['input']['dtype']} NHWC, {a['input']['values']}"
+                  + (f" (quantization scale {q['scale']}, zero point {q['zero_point']})" if q else "")
+                  + f"; output `{a['output']['shape']}` {a['output']['dtype']} "
+                  + ("class index per pixel." if a["output"]["kind"] == "argmax" else
+                     "class scores per pixel; the mask is their argmax."), "",
+                  "The file carries TFLite metadata (name, version, normalization, `labels.txt`).", "",
+                  _kotlin(m)]
+    if "ios" in m["platforms"]:
+        i = m["platforms"]["ios"]
+        lines += [f"## iOS (`{i['file']}`)", "", f"{_evidence(i)}.", "",
+                  f"Minimum {i.get('deployment_target') or 'iOS16'}. Input `{i['input']['name']}`: "
+                  f"{i['input']['type']}; output `{i['output']['name']}` `{i['output']['shape']}` "
+                  f"{i['output']['dtype']} " + ("class index per pixel." if i["output"]["kind"] == "argmax"
+                                                else "class scores per pixel; the mask is their argmax."),
+                  "Class names and colours are also in the package's metadata (`classes`, `colors`).", "",
+                  _swift(m)]
+    lines += ["The snippets are written for this model's tensors; they are not compiled by edgeseg's tests "
+              "(no Android or Xcode toolchain there). What is tested: LiteRT runs `android/model.tflite`, "
+              "MediaPipe's ImageSegmenter reads its metadata, and every file matches `manifest.json`.", ""]
+    return "\n".join(lines)
