@@ -91,9 +91,10 @@ def _parser() -> argparse.ArgumentParser:
                        description="Export RUN's checkpoint to RUN/export/<target>-<precision>/.")
     _common(p)
     p.add_argument("run", type=Path, help="run directory or checkpoint.pt")
-    p.add_argument("--target", required=True, help="tflite, coreml or onnx")
+    p.add_argument("--target", required=True, help="tflite, coreml, onnx or openvino")
     p.add_argument("--precision", help="tflite: fp32|fp16|int8; coreml: fp32|fp16|int8|palettize4|palettize6|"
-                   "palettize8 (k-means; add -uniform for uniform palettes)|w8a8; onnx: fp32")
+                   "palettize8 (k-means; add -uniform for uniform palettes)|w8a8; onnx: fp32|int8 (QDQ, NNCF "
+                   "PTQ); openvino: fp32|int8 (NNCF PTQ)")
     p.add_argument("--output", default="logits", choices=("logits", "argmax"),
                    help="logits (default) or an in-graph argmax class map (tflite: uint8, coreml: int32)")
     p.add_argument("--input", dest="input_kind", default="image", choices=("image", "multiarray", "pixels"),

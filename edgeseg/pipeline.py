@@ -98,7 +98,8 @@ def export_run(run: Path, target: str, precision: str | None = None, calibration
     model = ckpt.build_model(which)
     pre = ckpt.preprocess
     example = np.zeros((1, 3, pre.height, pre.width), np.float32)
-    needs_calibration = (target, precision) in (("tflite", "int8"), ("coreml", "w8a8"))
+    needs_calibration = (target, precision) in (("tflite", "int8"), ("coreml", "w8a8"), ("onnx", "int8"),
+                                                ("openvino", "int8"))
     # onnx2tf's own check inference wants 20 sample images even for float exports (see exporters/tflite.py)
     count = calibration if needs_calibration else (20 if target == "tflite" else 0)
     calib = calibration_images(ckpt, count)

@@ -136,7 +136,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         + f"; val mIoU {_fmt(tr['val_miou'], '.4f')}",
         f"- measured on {hw['cpu']} ({hw['cores']} cores), {hw['system']}",
         "",
-        "| target | precision | size MB | latency median / p90 ms | runtime | parity | agreement % | "
+        "| target | variant | size MB | latency median / p90 ms | runtime | parity | agreement % | "
         "mask mIoU | max Δlogit | dataset mIoU (ref → exp) |",
         "|---|---|---:|---:|---|---|---:|---:|---:|---|",
     ]
@@ -171,7 +171,8 @@ def render_markdown(r: dict[str, Any]) -> str:
                     notes.append(note)
             for f in p.get("failures", []):
                 notes.append(f"- {row['target']} {row['precision']}: FAILED: {f}")
-        lines.append(f"| {row['target']} | {row['precision']} | {row['size_bytes'] / 1e6:.2f} | {lat_s} | "
+        variant = row["name"].split("-", 1)[1]  # precision plus -argmax / -pixels / -multiarray / -<method>
+        lines.append(f"| {row['target']} | {variant} | {row['size_bytes'] / 1e6:.2f} | {lat_s} | "
                      f"{runtime} | {status} | {agree} | {miou} | {dlog} | {ds} |")
     if notes:
         lines += ["", "Notes:", *notes]

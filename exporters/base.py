@@ -55,6 +55,8 @@ class ExportOptions:
         metadata: free-form string metadata (author, licence, version, edgeseg manifest fields).
         work_dir: a folder where a target may cache intermediate artifacts shared between
             precisions (e.g. the TF SavedModel); created by the caller, may be None.
+        quantized: the model already carries NNCF quantizers (``edgeseg quantize``): int8 targets that read
+            them (ONNX QDQ, OpenVINO) convert them instead of calibrating their own.
     """
 
     precision: str
@@ -66,6 +68,7 @@ class ExportOptions:
     deployment_target: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     work_dir: Path | None = None
+    quantized: bool = False
 
     def replace(self, **changes: Any) -> "ExportOptions":
         return dataclasses.replace(self, **changes)
