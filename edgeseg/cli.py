@@ -157,6 +157,48 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print the figures as JSON (schema edgeseg.bench/1)")
 
+    p = sub.add_parser("quantize", help="int8 that keeps masks: NNCF PTQ, QAT, accuracy control, mixed precision",
+                       epilog=EPILOG, formatter_class=fmt,
+                       description="Quantize RUN's model with NNCF and export + check each target against the "
+                       "full-precision model: RUN/export/<target>-int8-<method>/ (Core ML: coreml-w8a8-<method>), "
+                       "with parity.json on the test split; a summary in RUN/export/quantize-<method>.json. ONNX and "
+                       "OpenVINO convert NNCF's quantizers; TFLite and Core ML take the quantization-adapted "
+                       "weights and calibrate their own int8. Exit 1 when an export misses the threshold.")
+    _common(p)
+    p.add_argument("run", type=Path, help="run directory or checkpoint.pt")
+    p.add_argument("--method", required=True, help="ptq (post-training), qat (quantization-aware fine-tuning) or "
+                   "accuracy (NNCF accuracy control, ONNX/OpenVINO only)")
+    p.add_argument("--targets", default="tflite,onnx,openvino",
+                   help="comma-separated from tflite, onnx, openvino, coreml (default %(default)s)")
+    p.add_argument("--calibration", type=int, default=300,
+                   help="training images for calibration (default %(default)s or all if fewer; warns under 100, "
+                   "refuses under 16)")
+    p.add_argument("--preset", default="performance", help="NNCF preset: performance (symmetric) or mixed "
+                   "(asymmetric activations)")
+    p.add_argument("--ignored-scope", default="", metavar="NODES",
+                   help="comma-separated NNCF graph node names to leave in float")
+    p.add_argument("--bias-correction", choices=("fast", "full"), default="fast",
+                   help="NNCF bias correction (full: slower, often more accurate)")
+    p.add_argument("--epochs", type=int, default=2, help="qat: fine-tuning epochs (default %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-4, help="qat: learning rate (default %(default)s)")
+    p.add_argument("--distill", type=float, default=1.0,
+                   help="qat: weight of the distillation term (KL to the float model's scores; default %(default)s)")
+    p.add_argument("--task-weight", type=float, default=0.1,
+                   help="qat: weight of the run's training loss on the labels (default %(default)s: at 1 it pulls "
+                   "the masks away from the float model's, which is what parity measures)")
+    p.add_argument("--max-drop", type=float, default=0.01,
+                   help="accuracy: largest allowed absolute drop of validation mIoU (default %(default)s)")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="tflite: when full int8 misses the threshold on the validation split, keep the most "
+                   "sensitive layers in float one at a time until it holds")
+    p.add_argument("--max-float-layers", type=int, default=8, help="mixed precision: give up after this many "
+                   "(default %(default)s; exit 1 with the best mix reached)")
+    p.add_argument("--min-agreement", type=float, help="parity threshold in %% (default 98)")
+    p.add_argument("--min-mask-miou", type=float, help="parity threshold (default 0.95)")
+    p.add_argument("--limit", type=int, help="check on the first N test images only")
+    p.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
     p = sub.add_parser("bundle", help="the folder Android and iOS builds consume", epilog=EPILOG, formatter_class=fmt,
                        description="Write RUN's checked exports as android/model.tflite (with TFLite metadata), "
                        "ios/<Name>.mlpackage, labels.txt, an app README with Kotlin and Swift code, and one "
@@ -340,6 +382,33 @@ def cmd_report(a: argparse.Namespace) -> int:
     return {"failed": EXIT_FAILURE, "not-verified": EXIT_NOT_VERIFIED}.get(rep["status"], EXIT_OK)
 
 
+def cmd_quantize(a: argparse.Namespace) -> int:
+    from edgeseg.quantize import QuantizeOptions, quantize_run
+
+    opts = QuantizeOptions(
+        method=a.method, targets=tuple(t.strip() for t in a.targets.split(",") if t.strip()),
+        calibration=a.calibration, preset=a.preset,
+        ignored=tuple(n.strip() for n in a.ignored_scope.split(",") if n.strip()),
+        fast_bias_correction=a.bias_correction == "fast", epochs=a.epochs, lr=a.lr, distill=a.distill,
+        task_weight=a.task_weight,
+        max_drop=a.max_drop, mixed_precision=a.mixed_precision, max_float_layers=a.max_float_layers,
+        min_agreement=a.min_agreement, min_mask_miou=a.min_mask_miou, limit=a.limit,
+        weights=None if a.weights == "auto" else a.weights)
+    summary = quantize_run(a.run, opts, log=_log(a) if not a.json else (lambda s: None))
+    if a.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for name, r in summary["targets"].items():
+            print(f"{name:28s} {r['size_bytes'] / 1e6:7.2f} MB  {r['status'].upper():6s} agreement "
+                  f"{r['pixel_agreement']:.3f} %  mask mIoU {r['mask_miou']:.4f}  dataset mIoU "
+                  f"{r['reference_miou']:.4f} -> {r['exported_miou']:.4f}")
+        m = summary.get("mixed")
+        if m and m.get("needed"):
+            print(f"{m['name']:28s} {len(m['float_layers'])} float layer(s): agreement {m['pixel_agreement']:.3f} %  "
+                  f"mask mIoU {m['mask_miou']:.4f}  size {m['size_cost_bytes'] / 1e3:+.1f} KB")
+    return EXIT_OK
+
+
 def cmd_bundle(a: argparse.Namespace) -> int:
     from edgeseg.bundle import make_bundle, verify_bundle
 
@@ -491,7 +560,7 @@ def _log(a: argparse.Namespace):
 
 
 COMMANDS = {"train": cmd_train, "export": cmd_export, "check": cmd_check, "report": cmd_report, "bench": cmd_bench,
-            "bundle": cmd_bundle, "quickstart": cmd_quickstart, "models": cmd_models, "data": cmd_data}
+            "quantize": cmd_quantize, "bundle": cmd_bundle, "quickstart": cmd_quickstart, "models": cmd_models, "data": cmd_data}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,6 +22,11 @@ def _nncf():
         import nncf
     except ImportError as e:
         raise ExporterError(f"NNCF quantization needs nncf ({e}); pip install 'edgeseg[quantize]'") from None
+    import logging
+    import os
+
+    if not os.environ.get("EDGESEG_DEBUG"):  # NNCF logs INFO lines to stdout, which --json output owns
+        nncf.set_log_level(logging.WARNING)
     return nncf
 
 

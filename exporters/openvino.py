@@ -63,6 +63,24 @@ def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) ->
     return ExportResult("openvino", options.precision, final, size, time.time() - t0, tuple(example.shape), details)
 
 
+def from_onnx(onnx_path: Path, example: np.ndarray, out_dir: Path, quantizer: str) -> ExportResult:
+    """An OpenVINO IR of a (QDQ) ONNX model, e.g. NNCF's accuracy-controlled result."""
+    ov = _ov()
+    t0 = time.time()
+    final = Path(out_dir) / "model.xml"
+    details: dict[str, object] = {"converter": f"openvino.convert_model {ov.__version__} (from ONNX)",
+                                  "quantizer": quantizer}
+    with atomic_path(final.with_suffix(".bin")) as tmp_bin, atomic_path(final) as tmp_xml:
+        try:
+            ov.save_model(ov.convert_model(str(onnx_path)), str(tmp_xml), compress_to_fp16=False)
+        except Exception as e:  # noqa: BLE001
+            raise ExporterError(f"OpenVINO conversion of '{onnx_path}' failed: {str(e)[:500]}") from e
+        tmp_xml.with_suffix(".bin").replace(tmp_bin)
+        details["runtime_precisions"] = runtime_precisions_of(tmp_xml, tmp_bin)
+    size = path_size(final) + path_size(final.with_suffix(".bin"))
+    return ExportResult("openvino", "int8", final, size, time.time() - t0, tuple(example.shape), details)
+
+
 def runtime_precisions_of(xml: Path, weights: Path) -> dict[str, int]:
     ov = _ov()
     compiled = ov.Core().compile_model(ov.Core().read_model(str(xml), str(weights)), "CPU", _CONFIG)

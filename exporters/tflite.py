@@ -26,6 +26,7 @@ and from NHWC and (de)quantizes int8 tensors with the scale/zero-point stored in
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
@@ -186,6 +187,78 @@ def _convert(sm: Path, options: ExportOptions) -> bytes:
             return conv.convert()
         except Exception as e:  # noqa: BLE001 - the converter raises ConverterError and friends
             raise ExporterError(f"TF Lite converter failed ({options.precision}): {e}\n{log.getvalue()[-2000:]}") from e
+
+
+def _debug_converter(tf, sm: Path, calibration: Sequence[np.ndarray]):
+    samples = batches(calibration)
+    if not samples:
+        raise ExporterError("mixed-precision TFLite needs calibration images; none were given")
+
+    def representative():
+        for s in samples:
+            yield [np.ascontiguousarray(s.transpose(0, 2, 3, 1))]
+
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(sm))
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = representative
+    # float kernels allowed beside int8 ones: the layers kept in float need them
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    return conv, representative
+
+
+def layer_sensitivity(sm: Path, calibration: Sequence[np.ndarray]) -> list[dict[str, object]]:
+    """Each quantized layer's error on the calibration images, most sensitive first: the TF Lite quantization
+    debugger compares every int8 op output with its float counterpart; sensitivity = RMSE / quantization scale
+    (the error in quantization steps, comparable across layers)."""
+    import csv
+
+    tf = import_tensorflow()
+    conv, rep = _debug_converter(tf, sm, calibration)
+    with quiet_native() as log:
+        try:
+            debugger = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=rep)
+            debugger.run()
+        except Exception as e:  # noqa: BLE001
+            raise ExporterError(f"TF Lite quantization debugger failed: {e}\n{log.getvalue()[-1500:]}") from e
+    buf = io.StringIO()
+    debugger.layer_statistics_dump(buf)
+    rows = []
+    for r in csv.DictReader(io.StringIO(buf.getvalue())):
+        scale = float(r["scale"] or 0)
+        if scale <= 0:
+            continue
+        rows.append({"op": r["op_name"], "tensor": r["tensor_name"],
+                     "sensitivity": round(float(r["mean_squared_error"]) ** 0.5 / scale, 5)})
+    return sorted(rows, key=lambda r: -float(r["sensitivity"]))  # type: ignore[arg-type]
+
+
+def convert_mixed(sm: Path, calibration: Sequence[np.ndarray], float_tensors: Sequence[str]) -> bytes:
+    """int8 TFLite with the ops producing ``float_tensors`` kept in float (selective quantization: the debugger's
+    denylist); float32 input and output."""
+    tf = import_tensorflow()
+    conv, rep = _debug_converter(tf, sm, calibration)
+    with quiet_native() as log:
+        try:
+            options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(float_tensors))
+            debugger = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=rep,
+                                                                 debug_options=options)
+            return debugger.get_nondebug_quantized_model()
+        except Exception as e:  # noqa: BLE001
+            raise ExporterError(f"mixed-precision conversion failed: {e}\n{log.getvalue()[-1500:]}") from e
+
+
+def float_ops(path: Path) -> list[str]:
+    """Ops of a TFLite file that compute in float32 (their first input is float32), from its op list."""
+    with quiet_native():
+        interp = _interpreter(path, 1, xnnpack=False)
+    tensors = {d["index"]: d for d in interp.get_tensor_details()}
+    out = []
+    for op in interp._get_ops_details():
+        ins = [i for i in op["inputs"] if i >= 0]
+        if ins and np.dtype(tensors[ins[0]]["dtype"]) == np.float32 and op["op_name"] not in ("QUANTIZE",
+                                                                                              "DEQUANTIZE"):
+            out.append(op["op_name"])
+    return out
 
 
 def model_info(options: ExportOptions) -> tflite_metadata.ModelInfo:

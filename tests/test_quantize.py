@@ -1,0 +1,156 @@
+"""``edgeseg quantize``: NNCF PTQ / QAT / accuracy control feeding every target, and mask-driven mixed precision."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgeseg.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(tiny_run, tmp_path_factory):
+    run = tmp_path_factory.mktemp("quant") / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "report.*"))
+    return run
+
+
+def _quantize(run, capsys, *args):
+    code = main(["quantize", str(run), *args, "--json", "-q"])
+    out = capsys.readouterr()
+    return code, (json.loads(out.out) if out.out.strip() else None), out.err
+
+
+def test_ptq_feeds_every_target_with_real_int8(run, capsys):
+    code, s, _ = _quantize(run, capsys, "--method", "ptq", "--targets", "tflite,onnx,openvino,coreml",
+                           "--calibration", "64")
+    assert code == 0 and s["calibration_images"] == 64
+    t = s["targets"]
+    assert set(t) == {"tflite-int8-ptq", "onnx-int8-ptq", "openvino-int8-ptq", "coreml-w8a8-ptq"}
+    for name, r in t.items():  # each checked against the float model on the test split
+        assert r["status"] == "passed" and r["pixel_agreement"] >= 98.0 and r["mask_miou"] >= 0.95, name
+        parity = json.loads((run / "export" / name / "parity.json").read_text())
+        assert parity["pixel_agreement"] == r["pixel_agreement"]
+    # proof of int8 in each file: TFLite tensor types, ONNX Q/DQ with int8 weights and only standard ops,
+    # OpenVINO ops that the CPU runs in int8
+    assert t["tflite-int8-ptq"]["details"]["input_dtype"] == "int8"
+    assert t["tflite-int8-ptq"]["details"]["tensor_dtypes"].get("float32", 0) == 0
+    ops = t["onnx-int8-ptq"]["details"]["ops"]
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > ops["QuantizeLinear"]
+    assert t["onnx-int8-ptq"]["details"]["int8_weights"] > 0 and not [k for k in ops if ":" in k]
+    prec = t["openvino-int8-ptq"]["details"]["runtime_precisions"]
+    assert prec.get("i8", 0) + prec.get("u8", 0) > 0
+    fp32_onnx = sum(v.numel() * 4 for v in torch.load(run / "checkpoint.pt", weights_only=True)["weights"].values())
+    assert t["onnx-int8-ptq"]["size_bytes"] < 0.5 * fp32_onnx
+    # the exports are ordinary ones for report and bundle
+    assert main(["report", str(run), "--runs", "2", "-q", "--json"]) == 0
+    names = {r["name"] for r in json.loads((run / "report.json").read_text())["results"]}
+    assert {"tflite-int8-ptq", "onnx-int8-ptq", "openvino-int8-ptq", "coreml-w8a8-ptq"} <= names
+
+
+def test_qat_does_not_reduce_parity_versus_ptq(run, capsys):
+    """On the tiny U-Net, NNCF PTQ is measurably lossy (< 100 % agreement with the float masks); QAT (distillation
+    towards the float model, the run's loss at a small weight) must not be worse, in the same QDQ ONNX runtime."""
+    code, ptq, _ = _quantize(run, capsys, "--method", "ptq", "--targets", "onnx")
+    assert code == 0
+    code, qat, _ = _quantize(run, capsys, "--method", "qat", "--targets", "onnx", "--epochs", "2")
+    assert code == 0
+    p, q = ptq["targets"]["onnx-int8-ptq"]["pixel_agreement"], qat["targets"]["onnx-int8-qat"]["pixel_agreement"]
+    assert p < 100.0 and q >= p, (p, q)
+    assert "QAT loss per epoch" in qat["notes"][0]
+
+
+def test_accuracy_control_and_its_backends(run, capsys):
+    code, s, _ = _quantize(run, capsys, "--method", "accuracy", "--targets", "onnx,openvino", "--max-drop", "0.02")
+    assert code == 0
+    for name in ("onnx-int8-accuracy", "openvino-int8-accuracy"):
+        r = s["targets"][name]
+        assert r["status"] == "passed" and r["reference_miou"] - r["exported_miou"] <= 0.02 + 0.01
+    assert s["targets"]["onnx-int8-accuracy"]["details"]["ops"]["QuantizeLinear"] > 0
+    code, _, err = _quantize(run, capsys, "--method", "accuracy", "--targets", "tflite")
+    assert code == 2 and "backends here are ONNX and OpenVINO; it cannot produce tflite" in err
+
+
+def test_bad_inputs(run, capsys, tmp_path):
+    code, _, err = _quantize(run, capsys, "--method", "ptq", "--calibration", "8")
+    assert code == 2 and "--calibration 8: at least 16 images are needed" in err
+    code, _, err = _quantize(run, capsys, "--method", "ptx")
+    assert code == 2 and "did you mean 'ptq'" in err
+    # a threshold no mix can reach: the best reached, exit 1
+    code, s, err = _quantize(run, capsys, "--method", "ptq", "--targets", "tflite", "--mixed-precision",
+                             "--min-agreement", "100.0", "--max-float-layers", "2")
+    assert code == 1 and "no mix of up to 2 float layers reaches the threshold" in err and "best:" in err
+    # a split without labels (every mask pixel ignored) is refused by name
+    from edgeseg.quantize import _labelled
+    from edgeseg.train.checkpoint import load_checkpoint
+    from PIL import Image
+
+    root = tmp_path / "unlabelled"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(root / "images" / f"{i}.png")
+        Image.fromarray(np.full((16, 16), 255, np.uint8)).save(root / "masks" / f"{i}.png")
+    ck = load_checkpoint(run)
+    fake = SimpleNamespace(config=ck.config.replace(data=f"folder:{root}?split=0,1,0&ignore=255"),
+                           preprocess=ck.preprocess)
+    from edgeseg.errors import DataError
+
+    with pytest.raises(DataError, match="the val split of 'folder:.*' has no labelled images"):
+        _labelled(fake, "val")
+
+
+class _Outlier(nn.Module):
+    """conv -> ReLU -> conv -> ReLU -> 1x1 classifier; channel 8 is dead (always 0) and the classifier weights it
+    by 1e4: the same function, but the classifier's per-channel int8 weight scales become so coarse that its real
+    weights round to 0. Only that layer in float restores the masks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1, self.c2, self.cls = nn.Conv2d(3, 9, 3, padding=1), nn.Conv2d(9, 9, 3, padding=1), nn.Conv2d(9, 4, 1)
+        with torch.no_grad():
+            for c in (self.c1, self.c2):
+                c.weight[8].zero_()
+                c.bias[8] = -1.0
+            self.cls.weight[:, 8] = 1e4
+
+    def forward(self, x):
+        return self.cls(torch.relu(self.c2(torch.relu(self.c1(x)))))
+
+
+def test_mixed_precision_stops_when_the_threshold_holds_and_keeps_layers_float(tmp_path):
+    from edgeseg.bench import torch_runner
+    from edgeseg.parity import compare, thresholds_for
+    from edgeseg.quantize import mixed_search
+    from exporters import ExportOptions, Normalization
+    from exporters.tflite import float_ops, load, saved_model
+
+    model = _Outlier().eval()
+    rng = np.random.default_rng(0)
+    calib = [rng.standard_normal((1, 3, 32, 32)).astype(np.float32) for _ in range(32)]
+    held_out = [rng.standard_normal((3, 32, 32)).astype(np.float32) for _ in range(8)]
+    masks = [np.zeros((32, 32), np.int64) for _ in held_out]
+    sm, _ = saved_model(model, calib[0], ExportOptions(precision="int8", calibration=calib, work_dir=tmp_path,
+                                                       normalization=Normalization()))
+    reference = torch_runner(model, 2)
+
+    def evaluate(path: Path):
+        return compare(reference, load(path), held_out, masks, list("abcd"), thresholds_for("int8"), "tflite", "int8")
+
+    path, kept, tried = mixed_search(sm, calib, evaluate, 4, tmp_path, log=lambda s: None)
+    assert [t["float_layers"] for t in tried] == [0, 1]  # full int8 fails, one float layer passes: stop there
+    assert tried[0]["pixel_agreement"] < 98.0 <= tried[1]["pixel_agreement"]
+    assert len(kept) == 1 and kept[0]["op"] == "CONV_2D"
+    assert float_ops(path) == ["CONV_2D"]  # really float in the file, and only that one
+    full_int8 = [op for op in float_ops(tmp_path / "mixed-0.tflite")]
+    assert full_int8 == []
