@@ -180,7 +180,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bias-correction", choices=("fast", "full"), default="fast",
                    help="NNCF bias correction (full: slower, often more accurate)")
     p.add_argument("--epochs", type=int, default=2, help="qat: fine-tuning epochs (default %(default)s)")
-    p.add_argument("--lr", type=float, default=1e-4, help="qat: learning rate (default %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-5, help="qat: AdamW learning rate (default %(default)s)")
     p.add_argument("--distill", type=float, default=1.0,
                    help="qat: weight of the distillation term (KL to the float model's scores; default %(default)s)")
     p.add_argument("--task-weight", type=float, default=0.1,

@@ -58,7 +58,7 @@ class QuantizeOptions:
     ignored: tuple[str, ...] = ()
     fast_bias_correction: bool = True
     epochs: int = 2
-    lr: float = 1e-4
+    lr: float = 1e-5
     distill: float = 1.0
     task_weight: float = 0.1
     max_drop: float = 0.01

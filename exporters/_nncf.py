@@ -90,3 +90,12 @@ def float_weights(quantized, template) -> dict[str, Any]:
     if missing:
         raise ExporterError(f"the quantized model lacks weights of the original ({', '.join(missing[:3])})")
     return {k: own[k].detach().clone() for k in keys}
+
+
+def int8_model(model, example: np.ndarray, options, details: dict) -> Any:
+    """The model an int8 ONNX/OpenVINO export converts: NNCF PTQ on ``options.calibration`` unless the model is
+    already quantized (``options.quantized``), stripped for export; ``details`` records who quantized it."""
+    if not options.quantized:
+        model = ptq(model, options.calibration)
+    details["quantizer"] = options.metadata.get("quantized_by", "NNCF post-training quantization")
+    return for_export(model, example)

@@ -113,12 +113,9 @@ def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) ->
     t0 = time.time()
     details: dict[str, object] = {"opset": OPSET, "exporter": "torch.onnx (TorchScript-based)"}
     if options.precision == "int8":
-        from exporters import _nncf
+        from exporters._nncf import int8_model
 
-        if not options.quantized:
-            model = _nncf.ptq(model, options.calibration)
-        details["quantizer"] = options.metadata.get("quantized_by", "NNCF post-training quantization")
-        model = _nncf.for_export(model, example)
+        model = int8_model(model, example, options, details)
     final = Path(out_dir) / "model.onnx"
     with atomic_path(final) as tmp:
         try:

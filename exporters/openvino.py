@@ -42,12 +42,9 @@ def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) ->
     details: dict[str, object] = {"converter": f"openvino.convert_model {ov.__version__}"}
     x = torch.from_numpy(np.asarray(example, np.float32))
     if options.precision == "int8":
-        from exporters import _nncf
+        from exporters._nncf import int8_model
 
-        if not options.quantized:
-            model = _nncf.ptq(model, options.calibration)
-        details["quantizer"] = options.metadata.get("quantized_by", "NNCF post-training quantization")
-        model = _nncf.for_export(model, example)
+        model = int8_model(model, example, options, details)
     final = Path(out_dir) / "model.xml"
     with atomic_path(final.with_suffix(".bin")) as tmp_bin, atomic_path(final) as tmp_xml:
         try:

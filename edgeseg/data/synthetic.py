@@ -32,6 +32,9 @@ DEFAULT_SIZES = {"train": 400, "val": 60, "test": 40}
 RARE_PROB = 0.18
 
 
+MIN_INSTANCE_PIXELS = 16
+
+
 class SyntheticShapes:
     """One split of the procedural dataset."""
 
@@ -57,6 +60,27 @@ class SyntheticShapes:
             raise IndexError(i)
         rng = np.random.default_rng([self.seed, _SPLIT_IDS[self.split], i])
         return render_scene(rng, self.size)
+
+    def instances(self, i: int, min_pixels: int = MIN_INSTANCE_PIXELS) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Image and Mask R-CNN targets of scene ``i`` (the instance version of the embedded data): ``boxes`` [K, 4]
+        float32 x1y1x2y2 around each shape's visible pixels, ``labels`` [K] (class indices, 1 = ellipse ...),
+        ``masks`` [K, H, W] uint8. Shapes occluded down to fewer than ``min_pixels`` visible pixels are left out."""
+        if not 0 <= i < self.length:
+            raise IndexError(i)
+        rng = np.random.default_rng([self.seed, _SPLIT_IDS[self.split], i])
+        img, mask, inst = render_scene(rng, self.size, with_instances=True)
+        boxes, labels, masks = [], [], []
+        for k in range(1, int(inst.max()) + 1):
+            sel = inst == k
+            if sel.sum() < min_pixels:
+                continue
+            ys, xs = np.nonzero(sel)
+            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            labels.append(int(mask[sel][0]))
+            masks.append(sel.astype(np.uint8))
+        n = self.size
+        return img, {"boxes": np.asarray(boxes, np.float32).reshape(-1, 4), "labels": np.asarray(labels, np.int64),
+                     "masks": np.asarray(masks, np.uint8).reshape(-1, n, n)}
 
 
 def _hsv(h: float, s: float, v: float) -> np.ndarray:
@@ -108,10 +132,13 @@ def _texture(rng: np.random.Generator, n: int, color: np.ndarray) -> np.ndarray:
     return tex
 
 
-def render_scene(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one scene of side ``n``: returns (RGB uint8 image, int64 class mask)."""
+def render_scene(rng: np.random.Generator, n: int, with_instances: bool = False):
+    """Draw one scene of side ``n``: returns (RGB uint8 image, int64 class mask), plus the int32 instance map (0 =
+    none, k = the k-th shape drawn; later shapes occlude earlier ones) with ``with_instances``. The random draws are
+    the same either way, so both views show the same scene."""
     img = _background(rng, n)
     mask = np.zeros((n, n), dtype=np.int64)
+    inst = np.zeros((n, n), dtype=np.int32)
     # clutter lines belong to the background class
     clutter = Image.new("L", (n, n), 0)
     draw = ImageDraw.Draw(clutter)
@@ -124,7 +151,7 @@ def render_scene(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarr
     kinds = list(rng.integers(1, 4, size=rng.integers(2, 6)))
     if rng.random() < RARE_PROB:
         kinds.insert(int(rng.integers(0, len(kinds) + 1)), 4)
-    for kind in kinds:
+    for k, kind in enumerate(kinds, start=1):
         r = rng.uniform(0.08, 0.24) * n
         cx, cy = rng.uniform(0.1 * n, 0.9 * n, 2)
         poly = _polygon(int(kind), cx, cy, r, rng.uniform(0, 2 * math.pi), rng.uniform(0.55, 1.0))
@@ -134,5 +161,8 @@ def render_scene(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarr
         color = _hsv(_HUES[int(kind)] + rng.uniform(-0.06, 0.06), rng.uniform(0.55, 1.0), rng.uniform(0.55, 1.0))
         img[sel] = _texture(rng, n, color)[sel]
         mask[sel] = kind
+        inst[sel] = k
     img += rng.normal(0, 3, size=img.shape).astype(np.float32)
+    if with_instances:
+        return np.clip(img, 0, 255).astype(np.uint8), mask, inst
     return np.clip(img, 0, 255).astype(np.uint8), mask
