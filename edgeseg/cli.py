@@ -559,6 +559,26 @@ def _log(a: argparse.Namespace):
     return (lambda s: None) if a.quiet else (lambda s: print(s, file=sys.stderr))
 
 
+# commands that write into a run directory, and the argument naming it
+_WRITES_RUN = {"train": "output", "export": "run", "check": "run", "quantize": "run", "report": "run",
+               "bundle": "run"}
+
+
+def _lock(a: argparse.Namespace):
+    from contextlib import nullcontext
+
+    from edgeseg.lock import run_dir_of, run_lock
+
+    attr = _WRITES_RUN.get(a.command)
+    target = getattr(a, attr, None) if attr else None
+    if target is None or "RANK" in os.environ:  # torchrun's workers run under their launcher's lock
+        return nullcontext()
+    run = run_dir_of(target)
+    if a.command != "train" and not run.is_dir():
+        return nullcontext()  # the command itself reports the missing run
+    return run_lock(run, a.command)
+
+
 COMMANDS = {"train": cmd_train, "export": cmd_export, "check": cmd_check, "report": cmd_report, "bench": cmd_bench,
             "quantize": cmd_quantize, "bundle": cmd_bundle, "quickstart": cmd_quickstart, "models": cmd_models, "data": cmd_data}
 
@@ -576,7 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings("ignore")
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
-        return COMMANDS[a.command](a)
+        with _lock(a):
+            return COMMANDS[a.command](a)
     except EdgesegError as e:
         if a.debug:
             raise
@@ -585,6 +606,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgeseg: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        import errno
+
+        if a.debug or e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            if a.debug:
+                raise
+            print(f"edgeseg {a.command}: error: {e.strerror or e} ({e.filename or 'writing output'})",
+                  file=sys.stderr)
+            return EXIT_FAILURE
+        where = e.filename or getattr(a, "output", None) or getattr(a, "run", None) or "the output"
+        print(f"edgeseg {a.command}: error: out of disk space (or over the file size limit) while writing "
+              f"'{where}': {e.strerror}. Earlier artifacts are intact (every file is written to a temporary "
+              f"name first); free some space and run the command again", file=sys.stderr)
+        return EXIT_FAILURE
     except Exception as e:  # noqa: BLE001 - unexpected: one line, the traceback under --debug
         if a.debug:
             raise

@@ -9,7 +9,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgeseg.atomic import write_json, write_text
 from edgeseg.bench import measure_latency, torch_runner
 from edgeseg.models import count_params
 from edgeseg.train.checkpoint import load_checkpoint
@@ -106,11 +105,16 @@ def build_report(run: Path, runs: int = 20, warmup: int = 3, threads: int = 2,
     wrong = problems(report, "report-1")
     if wrong:  # a bug of ours: a CI must never read a report that breaks its documented schema
         raise RuntimeError("report.json does not match schemas/report-1.schema.json: " + "; ".join(wrong[:5]))
-    write_json(run / "report.json", report)
-    write_text(run / "report.md", render_markdown(report))
+    from edgeseg.atomic import atomic_path
     from edgeseg.report_html import write_html
 
-    write_html(report, run, ckpt, run / "report.html", threads=threads)
+    # the three files as one set: each goes to a temporary name, and only when all are written are they renamed,
+    # so a failure (a full disk) leaves the previous report.json/md/html together
+    with atomic_path(run / "report.json") as tj, atomic_path(run / "report.md") as tm, \
+            atomic_path(run / "report.html") as th:
+        tj.write_text(json.dumps(report, indent=2) + "\n")
+        tm.write_text(render_markdown(report))
+        write_html(report, run, ckpt, th, threads=threads)
     return report
 
 
