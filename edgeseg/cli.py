@@ -183,9 +183,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-5, help="qat: AdamW learning rate (default %(default)s)")
     p.add_argument("--distill", type=float, default=1.0,
                    help="qat: weight of the distillation term (KL to the float model's scores; default %(default)s)")
-    p.add_argument("--task-weight", type=float, default=0.1,
-                   help="qat: weight of the run's training loss on the labels (default %(default)s: at 1 it pulls "
-                   "the masks away from the float model's, which is what parity measures)")
+    p.add_argument("--task-weight", type=float, default=0.0,
+                   help="qat: weight of the run's training loss on the labels (default %(default)s: any weight pulls "
+                   "the masks towards the labels and away from the float model's, which is what parity measures)")
     p.add_argument("--max-drop", type=float, default=0.01,
                    help="accuracy: largest allowed absolute drop of validation mIoU (default %(default)s)")
     p.add_argument("--mixed-precision", action="store_true",

@@ -60,7 +60,7 @@ class QuantizeOptions:
     epochs: int = 2
     lr: float = 1e-5
     distill: float = 1.0
-    task_weight: float = 0.1
+    task_weight: float = 0.0
     max_drop: float = 0.01
     mixed_precision: bool = False
     max_float_layers: int = 8
@@ -326,6 +326,10 @@ def quantize_run(run: Path, opts: QuantizeOptions, log: Callable[[str], None] = 
     reference = torch_runner(model, 2)
     digest = _digest(ckpt.path)
     work = ensure_dir(run / "export" / ".cache" / f"{digest}-{which}-{opts.method}")
+    import shutil
+
+    for stale in work.glob("tf_savedmodel*"):  # converted from the previous run's weights (other settings)
+        shutil.rmtree(stale)
     summary: dict[str, Any] = {"schema": "edgeseg.quantize/1", "method": opts.method, "calibration_images": len(calib),
                                "thresholds": thresholds, "targets": {}}
     t0 = time.time()
