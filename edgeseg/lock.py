@@ -29,7 +29,7 @@ def run_lock(directory: Path, command: str) -> Iterator[None]:
         return
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
-        raise UsageError(f"'{directory}' is a file, not a run directory")
+        raise UsageError(f"run directory '{directory}' is a file, not a directory; pass another path with -o")
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

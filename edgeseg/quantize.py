@@ -28,8 +28,6 @@ search never looks at the test split, which then measures the result.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
 from dataclasses import dataclass, field
