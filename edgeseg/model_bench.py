@@ -5,7 +5,8 @@ their constant tensors are reported instead (biases, folded BatchNorm and quanti
 
 Accepts ``.tflite`` (LiteRT, XNNPACK on and off), ``.onnx`` (onnxruntime), ``.mlpackage`` (the Core ML
 runtime on macOS on CPU_ONLY and ALL; elsewhere edgeseg's reference execution of the saved program is timed and
-marked ``reference-execution`` — a figure for comparing packages on this CPU, not a device's speed) and edgeseg checkpoints or run directories (PyTorch eager). Latency: median / p90 / min
+marked ``reference-execution`` — a figure for comparing packages on this CPU, not a device's speed) and edgeseg
+checkpoints or run directories (PyTorch eager). Latency: median / p90 / min
 over ``runs`` after ``warmup`` at each thread count, with the hardware and runtime versions recorded.
 Memory: the process's resident-set growth while loading and running each configuration.
 """
