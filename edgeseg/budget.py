@@ -20,6 +20,8 @@ than its tolerance.
 
 from __future__ import annotations
 
+import math
+
 import json
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,11 @@ def load_budget(path: Path) -> dict[str, dict[str, float]]:
             raise UsageError(f"--budget '{path}': unknown key '{k}'{suggest(k, ['defaults', 'exports'])}; "
                              f"use defaults and exports")
     out: dict[str, dict[str, float]] = {}
-    sections = [("defaults", data.get("defaults") or {})] + list((data.get("exports") or {}).items())
+    exports = data.get("exports") or {}
+    if not isinstance(exports, dict):
+        raise UsageError(f"--budget '{path}': 'exports' must map export names (e.g. tflite-int8) to limits, "
+                         f"got {type(exports).__name__}")
+    sections = [("defaults", data.get("defaults") or {})] + list(exports.items())
     for name, limits in sections:
         if not isinstance(limits, dict):
             raise UsageError(f"--budget '{path}': '{name}' must map limits to numbers")
@@ -50,8 +56,8 @@ def load_budget(path: Path) -> dict[str, dict[str, float]]:
             if k not in LIMITS:
                 raise UsageError(f"--budget '{path}': '{name}' has unknown limit '{k}'{suggest(k, list(LIMITS))}; "
                                  f"limits are {', '.join(LIMITS)}")
-            if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise UsageError(f"--budget '{path}': '{name}.{k}' must be a number, got {v!r}")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                raise UsageError(f"--budget '{path}': '{name}.{k}' must be a finite number >= 0, got {v!r}")
         out[str(name)] = {k: float(v) for k, v in limits.items()}
     return out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,18 +107,47 @@ class TrainConfig:
 
     @staticmethod
     def from_dict(d: dict[str, Any], source: str = "config") -> "TrainConfig":
-        names = [f.name for f in dataclasses.fields(TrainConfig)]
-        for k in d:
-            if k not in names:
-                raise UsageError(f"{source}: unknown key '{k}'{suggest(k, names)}")
-        return TrainConfig(**d)
+        fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+        for k, v in d.items():
+            if k not in fields:
+                raise UsageError(f"{source}: unknown key '{k}'{suggest(str(k), list(fields))}")
+            _check_type(k, v, fields[k].type, source)
+        try:
+            return TrainConfig(**d)
+        except UsageError as e:
+            raise UsageError(f"{source}: {e}") from None
 
     @staticmethod
     def from_yaml(path: Path) -> "TrainConfig":
-        return TrainConfig.from_dict(read_yaml_mapping(path, "config file"), source=str(path))
+        return TrainConfig.from_dict(read_yaml_mapping(path, "config file"), source=f"config file '{path}'")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def _check_type(key: str, value: Any, annotation: Any, source: str) -> None:
+    """A config value of the field's declared type (``int | None`` allows None; a bool is not a number)."""
+    text = str(annotation)
+    if value is None:
+        if "None" in text:
+            return
+        raise UsageError(f"{source}: '{key}' needs a value ({text}), got nothing")
+    if text.startswith("dict"):
+        if not isinstance(value, dict):
+            raise UsageError(f"{source}: '{key}' must be a mapping, got {type(value).__name__}")
+        return
+    base = text.split("|")[0].strip()
+    allowed = _TYPES.get(base)
+    if allowed is None:
+        return
+    if (isinstance(value, bool) and base != "bool") or not isinstance(value, allowed):
+        raise UsageError(f"{source}: '{key}' must be {'a number' if base in ('int', 'float') else 'a ' + base}, "
+                         f"got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(f"{source}: '{key}' must be finite, got {value!r}")
 
 
 def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
@@ -125,11 +155,20 @@ def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     import yaml
 
     try:
-        d = yaml.safe_load(Path(path).read_text()) or {}
+        d = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise UsageError(f"{what} '{path}' does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"{what} '{path}' is a directory, not a YAML file") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{what} '{path}' is not UTF-8 text (byte {e.start}); is it the right file?") from None
+    except RecursionError:
+        raise UsageError(f"{what} '{path}' nests too deeply to be a configuration") from None
     except yaml.YAMLError as e:
         raise UsageError(f"{what} '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(d, dict):
         raise UsageError(f"{what} '{path}' must hold a mapping of keys to values")
+    bad = [k for k in d if not isinstance(k, str)]
+    if bad:
+        raise UsageError(f"{what} '{path}': keys must be names, got {bad[0]!r}")
     return d

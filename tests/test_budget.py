@@ -76,7 +76,7 @@ def test_baseline_diff_and_regression(reported, tmp_path, capsys):
     ("exports:\n  tflite-fp32:\n    max_sise_mb: 1\n", "unknown limit 'max_sise_mb' \\(did you mean 'max_size_mb'\\?\\)"),
     ("limits: {}\n", "unknown key 'limits'"),
     ("exports:\n  tflite-int9:\n    max_size_mb: 1\n", "names export 'tflite-int9', which this run does not have"),
-    ("exports:\n  tflite-fp32:\n    max_size_mb: big\n", "'tflite-fp32.max_size_mb' must be a number"),
+    ("exports:\n  tflite-fp32:\n    max_size_mb: big\n", "'tflite-fp32.max_size_mb' must be a finite number >= 0"),
     ("- 1\n", "--budget '.*b.yaml' must hold a mapping of keys to values"),
     ("exports: [\n", "--budget '.*b.yaml' is not valid YAML"),
 ])
