@@ -298,3 +298,67 @@ TARGET = Target(name="coreml", suffix=".mlpackage",
                 precisions=("fp32", "fp16", "int8", "palettize4", "palettize6", "palettize8", "palettize4-uniform",
                             "palettize6-uniform", "palettize8-uniform", "w8a8"),
                 default_precision="fp16", requires=("coremltools",), export=export, load=load, can_run=can_run)
+
+
+def export_graph(module, example: np.ndarray, path: Path, output_names: tuple[str, ...], precision: str = "fp16",
+                 metadata: dict[str, str] | None = None, description: str = "") -> dict:
+    """A multi-output graph (Mask R-CNN's export graph, input RGB in [0, 1]) as an ML Program whose input is an
+    RGB image (``scale = 1/255`` in the model, so apps pass a ``CVPixelBuffer``); fp16 or fp32 compute."""
+    import torch
+
+    if precision not in ("fp32", "fp16"):
+        raise ExporterError(f"target 'coreml' has no precision '{precision}' for this graph (fp32, fp16)")
+    ct = _import_ct()
+    t0 = time.time()
+    x = torch.from_numpy(np.asarray(example, np.float32))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module.eval().cpu(), x)
+    inputs = [ct.ImageType(name=INPUT_NAME, shape=tuple(example.shape), scale=1.0 / 255.0, bias=[0.0, 0.0, 0.0],
+                           color_layout=ct.colorlayout.RGB)]
+    with quiet_native() as log, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ml = ct.convert(traced, inputs=inputs, outputs=[ct.TensorType(name=n) for n in output_names],
+                            convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
+                            compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16)
+        except Exception as e:  # noqa: BLE001 - coremltools raises many types
+            raise ExporterError(f"coremltools conversion of the graph failed ({precision}): {e}\n"
+                                f"{log.getvalue()[-2000:]}") from e
+    meta = dict(metadata or {})
+    ml.author = meta.pop("author", "edgeseg")
+    ml.license = meta.pop("license", "")
+    ml.version = meta.pop("version", "")
+    ml.short_description = description
+    ml.input_description[INPUT_NAME] = f"RGB image {example.shape[3]}x{example.shape[2]}"
+    meta.update({"precision": precision, "input": "image", "deployment_target": "iOS16",
+                 "normalization": json.dumps({"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]})})
+    for k, v in meta.items():
+        ml.user_defined_metadata[str(k)] = str(v)
+    with atomic_path(Path(path)) as tmp, quiet_native():
+        ml.save(str(tmp))
+    return {"converter": f"coremltools {ct.__version__} (torch.jit.trace -> mlprogram)", "deployment_target": "iOS16",
+            "convert_seconds": round(time.time() - t0, 2)}
+
+
+def load_graph(path: Path, threads: int = 2):
+    """``{output name: array}`` from an exported graph: the Core ML runtime on macOS, elsewhere the reference
+    execution of the saved program. Input: NCHW RGB float32 in [0, 1]."""
+    from exporters.coreml_reference import GraphReferenceRunner
+
+    if native_runtime():
+        return GraphCoreMLRunner(Path(path))
+    return GraphReferenceRunner(Path(path), threads)
+
+
+class GraphCoreMLRunner:
+    def __init__(self, path: Path, compute_units: str = "CPU_ONLY") -> None:
+        ct = _import_ct()
+        self.ml = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units))
+        self.runtime = f"Core ML runtime on macOS ({compute_units}), coremltools {ct.__version__}"
+
+    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        from PIL import Image
+
+        pixels = np.clip(np.round(np.asarray(x, np.float32)[0].transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
+        return {k: np.asarray(v) for k, v in self.ml.predict({INPUT_NAME: Image.fromarray(pixels)}).items()}

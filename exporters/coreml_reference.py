@@ -343,7 +343,53 @@ def _kernels() -> dict[str, Callable]:
         "linear": lambda op, v: F.linear(v["x"], v["weight"], v.get("bias")),
         "quantize": _quantize,
         "dequantize": _dequantize,
+        # detection post-processing (Mask R-CNN's export graph)
+        "equal": _elementwise(torch.eq),
+        "not_equal": _elementwise(torch.ne),
+        "greater": _elementwise(torch.gt),
+        "greater_equal": _elementwise(torch.ge),
+        "less": _elementwise(torch.lt),
+        "less_equal": _elementwise(torch.le),
+        "logical_and": _elementwise(torch.logical_and),
+        "logical_or": _elementwise(torch.logical_or),
+        "logical_not": _unary(torch.logical_not),
+        "floor": _unary(torch.floor),
+        "log": lambda op, v: torch.log(v["x"] + float(v.get("epsilon", 1e-45))),
+        "select": lambda op, v: torch.where(_tensor(v["cond"]).bool(), _tensor(v["a"]), _tensor(v["b"])),
+        "stack": lambda op, v: torch.stack([_tensor(t) for t in v["values"]], dim=int(v["axis"])),
+        "tile": lambda op, v: v["x"].repeat(*[int(r) for r in v["reps"]]),
+        "gather": _gather,
+        "topk": _topk,
     }
+
+
+def _tensor(x):
+    torch = _torch()
+    return x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+
+
+def _gather(op, v):
+    """MIL ``gather``: ``x`` indexed along ``axis`` by ``indices`` of any shape (negative indices count back)."""
+    x, idx = v["x"], _tensor(v["indices"]).long()
+    axis = int(v.get("axis", 0)) % x.dim()
+    if int(v.get("batch_dims", 0)):
+        raise UnsupportedOp(f"op '{op.name}' (gather): batch_dims > 0 is not supported")
+    idx = torch_where_negative(idx, x.shape[axis])
+    out = x.index_select(axis, idx.reshape(-1))
+    return out.reshape(tuple(x.shape[:axis]) + tuple(idx.shape) + tuple(x.shape[axis + 1:]))
+
+
+def torch_where_negative(idx, size: int):
+    return idx + size * (idx < 0).long()
+
+
+def _topk(op, v):
+    """MIL ``topk``: values and int32 indices of the ``k`` largest (or smallest) along ``axis``, sorted."""
+    torch = _torch()
+    x = v["x"]
+    vals, idx = torch.topk(x, int(v.get("k", 1)), dim=int(v.get("axis", -1)),
+                           largest=not bool(v.get("ascending", False)), sorted=True)
+    return vals, idx.to(torch.int32)
 
 
 _INT_RANGE = {"int8": (-128, 127), "uint8": (0, 255)}
@@ -570,3 +616,21 @@ class ReferenceRunner:
                 feed = to_pixels(img, self.mean, self.std).astype(np.float32).transpose(2, 0, 1)[None]
             outs.append(np.asarray(self.ref.run({self.input: feed})[self.output]))
         return np.concatenate(outs)
+
+
+class GraphReferenceRunner:
+    """Reference execution of a multi-output graph package (image input, scale 1/255): NCHW RGB float32 in [0, 1]
+    in (rounded to 8-bit pixels, as a camera frame holds them), ``{output name: array}`` out."""
+
+    def __init__(self, path: Path, threads: int = 2) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self.ref = MILReference(path)
+        self.input = self.ref.inputs[0]
+        self.runtime = RUNTIME
+        self.is_reference = True
+
+    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        pixels = np.clip(np.round(np.asarray(x, np.float32) * 255.0), 0, 255).astype(np.float32)
+        return self.ref.run({self.input: pixels})

@@ -166,3 +166,41 @@ class OnnxRunner:
 
 TARGET = Target(name="onnx", suffix=".onnx", precisions=("fp32", "int8"), default_precision="fp32",
                 requires=("onnx", "onnxruntime"), export=export, load=load, can_run=can_run)
+
+
+def export_graph(module, example: np.ndarray, path: Path, output_names: tuple[str, ...]) -> dict:
+    """A multi-output graph (Mask R-CNN's export graph) as fp32 ONNX with named outputs; returns details."""
+    import torch
+
+    t0 = time.time()
+    with atomic_path(Path(path)) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module.eval().cpu(), (torch.from_numpy(np.asarray(example, np.float32)),), str(tmp),
+                              input_names=[INPUT_NAME], output_names=list(output_names), opset_version=OPSET,
+                              dynamo=False, do_constant_folding=True)
+        except Exception as e:  # noqa: BLE001 - the exporter raises many types
+            raise ExporterError(f"ONNX export of the graph failed: {type(e).__name__}: {str(e)[:500]}") from None
+    return {"converter": f"torch.onnx (TorchScript exporter, opset {OPSET})",
+            "convert_seconds": round(time.time() - t0, 2), "ops": op_counts(Path(path))}
+
+
+class GraphRunner:
+    """onnxruntime on a multi-output graph: NCHW float32 in, ``{output name: array}`` out."""
+
+    def __init__(self, path: Path, threads: int = 2) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise ExporterError(f"onnxruntime cannot load '{path}': {str(e)[:300]}") from None
+        self.input = self.session.get_inputs()[0].name
+        self.names = tuple(o.name for o in self.session.get_outputs())
+        self.runtime = f"onnxruntime {ort.__version__} (CPU), {threads} threads"
+
+    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        outs = self.session.run(None, {self.input: np.ascontiguousarray(np.asarray(x, np.float32))})
+        return dict(zip(self.names, outs))

@@ -18,6 +18,9 @@ def build_maskrcnn(num_classes: int, backbone: str = "mobilenet_v3_large", min_s
     ``min_size == max_size``). ``weights_backbone``: None (random init; offline) or torchvision's ImageNet
     weights enum (downloads). Other keyword arguments go to torchvision's ``MaskRCNN`` (e.g.
     ``box_detections_per_img``, ``rpn_post_nms_top_n_test``).
+
+    Anchors are torchvision's (32-512 px) for inputs of 512 px and more; smaller inputs get them scaled by
+    ``min_size / 512`` (at least 4 px), or objects of a 64-px image would have no anchor near their size.
     """
     from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn
     from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -26,6 +29,8 @@ def build_maskrcnn(num_classes: int, backbone: str = "mobilenet_v3_large", min_s
     if num_classes < 2:
         raise UsageError(f"Mask R-CNN needs at least 2 classes (background + one), got {num_classes}")
     max_size = max_size or min_size
+    scale = min(1.0, min_size / 512)
+    sizes = tuple(max(4, int(round(s * scale))) for s in (32, 64, 128, 256, 512))
     if mask_layers:
         from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
         from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
@@ -35,16 +40,22 @@ def build_maskrcnn(num_classes: int, backbone: str = "mobilenet_v3_large", min_s
         # with its own predictors torchvision wants num_classes unset; 1024: its box head's representation size
         kwargs["box_predictor"] = FastRCNNPredictor(1024, num_classes)
     if backbone == "resnet50":
+        if scale < 1 and "rpn_anchor_generator" not in kwargs:
+            kwargs["rpn_anchor_generator"] = AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * 5)
         if mask_layers:  # torchvision's builder sets num_classes on its own predictor: give it ours instead
             return MaskRCNN(_resnet50_fpn(weights_backbone), num_classes=None, min_size=min_size, max_size=max_size,
                             **kwargs)
         return maskrcnn_resnet50_fpn(weights=None, weights_backbone=weights_backbone, num_classes=num_classes,
                                      min_size=min_size, max_size=max_size, **kwargs)
     if backbone == "mobilenet_v3_large":
+        # torchvision's mobile detector reads stride 32 twice (its layers 4, 5); images under 320 px also need stride 8, or a
+        # 64-px image leaves 4x4 and 2x2 feature maps that cannot place small objects
+        layers = [2, 3, 5] if min_size < 320 else None  # feature blocks 4, 7, 16: strides 8, 16, 32
         body = mobilenet_backbone(backbone_name="mobilenet_v3_large", weights=weights_backbone, fpn=True,
-                                  trainable_layers=6)
-        # torchvision's fasterrcnn_mobilenet_v3_large_fpn anchors: 3 feature maps, 5 sizes x 3 ratios each
-        anchors = AnchorGenerator(((32, 64, 128, 256, 512),) * 3, ((0.5, 1.0, 2.0),) * 3)
+                                  trainable_layers=6, returned_layers=layers)
+        # torchvision's fasterrcnn_mobilenet_v3_large_fpn anchors: 5 sizes x 3 ratios on every feature map
+        maps = len(layers or [0, 0]) + 1  # + the FPN's max-pooled level
+        anchors = kwargs.pop("rpn_anchor_generator", None) or AnchorGenerator((sizes,) * maps, ((0.5, 1.0, 2.0),) * maps)
         return MaskRCNN(body, num_classes=None if mask_layers else num_classes, rpn_anchor_generator=anchors,
                         min_size=min_size, max_size=max_size, **kwargs)
     raise UsageError(f"unknown Mask R-CNN backbone '{backbone}'; choose one of {', '.join(BACKBONES)}")
