@@ -235,6 +235,47 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--fresh", action="store_true", help="delete an existing quickstart run first")
 
+    p = sub.add_parser("maskrcnn", help="instance segmentation: train, export with instance parity",
+                       formatter_class=fmt, description="Mask R-CNN (torchvision) from training to ONNX, TFLite "
+                       "and Core ML through a static export graph (fixed proposals/detections, exact greedy NMS, "
+                       "RoIAlign as gathers), checked detection by detection against the eager model.")
+    msub = p.add_subparsers(dest="maskrcnn_command", metavar="ACTION")
+    q = msub.add_parser("train", help="train Mask R-CNN; writes RUN/maskrcnn.pt and RUN/maskrcnn.json",
+                        epilog=EPILOG, formatter_class=fmt,
+                        description="Train on a dataset with instance annotations (synthetic, coco:PATH); images "
+                        "are letterboxed to --size x --size. Reports COCO box/mask AP on the test split.")
+    _common(q)
+    q.add_argument("-o", "--output", type=Path, required=True, help="run directory")
+    q.add_argument("--data", default="synthetic", help="synthetic or coco:PATH (default: synthetic)")
+    q.add_argument("--backbone", default="mobilenet_v3_large", choices=("mobilenet_v3_large", "resnet50"))
+    q.add_argument("--size", type=int, default=64, help="square input side, a multiple of 32 (default 64)")
+    q.add_argument("--epochs", type=int, default=6)
+    q.add_argument("--batch-size", type=int, default=4)
+    q.add_argument("--lr", type=float, default=0.01)
+    q.add_argument("--limit", type=int, help="train on the first N images only")
+    q.add_argument("--mask-layers", default="32,32",
+                   help="mask head widths (default 32,32: CPU-sized; torchvision's is 256,256,256,256)")
+    q.add_argument("--json", action="store_true")
+    q = msub.add_parser("export", help="export to onnx/tflite/coreml and check instance parity", epilog=EPILOG,
+                        formatter_class=fmt,
+                        description="Write RUN/export/maskrcnn-TARGET-PRECISION/ (model + instance-parity.json). "
+                        "Parity: exported detections matched to the eager model's by box IoU (same class); "
+                        "matched mask IoU, box IoU, score difference, missed/extra detections, mask AP of both. "
+                        "Exit 1 when a threshold fails (the figures are printed).")
+    _common(q)
+    q.add_argument("run", type=Path)
+    q.add_argument("--target", required=True, choices=("onnx", "tflite", "coreml"))
+    q.add_argument("--precision", help="onnx: fp32; tflite: fp32, fp16, int8; coreml: fp16, fp32")
+    q.add_argument("--pre-nms", type=int, default=200, help="RPN proposals per FPN level before NMS")
+    q.add_argument("--proposals", type=int, default=100, help="proposals after the RPN's NMS")
+    q.add_argument("--candidates", type=int, default=300, help="(box, class) pairs entering the detection NMS")
+    q.add_argument("--detections", type=int, default=20, help="fixed number of output detections")
+    q.add_argument("--nms-iterations", type=int, default=12, help="unrolled Cluster-NMS steps")
+    q.add_argument("--limit", type=int, default=8, help="test images for the parity check")
+    q.add_argument("--score-threshold", type=float, default=0.3,
+                   help="detections scoring below this on both sides are not counted (default 0.3)")
+    q.add_argument("--json", action="store_true")
+
     p = sub.add_parser("models", help="list architectures with params and MACs", formatter_class=fmt,
                        description="List every registered architecture (default options) with its parameter "
                        "count and multiply-accumulates at --size.")
@@ -457,6 +498,44 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
     return EXIT_FAILURE if code == EXIT_FAILURE else EXIT_OK
 
 
+def cmd_maskrcnn(a: argparse.Namespace) -> int:
+    if a.maskrcnn_command == "train":
+        from edgeseg.instance.run import train_run
+
+        layers = tuple(int(v) for v in a.mask_layers.split(",") if v.strip()) if a.mask_layers else ()
+        rec = train_run(a.output, a.data, a.backbone, a.size, a.epochs, a.batch_size, a.lr, a.limit, layers,
+                        log=_log(a) if not a.json else (lambda s: None))
+        if a.json:
+            print(json.dumps(rec, indent=2))
+        else:
+            print(f"trained {rec['steps']} steps on {rec['train_images']} images in {rec['seconds']} s "
+                  f"(skipped: {rec['skipped']}); loss {rec['first_loss']:.3f} -> {rec['last_loss']:.3f}; "
+                  f"test mask AP {rec['ap']['mask']['AP']:.4f}, box AP {rec['ap']['box']['AP']:.4f}")
+        return EXIT_OK
+    if a.maskrcnn_command == "export":
+        from edgeseg.instance.export import GraphCounts
+        from edgeseg.instance.run import export_run
+
+        counts = GraphCounts(a.pre_nms, a.proposals, a.candidates, a.detections, a.nms_iterations)
+        rec = export_run(a.run, a.target, a.precision, counts, a.limit, a.score_threshold,
+                         log=_log(a) if not a.json else (lambda s: None))
+        p = rec["parity"]
+        if a.json:
+            print(json.dumps(rec, indent=2, default=str))
+        else:
+            print(f"{rec['path']}: {rec['size_bytes'] / 1e6:.2f} MB in {rec['export_seconds']} s")
+            fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+            print(f"parity {p['status'].upper()} ({p['runtime']}, {p['images']} images): "
+                  f"{p['matched']} matched, {p['missed']} missed, {p['extra']} extra of {p['reference_detections']}; "
+                  f"mask IoU {fmt(p['mask_iou_mean'])} (min {fmt(p['mask_iou_min'])}), box IoU "
+                  f"{fmt(p['box_iou_mean'])}, max score diff {fmt(p['max_score_diff'])}; mask AP "
+                  f"{fmt(p['exported_ap'].get('mask'))} vs reference {fmt(p['reference_ap'].get('mask'))}")
+            for f in p["failures"]:
+                print(f"  FAILED: {f}")
+        return EXIT_OK if p["status"] == "passed" else EXIT_FAILURE
+    raise UsageError("edgeseg maskrcnn needs an action: train or export (see edgeseg maskrcnn --help)")
+
+
 def cmd_models(a: argparse.Namespace) -> int:
     import torch
 
@@ -561,7 +640,7 @@ def _log(a: argparse.Namespace):
 
 # commands that write into a run directory, and the argument naming it
 _WRITES_RUN = {"train": "output", "export": "run", "check": "run", "quantize": "run", "report": "run",
-               "bundle": "run"}
+               "bundle": "run", "maskrcnn": "output"}
 
 
 def _lock(a: argparse.Namespace):
@@ -571,16 +650,20 @@ def _lock(a: argparse.Namespace):
 
     attr = _WRITES_RUN.get(a.command)
     target = getattr(a, attr, None) if attr else None
+    if a.command == "maskrcnn" and target is None:  # maskrcnn export names the run positionally
+        target = getattr(a, "run", None)
     if target is None or "RANK" in os.environ:  # torchrun's workers run under their launcher's lock
         return nullcontext()
     run = run_dir_of(target)
-    if a.command != "train" and not run.is_dir():
+    creates = a.command == "train" or getattr(a, "maskrcnn_command", None) == "train"
+    if not creates and not run.is_dir():
         return nullcontext()  # the command itself reports the missing run
     return run_lock(run, a.command)
 
 
 COMMANDS = {"train": cmd_train, "export": cmd_export, "check": cmd_check, "report": cmd_report, "bench": cmd_bench,
-            "quantize": cmd_quantize, "bundle": cmd_bundle, "quickstart": cmd_quickstart, "models": cmd_models, "data": cmd_data}
+            "quantize": cmd_quantize, "bundle": cmd_bundle, "quickstart": cmd_quickstart, "models": cmd_models,
+            "data": cmd_data, "maskrcnn": cmd_maskrcnn}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -101,21 +101,7 @@ def build_static(model, size: int, pre_nms_top_n: int = 200, proposals: int = 10
 
         # -- pieces ---------------------------------------------------------------------------------------
         def nms(self, boxes, valid, group, threshold: float, n: int):
-            """Greedy NMS on score-sorted ``boxes`` [n, 4] (within each ``group``): kept mask [n] (float).
-            Sizes are Python ints, never read from tensors: traced graphs stay free of shape arithmetic."""
-            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-            lt = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
-            rb = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
-            wh = (rb - lt).clamp(min=0)
-            inter = wh[..., 0] * wh[..., 1]
-            iou = inter / (area[:, None] + area[None, :] - inter).clamp(min=1e-12)
-            earlier = torch.triu(torch.ones(n, n), diagonal=1)  # [i, j] = 1 where i comes before j
-            same = (group[:, None] == group[None, :]).float()
-            over = (iou > threshold).float() * earlier * same * valid[:, None]
-            keep = valid
-            for _ in range(nms_iterations):
-                keep = valid * (1.0 - (over * keep[:, None]).amax(dim=0))
-            return keep
+            return cluster_nms(boxes, valid, group, threshold, n, nms_iterations)
 
         def roi_align(self, flat, boxes, r: int, names, scales, mapper, out: int, ratio: int):
             """torchvision ``roi_align`` (aligned=False) of ``boxes`` [r, 4] on the FPN level the FPN rule picks,
@@ -234,6 +220,31 @@ def build_static(model, size: int, pre_nms_top_n: int = 200, proposals: int = 10
                     masks[None])
 
     return Graph().eval()
+
+
+def cluster_nms(boxes, valid, group, threshold: float, n: int, iterations: int):
+    """Greedy NMS on score-sorted ``boxes`` [n, 4] within each ``group``, as a fixed number of Cluster-NMS steps:
+    kept mask [n] (float). Sizes are Python ints, never read from tensors, so traced graphs hold no shape
+    arithmetic. Exact once ``iterations`` reaches :func:`nms_iterations_needed`."""
+    import torch
+
+    # torchvision's batched_nms separates groups by shifting each by group * (max coordinate + 1) and rounds
+    # the shifted coordinates; doing the same keeps borderline overlaps on the same side of the threshold
+    top = (boxes * valid[:, None]).amax()
+    boxes = boxes + (group * (top + 1.0))[:, None]
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    lt = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
+    rb = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    iou = inter / (area[:, None] + area[None, :] - inter).clamp(min=1e-12)
+    earlier = torch.triu(torch.ones(n, n), diagonal=1)  # [i, j] = 1 where i comes before j
+    same = (group[:, None] == group[None, :]).float()
+    over = (iou > threshold).float() * earlier * same * valid[:, None]
+    keep = valid
+    for _ in range(iterations):
+        keep = valid * (1.0 - (over * keep[:, None]).amax(dim=0))
+    return keep
 
 
 def configure_eager(model, pre_nms_top_n: int, proposals: int, detections: int):

@@ -1,0 +1,194 @@
+"""``edgeseg maskrcnn train`` / ``export``: a Mask R-CNN run directory.
+
+RUN/maskrcnn.pt holds ``{"config": ..., "state_dict": ...}`` (loaded with ``weights_only=True``); RUN/maskrcnn.json
+the config, losses, skipped-image counts and COCO AP on the test split. ``export`` writes
+RUN/export/maskrcnn-<target>-<precision>/ with the model file and ``instance-parity.json``.
+
+Every image is letterboxed to the run's square size (longer side scaled to it, bottom/right padded with black):
+the export graph has one fixed input size, so training, evaluation and the app see the same geometry.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgeseg.errors import DataError, UsageError
+
+CHECKPOINT = "maskrcnn.pt"
+
+
+class Letterboxed:
+    """A dataset's ``instances(i)`` at ``size`` x ``size`` (aspect kept, padded)."""
+
+    def __init__(self, ds, size: int) -> None:
+        if not hasattr(ds, "instances"):
+            raise UsageError(f"dataset '{getattr(ds, 'spec', ds)}' has no instance annotations (Mask R-CNN needs "
+                             f"COCO-format instances or the synthetic data)")
+        self.ds, self.size = ds, size
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def name(self, i: int) -> str:
+        return self.ds.name(i) if hasattr(self.ds, "name") else f"sample {i}"
+
+    def instances(self, i: int):
+        import torch
+        import torch.nn.functional as F
+
+        img, t = self.ds.instances(i)
+        h, w = img.shape[:2]
+        if (h, w) == (self.size, self.size):
+            return img, t
+        s = self.size / max(h, w)
+        nh, nw = max(1, round(h * s)), max(1, round(w * s))
+        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
+        out = np.zeros((self.size, self.size, 3), np.uint8)
+        out[:nh, :nw] = x.round().clamp(0, 255).byte().numpy()
+        masks = np.zeros((len(t["masks"]), self.size, self.size), np.uint8)
+        if len(t["masks"]):
+            m = torch.from_numpy(np.asarray(t["masks"], np.float32))[None]
+            masks[:, :nh, :nw] = (F.interpolate(m, size=(nh, nw), mode="nearest")[0].numpy() > 0.5)
+        boxes = np.asarray(t["boxes"], np.float32) * s
+        keep = (masks.reshape(len(masks), -1).sum(1) > 0) if len(masks) else np.zeros(0, bool)
+        return out, {"boxes": boxes[keep], "labels": np.asarray(t["labels"])[keep], "masks": masks[keep]}
+
+
+def _datasets(data: str, size: int, limit: int | None, split: str):
+    from edgeseg.data import open_split
+
+    ds = Letterboxed(open_split(data, split, size), size)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    return ds, n
+
+
+class _Subset:
+    def __init__(self, ds, n: int) -> None:
+        self.ds, self.n = ds, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def name(self, i: int) -> str:
+        return self.ds.name(i)
+
+    def instances(self, i: int):
+        return self.ds.instances(i)
+
+
+def build_from_config(cfg: dict[str, Any]):
+    from edgeseg.instance.model import build_maskrcnn
+
+    return build_maskrcnn(int(cfg["num_classes"]), cfg["backbone"], min_size=int(cfg["size"]),
+                          mask_layers=tuple(cfg["mask_layers"]) or None,
+                          rpn_pre_nms_top_n_train=int(cfg["rpn_pre_nms_train"]),
+                          rpn_post_nms_top_n_train=int(cfg["rpn_post_nms_train"]),
+                          box_batch_size_per_image=int(cfg["box_batch_size"]))
+
+
+def train_run(output: Path, data: str = "synthetic", backbone: str = "mobilenet_v3_large", size: int = 64,
+              epochs: int = 6, batch_size: int = 4, lr: float = 0.01, limit: int | None = None,
+              mask_layers: tuple[int, ...] = (32, 32), seed: int = 0, eval_images: int = 16,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train Mask R-CNN on ``data``'s train split; evaluate COCO AP on its test split; write the run."""
+    import torch
+
+    from edgeseg.atomic import ensure_dir, write_json
+    from edgeseg.instance.evaluate import coco_ap
+    from edgeseg.instance.train import predict, train_instance
+
+    if size % 32 or size < 32:
+        raise UsageError(f"--size must be a multiple of 32 (the FPN's strides), got {size}")
+    output = ensure_dir(Path(output))
+    train_ds, n = _datasets(data, size, limit, "train")
+    classes = [getattr(c, "name", str(c)) for c in (getattr(train_ds.ds, "classes", None) or [])]
+    if len(classes) < 2:
+        raise DataError(f"dataset '{data}' names {len(classes)} classes; Mask R-CNN needs background + at least one")
+    num_classes = len(classes)  # index 0 is the background, as torchvision counts
+    cfg = {"data": data, "backbone": backbone, "size": size, "num_classes": num_classes,
+           "classes": list(classes), "mask_layers": list(mask_layers), "rpn_pre_nms_train": 200,
+           "rpn_post_nms_train": 100, "box_batch_size": 64, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+           "seed": seed}
+    torch.manual_seed(seed)
+    model = build_from_config(cfg)
+    t0 = time.time()
+    res = train_instance(model, _Subset(train_ds, n), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                         log=log)
+    seconds = time.time() - t0
+    test_ds, m = _datasets(data, size, eval_images, "test")
+    samples = [test_ds.instances(i) for i in range(m)]
+    ap = coco_ap([t for _, t in samples], predict(model, [img for img, _ in samples]), num_classes)
+    from edgeseg.atomic import atomic_path
+
+    model.cpu()
+    with atomic_path(output / CHECKPOINT) as tmp:
+        torch.save({"config": cfg, "state_dict": model.state_dict()}, tmp)
+    record = {"config": cfg, "train_images": res["images"], "skipped": res["skipped"], "steps": res["steps"],
+              "seconds": round(seconds, 1), "first_loss": res["losses"][0], "last_loss": res["losses"][-1],
+              "test_images": m, "ap": ap}
+    write_json(output / "maskrcnn.json", record)
+    return record
+
+
+def load_run(run: Path):
+    """The model and config of a Mask R-CNN run (``weights_only=True``)."""
+    import torch
+
+    path = Path(run) / CHECKPOINT
+    if not path.is_file():
+        raise UsageError(f"'{run}' has no {CHECKPOINT}; train one with: edgeseg maskrcnn train -o {run}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = ckpt["config"]
+        model = build_from_config(cfg)
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, TypeError, RuntimeError, EOFError) as e:
+        raise DataError(f"'{path}' is not an edgeseg Mask R-CNN checkpoint ({type(e).__name__}: "
+                        f"{str(e)[:200]})") from None
+    except Exception as e:  # noqa: BLE001 - torch.load's weights-only unpickler raises UnpicklingError & co
+        raise DataError(f"'{path}' cannot be loaded safely ({type(e).__name__}: {str(e)[:200]})") from None
+    return model.eval(), cfg
+
+
+def export_run(run: Path, target: str, precision: str | None = None, counts=None, limit: int = 8,
+               score_threshold: float = 0.3, thresholds: dict[str, float] | None = None,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Export a run's Mask R-CNN to ``target`` and check instance parity on the test split."""
+    from edgeseg.atomic import write_json
+    from edgeseg.instance.export import (GraphCounts, check_instance, check_precision, export_instance,
+                                         graph_vs_eager, load_runner)
+
+    precision = check_precision(target, precision)
+    counts = counts or GraphCounts()
+    model, cfg = load_run(run)
+    size = int(cfg["size"])
+    test_ds, m = _datasets(cfg["data"], size, limit, "test")
+    samples = [test_ds.instances(i) for i in range(m)]
+    images = [img for img, _ in samples]
+    if not images:
+        raise DataError(f"the test split of '{cfg['data']}' is empty: nothing to check the export on")
+    out_dir = Path(run) / "export" / f"maskrcnn-{target}-{precision}"
+    log(f"graph vs torchvision eager on {len(images)} test images")
+    same = graph_vs_eager(model, images, size, counts)
+    log(f"exporting {target} {precision}")
+    calib = []
+    if precision == "int8":
+        train_ds, n = _datasets(cfg["data"], size, 32, "train")
+        calib = [train_ds.instances(i)[0] for i in range(n)]
+    exp = export_instance(model, target, precision, out_dir, size, counts, calibration=calib,
+                          metadata={"classes": str(cfg.get("classes", []))})
+    log(f"instance parity on {len(images)} test images")
+    runner = load_runner(target, exp.path)
+    parity = check_instance(model, runner, target, precision, images, [t for _, t in samples], counts,
+                            thresholds, score_threshold)
+    record = {"target": target, "precision": precision, "path": str(exp.path), "size_bytes": exp.size_bytes,
+              "export_seconds": round(exp.seconds, 1), "details": exp.details, "graph_vs_eager": same,
+              "score_threshold": score_threshold, "parity": parity.to_json()}
+    write_json(out_dir / "instance-parity.json", record)
+    return record
+
