@@ -255,6 +255,12 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--limit", type=int, help="train on the first N images only")
     q.add_argument("--mask-layers", default="32,32",
                    help="mask head widths (default 32,32: CPU-sized; torchvision's is 256,256,256,256)")
+    q.add_argument("--iou-balanced", type=float, metavar="ETA",
+                   help="train the box classifier with the IoU-balanced loss (positives weighted by IoU^ETA; "
+                        "the paper uses 1.5); default: torchvision's cross-entropy")
+    q.add_argument("--backbone-from", type=Path, metavar="RUN",
+                   help="initialize the mobilenet_v3_large backbone from a semantic edgeseg run with that encoder "
+                        "(e.g. an LR-ASPP run on the same images); default: random init (offline)")
     q.add_argument("--json", action="store_true")
     q = msub.add_parser("export", help="export to onnx/tflite/coreml and check instance parity", epilog=EPILOG,
                         formatter_class=fmt,
@@ -504,6 +510,7 @@ def cmd_maskrcnn(a: argparse.Namespace) -> int:
 
         layers = tuple(int(v) for v in a.mask_layers.split(",") if v.strip()) if a.mask_layers else ()
         rec = train_run(a.output, a.data, a.backbone, a.size, a.epochs, a.batch_size, a.lr, a.limit, layers,
+                        iou_balanced=a.iou_balanced, backbone_from=a.backbone_from,
                         log=_log(a) if not a.json else (lambda s: None))
         if a.json:
             print(json.dumps(rec, indent=2))

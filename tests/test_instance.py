@@ -59,9 +59,9 @@ def test_tiny_maskrcnn_learns_on_the_embedded_instances():
                            rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=100,
                            rpn_post_nms_top_n_test=50, box_batch_size_per_image=64, mask_layers=(32, 32))
     ds = SyntheticShapes("train", 64, length=32)
-    res = train_instance(model, ds, epochs=2, batch_size=4, lr=0.02, log=lambda s: None)
+    res = train_instance(model, ds, epochs=3, batch_size=4, lr=0.02, log=lambda s: None)
     losses = res["losses"]
-    assert res["steps"] == 16 and all(np.isfinite(losses))
+    assert res["steps"] == 24 and all(np.isfinite(losses))
     assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4])
     test = SyntheticShapes("test", 64, length=4)
     preds = predict(model, [test.instances(i)[0] for i in range(4)])
@@ -94,3 +94,73 @@ def test_instance_data_problems_are_counted_or_named():
     assert keep == [0, 2] and skipped == {"no_instances": 2}
     with pytest.raises(DataError, match="img1.jpg: class id 7 is outside the category map \\(1..2\\)"):
         usable_indices(Data([[1], [7]]), num_classes=3)
+
+
+def test_iou_balanced_box_classifier_loss():
+    import torch
+    import torch.nn.functional as F
+
+    from edgeseg.instance.model import build_maskrcnn, use_iou_balanced_loss
+    from edgeseg.instance.train import to_tensors
+    ds = SyntheticShapes("train", 64, length=2)
+    xs, ts = zip(*(to_tensors(*ds.instances(i), "cpu") for i in range(2)))
+
+    def losses(model, seed=0):
+        torch.manual_seed(seed)  # the RoI heads sample proposals at random
+        return model(list(xs), list(ts))
+
+    torch.manual_seed(0)
+    model = build_maskrcnn(5, "mobilenet_v3_large", min_size=64, mask_layers=(16,), box_batch_size_per_image=32)
+    model.train()
+    plain = losses(model)
+    restore = use_iou_balanced_loss(model, eta=0.0)
+    same = losses(model)  # eta 0: every weight 1, torchvision's mean cross-entropy
+    assert float(same["loss_classifier"]) == pytest.approx(float(plain["loss_classifier"]), rel=1e-6)
+    assert float(same["loss_mask"]) == pytest.approx(float(plain["loss_mask"]), rel=1e-6)
+    restore()
+    restore = use_iou_balanced_loss(model, eta=1.5)
+    balanced = losses(model)
+    # recompute by hand from the sampled proposals: labels and IoUs come from the same sampling (same seed)
+    torch.manual_seed(0)
+    rh = model.roi_heads
+    restore()
+    images, targets = model.transform(list(xs), list(ts))
+    feats = model.backbone(images.tensors)
+    props, _ = model.rpn(images, feats, targets)
+    props, _, labels, reg = rh.select_training_samples(props, targets)
+    gts = [rh.box_coder.decode_single(r, p) for r, p in zip(reg, props)]
+    from torchvision.ops import box_iou
+
+    ious = torch.cat([box_iou(p, g).diagonal() for p, g in zip(props, gts)])
+    logits = rh.box_predictor(rh.box_head(rh.box_roi_pool(feats, props, images.image_sizes)))[0]
+    labels = torch.cat(labels)
+    assert (labels > 0).any() and float(ious[labels > 0].min()) >= 0.5  # positives overlap their boxes
+    pos = labels > 0
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    w = torch.ones_like(ce)
+    w[pos] = ious[pos] ** 1.5 * pos.sum() / (ious[pos] ** 1.5).sum()  # the paper's normalization, by hand
+    assert float(w[pos].std()) > 0.01  # the positives' weights really differ
+    assert float(balanced["loss_classifier"]) == pytest.approx(float((w * ce).mean()), rel=1e-5)
+    with pytest.raises(Exception, match="eta must be >= 0"):
+        use_iou_balanced_loss(model, eta=-1)
+
+
+def test_backbone_from_a_segmentation_run(tmp_path, tiny_run):
+    import torch
+
+    from edgeseg.config import TrainConfig
+    from edgeseg.errors import CheckpointError
+    from edgeseg.instance.model import build_maskrcnn, load_backbone_from_run
+    from edgeseg.train.checkpoint import load_checkpoint
+    from edgeseg.train.loop import train
+
+    seg = tmp_path / "seg"
+    train(TrainConfig(model="lraspp", data="synthetic?train=16&val=4&test=4", image_size=64, epochs=1,
+                      batch_size=8), seg, quiet=True, log=lambda s: None)
+    model = build_maskrcnn(5, "mobilenet_v3_large", min_size=64)
+    assert load_backbone_from_run(model, seg) == 262
+    weights = load_checkpoint(seg).weights
+    for k, v in model.backbone.body.state_dict().items():
+        assert torch.equal(v, weights["encoder.blocks." + k]), k
+    with pytest.raises(CheckpointError, match="does not hold a MobileNetV3-Large encoder that fits"):
+        load_backbone_from_run(model, tiny_run)  # a U-Net run

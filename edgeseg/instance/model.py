@@ -68,3 +68,83 @@ def _resnet50_fpn(weights_backbone: Any):
 
     body = resnet50(weights=weights_backbone, norm_layer=misc.FrozenBatchNorm2d if weights_backbone else None)
     return _resnet_fpn_extractor(body, 3 if weights_backbone else 5)
+
+
+def use_iou_balanced_loss(model, eta: float = 1.5):
+    """Make ``model``'s box classifier train with the IoU-balanced cross-entropy
+    (:func:`edgeseg.losses.iou_balanced.iou_balanced_cross_entropy`): positives weighted by ``IoU^eta`` with the
+    ground-truth box they were matched to. torchvision's RoI heads are kept; the sampled proposals' IoUs are
+    recovered from their regression targets, the classifier logits are captured with a forward hook, and
+    ``loss_classifier`` is recomputed. Returns a function that restores torchvision's loss (call it before
+    copying or exporting the model). ``eta = 0`` gives torchvision's loss exactly (tested)."""
+    import torch
+
+    from edgeseg.losses.iou_balanced import iou_balanced_cross_entropy
+
+    if eta < 0:
+        raise UsageError(f"IoU-balanced loss: eta must be >= 0, got {eta}")
+    rh = model.roi_heads
+    state: dict = {}
+    select, forward = rh.select_training_samples, rh.forward
+
+    def select_training_samples(proposals, targets):
+        out = select(proposals, targets)
+        props, _, labels, reg = out
+        gts = [rh.box_coder.decode_single(r, p) for r, p in zip(reg, props)]
+        state["labels"] = torch.cat(labels)
+        state["ious"] = torch.cat([_paired_iou(p, g) for p, g in zip(props, gts)])
+        return out
+
+    def capture(module, inputs, outputs):
+        if rh.training:
+            state["logits"] = outputs[0]
+
+    def balanced_forward(*args, **kwargs):
+        result, losses = forward(*args, **kwargs)
+        if rh.training and "loss_classifier" in losses:
+            losses["loss_classifier"] = iou_balanced_cross_entropy(state["logits"], state["labels"], state["ious"],
+                                                                   eta)
+        return result, losses
+
+    hook = rh.box_predictor.register_forward_hook(capture)
+    rh.select_training_samples, rh.forward = select_training_samples, balanced_forward
+
+    def restore() -> None:
+        hook.remove()
+        del rh.select_training_samples, rh.forward  # the instance attributes: the class's methods again
+
+    return restore
+
+
+def _paired_iou(a, b):
+    """IoU of a[i] with b[i]."""
+    lt = a[:, :2].maximum(b[:, :2])
+    rb = a[:, 2:].minimum(b[:, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[:, 0] * wh[:, 1]
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return inter / (area(a) + area(b) - inter).clamp(min=1e-12)
+
+
+def load_backbone_from_run(model, run) -> int:
+    """Initialize a MobileNetV3-Large Mask R-CNN's backbone from a trained edgeseg semantic run whose encoder is
+    MobileNetV3-Large (LR-ASPP, DeepLab...): the same torchvision blocks, so every tensor maps by name
+    (``encoder.blocks.N...`` -> ``backbone.body.N...``); dilation changes no weight shape. Offline and fast: a
+    segmentation run on the same images is a far better start than random weights on a CPU. Returns the number
+    of tensors loaded."""
+    from edgeseg.errors import CheckpointError
+    from edgeseg.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(run)
+    body = model.backbone.body.state_dict()
+    if "0.0.weight" not in body or tuple(body["0.0.weight"].shape) != (16, 3, 3, 3):
+        raise UsageError("--backbone-from needs the mobilenet_v3_large backbone")
+    mapped = {k.removeprefix("encoder.blocks."): v for k, v in ckpt.weights.items() if k.startswith("encoder.blocks.")}
+    missing = [k for k in body if k not in mapped or tuple(mapped[k].shape) != tuple(body[k].shape)]
+    if missing:
+        raise CheckpointError(f"run '{run}' ({ckpt.config.model}, encoder "
+                              f"{ckpt.config.model_kwargs.get('encoder', 'default')}) does not hold a MobileNetV3-"
+                              f"Large encoder that fits: {len(missing)} of {len(body)} backbone tensors missing or "
+                              f"shaped differently (first: {missing[0]})")
+    model.backbone.body.load_state_dict({k: mapped[k] for k in body})
+    return len(body)

@@ -94,8 +94,11 @@ def build_from_config(cfg: dict[str, Any]):
 def train_run(output: Path, data: str = "synthetic", backbone: str = "mobilenet_v3_large", size: int = 64,
               epochs: int = 6, batch_size: int = 4, lr: float = 0.01, limit: int | None = None,
               mask_layers: tuple[int, ...] = (32, 32), seed: int = 0, eval_images: int = 16,
+              iou_balanced: float | None = None, backbone_from: Path | None = None,
               log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train Mask R-CNN on ``data``'s train split; evaluate COCO AP on its test split; write the run."""
+    """Train Mask R-CNN on ``data``'s train split; evaluate COCO AP on its test split; write the run.
+    ``iou_balanced``: train the box classifier with the IoU-balanced loss of this eta (None: torchvision's).
+    ``backbone_from``: a semantic edgeseg run whose MobileNetV3-Large encoder initializes the backbone."""
     import torch
 
     from edgeseg.atomic import ensure_dir, write_json
@@ -113,12 +116,26 @@ def train_run(output: Path, data: str = "synthetic", backbone: str = "mobilenet_
     cfg = {"data": data, "backbone": backbone, "size": size, "num_classes": num_classes,
            "classes": list(classes), "mask_layers": list(mask_layers), "rpn_pre_nms_train": 200,
            "rpn_post_nms_train": 100, "box_batch_size": 64, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-           "seed": seed}
+           "seed": seed, "iou_balanced": iou_balanced,
+           "backbone_from": str(backbone_from) if backbone_from else None}
     torch.manual_seed(seed)
     model = build_from_config(cfg)
+    if backbone_from:
+        from edgeseg.instance.model import load_backbone_from_run
+
+        log(f"backbone: {load_backbone_from_run(model, backbone_from)} tensors from {backbone_from}")
+    restore = None
+    if iou_balanced is not None:
+        from edgeseg.instance.model import use_iou_balanced_loss
+
+        restore = use_iou_balanced_loss(model, iou_balanced)
     t0 = time.time()
-    res = train_instance(model, _Subset(train_ds, n), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                         log=log)
+    try:
+        res = train_instance(model, _Subset(train_ds, n), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                             log=log)
+    finally:
+        if restore:
+            restore()
     seconds = time.time() - t0
     test_ds, m = _datasets(data, size, eval_images, "test")
     samples = [test_ds.instances(i) for i in range(m)]
