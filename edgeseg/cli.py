@@ -121,6 +121,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-agreement", type=float, help="minimum pixel agreement in %%")
     p.add_argument("--min-mask-miou", type=float, help="minimum mIoU of exported vs reference masks")
     p.add_argument("--limit", type=int, help="use only the first N test images")
+    p.add_argument("--data", metavar="SPEC",
+                   help="check on this dataset's test split instead of the run's (same classes), e.g. "
+                   "folder:/data/field-photos?split=0,0,1; images are streamed, a broken one stops the check "
+                   "(exit 1) with the figures of every image before it")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--output", default="logits", choices=("logits", "argmax"), help="which export to check")
     p.add_argument("--input", dest="input_kind", default="image", choices=("image", "multiarray", "pixels"),
@@ -409,7 +413,7 @@ def cmd_check(a: argparse.Namespace) -> int:
 
     res = check_run(a.run, a.target, a.precision, a.min_agreement, a.min_mask_miou, a.limit, a.threads,
                     log=_log(a) if not a.json else (lambda s: None), compute_units=a.compute_units,
-                    output=a.output, input_kind=a.input_kind)
+                    output=a.output, input_kind=a.input_kind, data=a.data)
     if a.json:
         print(json.dumps(res.to_json(), indent=2))
     else:

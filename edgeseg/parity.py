@@ -70,17 +70,35 @@ def compare(reference: Callable[[np.ndarray], np.ndarray], exported: Callable[[n
             batch: int = 8) -> ParityResult:
     """Run both models over ``images`` (normalized NCHW float32, one per item) and compare.
 
-    Streams in batches, so memory stays bounded by ``batch`` images whatever the split size.
+    Streams in batches, so memory stays bounded by ``batch`` images whatever the split size: ``images`` and
+    ``masks`` may be lazy sequences (:class:`LazySamples`) that read each sample only when asked. A sample that
+    cannot be read (edgeseg's ``DataError``, which names the file) stops the comparison there: the result keeps
+    the figures of every image before it, fails, and says which image stopped it.
     """
+    from edgeseg.errors import DataError
+
     n_cls = len(class_names)
     cm_pair = np.zeros((n_cls, n_cls), np.int64)     # reference mask vs exported mask
     cm_ref = np.zeros((n_cls, n_cls), np.int64)      # ground truth vs reference
     cm_exp = np.zeros((n_cls, n_cls), np.int64)      # ground truth vs exported
     agree, total, max_diff = 0, 0, 0.0
     logits_compared = True
+    done, stopped = 0, ""
     for start in range(0, len(images), batch):
-        x = np.stack(images[start : start + batch]).astype(np.float32)
-        y = np.stack(masks[start : start + batch])
+        xs, ys = [], []
+        for i in range(start, min(start + batch, len(images))):
+            try:
+                xs.append(images[i])
+                ys.append(masks[i])
+            except DataError as err:
+                del xs[len(ys):]  # an image read without its mask
+                stopped = f"stopped at image {i + 1} of {len(images)}: {err}"
+                break
+        if not xs:
+            break
+        x = np.stack(xs).astype(np.float32)
+        y = np.stack(ys)
+        done += len(xs)
         r, e = reference(x), exported(x)
         class_map = e.ndim == r.ndim - 1  # an in-graph argmax model returns the mask itself
         if (e.shape != r.shape) and not (class_map and e.shape == r.shape[:1] + r.shape[2:]):
@@ -95,10 +113,12 @@ def compare(reference: Callable[[np.ndarray], np.ndarray], exported: Callable[[n
         cm_pair += confusion(rm, em, n_cls)
         cm_ref += confusion(y, rm, n_cls)
         cm_exp += confusion(y, em, n_cls)
+        if stopped:
+            break
     iou_r, iou_e = iou_per_class(cm_ref), iou_per_class(cm_exp)
     change = {name: (None if np.isnan(a) or np.isnan(b) else float(b - a))
               for name, a, b in zip(class_names, iou_r, iou_e)}
-    res = ParityResult(target=target, precision=precision, status=PASSED, runtime=runtime, images=len(images),
+    res = ParityResult(target=target, precision=precision, status=PASSED, runtime=runtime, images=done,
                        pixel_agreement=100.0 * agree / max(total, 1), mask_miou=mean_iou(cm_pair),
                        max_abs_logit_diff=max_diff if logits_compared else None, reference_miou=mean_iou(cm_ref),
                        exported_miou=mean_iou(cm_exp), iou_change=change, thresholds=dict(thresholds))
@@ -106,9 +126,49 @@ def compare(reference: Callable[[np.ndarray], np.ndarray], exported: Callable[[n
         res.failures.append(f"pixel agreement {res.pixel_agreement:.3f} % < {thresholds['min_agreement']} %")
     if "min_mask_miou" in thresholds and res.mask_miou < thresholds["min_mask_miou"]:
         res.failures.append(f"mask mIoU {res.mask_miou:.4f} < {thresholds['min_mask_miou']}")
+    if stopped:
+        res.failures.append(f"{stopped} (the figures cover the {done} images before it)")
+        res.reason = stopped
     if res.failures:
         res.status = FAILED
     return res
+
+
+class LazySamples:
+    """``images`` and ``masks`` views of a dataset for :func:`compare`, read one sample at a time (the pair is read
+    once and cached until the next index): memory does not grow with the split."""
+
+    def __init__(self, dataset, count: int, image_fn: Callable[[np.ndarray], np.ndarray],
+                 mask_fn: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.dataset, self.count, self.image_fn, self.mask_fn = dataset, count, image_fn, mask_fn
+        self._index, self._pair = -1, None
+
+    def _get(self, i: int):
+        if not 0 <= i < self.count:
+            raise IndexError(i)
+        if i != self._index:
+            img, mask = self.dataset[i]
+            self._pair, self._index = (self.image_fn(img), self.mask_fn(mask)), i
+        return self._pair
+
+    @property
+    def images(self) -> "_View":
+        return _View(self, 0)
+
+    @property
+    def masks(self) -> "_View":
+        return _View(self, 1)
+
+
+class _View:
+    def __init__(self, samples: LazySamples, part: int) -> None:
+        self.samples, self.part = samples, part
+
+    def __len__(self) -> int:
+        return self.samples.count
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.samples._get(i)[self.part]
 
 
 def combine_results(results: Sequence[ParityResult]) -> ParityResult:

@@ -22,7 +22,8 @@ import numpy as np
 from edgeseg.atomic import ensure_dir, write_json
 from edgeseg.data import open_split
 from edgeseg.errors import CheckFailed, ExportError, UsageError
-from edgeseg.parity import NOT_VERIFIED, ParityResult, combine_results, compare, not_verified, thresholds_for
+from edgeseg.parity import (NOT_VERIFIED, LazySamples, ParityResult, combine_results, compare, not_verified,
+                            thresholds_for)
 from edgeseg.registry import check_choice
 from edgeseg.train.checkpoint import Checkpoint, load_checkpoint
 from edgeseg.versions import package_versions
@@ -148,8 +149,9 @@ def _load_export(run: Path, target: str, precision: str, output: str = "logits",
 def check_run(run: Path, target: str, precision: str | None = None, min_agreement: float | None = None,
               min_mask_miou: float | None = None, limit: int | None = None, threads: int = 2,
               log: Callable[[str], None] = print, compute_units: str | None = None, output: str = "logits",
-              input_kind: str = "image") -> ParityResult:
-    """Run the exported model and the PyTorch reference on the test split; write parity.json.
+              input_kind: str = "image", data: str | None = None) -> ParityResult:
+    """Run the exported model and the PyTorch reference on the test split (of ``data`` when given, else the
+    run's dataset), streamed; write parity.json.
 
     Raises nothing on a failed threshold: the result's ``status`` says it (the CLI maps it to an
     exit code). A target that cannot run here gives a ``not-verified`` result, never a pass. Core ML runs
@@ -184,13 +186,12 @@ def check_run(run: Path, target: str, precision: str | None = None, min_agreemen
         return res
     from edgeseg.bench import torch_runner
 
-    test = open_split(ckpt.config.data, "test", ckpt.config.image_size)
+    test = open_split(data or ckpt.config.data, "test", ckpt.config.image_size)
+    if data and len(test.classes) != ckpt.num_classes:
+        raise UsageError(f"--data '{data}' has {len(test.classes)} classes but the model has {ckpt.num_classes}")
     n = len(test) if limit is None else min(limit, len(test))
-    images, masks = [], []
-    for i in range(n):
-        img, m = test[i]
-        images.append(ckpt.preprocess.image(img))
-        masks.append(ckpt.preprocess.mask(m))
+    samples = LazySamples(test, n, ckpt.preprocess.image, ckpt.preprocess.mask)  # streamed: bounded memory
+    images, masks = samples.images, samples.masks
     reference = torch_runner(ckpt.build_model(rec.get("weights", "raw")), threads)
     results = []
     for unit in units:

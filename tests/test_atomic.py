@@ -41,3 +41,23 @@ def test_failed_int8_export_writes_no_model(tiny_run, tmp_path):
     with pytest.raises(ExporterError, match="int8 TFLite needs calibration images"):
         TARGETS["tflite"].export(model, np.zeros((1, 3, 64, 64), np.float32), opts, tmp_path / "out")
     assert not (tmp_path / "out" / "model.tflite").exists()
+
+
+def test_temporaries_of_dead_writers_are_removed_by_the_next_write(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a pid that has exited
+    stale = tmp_path / f".model.onnx.{dead}.abc123.tmp"
+    (stale / "model.onnx").parent.mkdir()
+    (stale / "model.onnx").write_bytes(b"half")
+    alive = tmp_path / f".model.onnx.{os.getppid()}.def456.tmp"  # a live writer's: left alone
+    alive.mkdir()
+    other = tmp_path / f".labels.txt.{dead}.x.tmp"  # another artifact's: not this write's business
+    other.mkdir()
+    with atomic_path(tmp_path / "model.onnx") as tmp:
+        tmp.write_bytes(b"complete")
+    assert (tmp_path / "model.onnx").read_bytes() == b"complete"
+    assert not stale.exists() and alive.exists() and other.exists()

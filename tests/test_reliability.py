@@ -66,3 +66,83 @@ def test_a_full_disk_keeps_the_last_good_artifacts(run):
     assert {p.name: p.read_bytes() for p in run.glob("report.*")} == before
     assert not [q for q in run.iterdir() if q.name.startswith(".report")]
     json.loads(before["report.json"])
+
+
+def _folder_of_scenes(root, count: int, broken: int | None = None):
+    """``count`` synthetic scenes as PNG image + mask files (the folder format), image ``broken`` (1-based)
+    replaced by bytes no decoder reads."""
+    import numpy as np
+    from PIL import Image
+
+    from edgeseg.data.synthetic import SyntheticShapes
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    ds = SyntheticShapes("test", 64, length=count, seed=3)
+    for i in range(count):
+        img, mask = ds[i]
+        Image.fromarray(img).save(root / "images" / f"{i:04d}.png")
+        Image.fromarray(mask.astype(np.uint8)).save(root / "masks" / f"{i:04d}.png")
+    if broken:
+        (root / "images" / f"{broken - 1:04d}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 40)
+    (root / "classes.txt").write_text("\n".join(c.name for c in ds.classes) + "\n")
+    return f"folder:{root}?split=0,0,1"
+
+
+def test_a_broken_image_stops_check_keeping_the_figures_before_it(run, tmp_path, capsys):
+    """The streamed check over a folder dataset whose image 20 of 24 cannot be decoded: exit 1, the message names
+    the file, parity.json holds the figures of the 19 images before it."""
+    assert main(["export", str(run), "--target", "onnx", "-q"]) == 0
+    spec = _folder_of_scenes(tmp_path / "photos", 24, broken=20)
+    capsys.readouterr()
+    assert main(["check", str(run), "--target", "onnx", "--data", spec, "--json", "-q"]) == 1
+    res = json.loads(capsys.readouterr().out)
+    assert res["status"] == "failed" and res["images"] == 19
+    assert res["reason"].startswith("stopped at image 20 of 24: image '") and "0019.png' cannot be decoded" in res["reason"]
+    assert res["pixel_agreement"] > 99.9  # the 19 images before it were compared
+    saved = json.loads((run / "export" / "onnx-fp32" / "parity.json").read_text())
+    assert saved["images"] == 19 and saved["reason"] == res["reason"]
+    # the same folder without the broken file passes on all 24
+    spec = _folder_of_scenes(tmp_path / "photos2", 24)
+    assert main(["check", str(run), "--target", "onnx", "--data", spec, "-q"]) == 0
+
+
+def _kill_at(cmd, delay: float):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    p = subprocess.Popen([sys.executable, "-m", "edgeseg", *cmd], env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    time.sleep(delay)
+    os.killpg(p.pid, signal.SIGKILL)  # the whole group: converters may run helpers
+    p.wait()
+    return p.returncode
+
+
+@pytest.mark.parametrize("delays", [(1.5, 3.0, 4.5, 6.0)])
+def test_kill_9_during_export_and_bundle_leaves_only_complete_artifacts(run, tmp_path, delays):
+    """``kill -9`` at several moments of ``export`` and ``bundle``: afterwards the run holds either no export or
+    a complete one (it loads and passes its check), never a partial file; the command run again finishes."""
+    from exporters import TARGETS
+
+    export_dir = run / "export" / "onnx-fp32"
+    for d in delays:
+        shutil.rmtree(run / "export", ignore_errors=True)
+        code = _kill_at(["export", str(run), "--target", "onnx", "-q"], d)
+        if (export_dir / "model.onnx").exists():  # complete: it loads
+            TARGETS["onnx"].load(export_dir / "model.onnx")
+        assert code in (-signal.SIGKILL, 0)
+    assert main(["export", str(run), "--target", "onnx", "-q"]) == 0
+    assert main(["check", str(run), "--target", "onnx", "-q"]) == 0
+    assert main(["export", str(run), "--target", "coreml", "-q"]) == 0
+    assert main(["check", str(run), "--target", "coreml", "-q"]) == 0
+    dist = tmp_path / "dist"
+    bundle = ["bundle", str(run), "-o", str(dist), "--tflite", "none", "--coreml", "fp16", "-q"]
+    for d in delays:
+        _kill_at(bundle, d)
+        # the destination is absent or complete; a killed writer's temporary may remain beside it
+        assert not dist.exists() or main(["bundle", "--verify", str(dist), "-q"]) == 0
+    shutil.rmtree(dist, ignore_errors=True)
+    assert main(bundle[:-1]) == 0
+    assert main(["bundle", "--verify", str(dist), "-q"]) == 0
+    # ... which the next write of the same artifact removes (its pid is gone)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".dist.")] == []
+    assert [p.name for p in export_dir.iterdir() if p.name.startswith(".")] == []
