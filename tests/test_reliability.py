@@ -146,3 +146,28 @@ def test_kill_9_during_export_and_bundle_leaves_only_complete_artifacts(run, tmp
     # ... which the next write of the same artifact removes (its pid is gone)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".dist.")] == []
     assert [p.name for p in export_dir.iterdir() if p.name.startswith(".")] == []
+
+
+def test_kill_9_during_train_then_resume_finishes(tmp_path):
+    """A real ``kill -9`` of ``edgeseg train`` after its first checkpoint: the checkpoint on disk is complete
+    (it loads), and ``--resume`` finishes the run to its last epoch."""
+    from edgeseg.train.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    args = ["train", "-o", str(out), "--model", "unet", "--model-opt", "base=8", "--model-opt", "depth=2",
+            "--data", "synthetic?train=64&val=8&test=8", "--image-size", "64", "--epochs", "8", "--batch-size", "8",
+            "-q"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    p = subprocess.Popen([sys.executable, "-m", "edgeseg", *args], env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoint.pt").exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.7)  # somewhere inside a later epoch, or while it writes the next checkpoint
+    assert p.poll() is None, "training finished before it could be killed; make it longer"
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    epoch = load_checkpoint(out).state["epoch"]  # complete and loadable, whatever moment the kill hit
+    assert 1 <= epoch < 8
+    assert main([*args[:-1], "--resume", "-q"]) == 0
+    assert load_checkpoint(out).state["epoch"] == 8
