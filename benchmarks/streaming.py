@@ -18,8 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 
 def _child(cmd: list[str]) -> tuple[int, float, float, str]:
     """Run ``python -m edgeseg cmd`` in a fresh process: exit code, seconds, its peak RSS in MB, stdout."""
@@ -35,21 +33,12 @@ def _child(cmd: list[str]) -> tuple[int, float, float, str]:
 
 
 def _folder(root: Path, count: int, size: int, broken: int | None) -> str:
-    from PIL import Image
+    from edgeseg.data.synthetic import write_folder
 
-    from edgeseg.data.synthetic import SyntheticShapes
-
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    ds = SyntheticShapes("test", size, length=count, seed=5)
-    for i in range(count):
-        img, mask = ds[i]
-        Image.fromarray(img).save(root / "images" / f"{i:05d}.png")
-        Image.fromarray(mask.astype(np.uint8)).save(root / "masks" / f"{i:05d}.png")
+    spec = write_folder(root, count, size=size, seed=5)
     if broken:
         (root / "images" / f"{broken - 1:05d}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00broken" * 64)
-    (root / "classes.txt").write_text("\n".join(c.name for c in ds.classes) + "\n")
-    return f"folder:{root}?split=0,0,1"
+    return spec
 
 
 def main() -> int:

@@ -69,24 +69,14 @@ def test_a_full_disk_keeps_the_last_good_artifacts(run):
 
 
 def _folder_of_scenes(root, count: int, broken: int | None = None):
-    """``count`` synthetic scenes as PNG image + mask files (the folder format), image ``broken`` (1-based)
-    replaced by bytes no decoder reads."""
-    import numpy as np
-    from PIL import Image
+    """``count`` synthetic scenes as PNG files (the folder format), image ``broken`` (1-based) replaced by bytes
+    no decoder reads."""
+    from edgeseg.data.synthetic import write_folder
 
-    from edgeseg.data.synthetic import SyntheticShapes
-
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    ds = SyntheticShapes("test", 64, length=count, seed=3)
-    for i in range(count):
-        img, mask = ds[i]
-        Image.fromarray(img).save(root / "images" / f"{i:04d}.png")
-        Image.fromarray(mask.astype(np.uint8)).save(root / "masks" / f"{i:04d}.png")
+    spec = write_folder(root, count, size=64, seed=3)
     if broken:
-        (root / "images" / f"{broken - 1:04d}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 40)
-    (root / "classes.txt").write_text("\n".join(c.name for c in ds.classes) + "\n")
-    return f"folder:{root}?split=0,0,1"
+        (root / "images" / f"{broken - 1:05d}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 40)
+    return spec
 
 
 def test_a_broken_image_stops_check_keeping_the_figures_before_it(run, tmp_path, capsys):
@@ -98,7 +88,8 @@ def test_a_broken_image_stops_check_keeping_the_figures_before_it(run, tmp_path,
     assert main(["check", str(run), "--target", "onnx", "--data", spec, "--json", "-q"]) == 1
     res = json.loads(capsys.readouterr().out)
     assert res["status"] == "failed" and res["images"] == 19
-    assert res["reason"].startswith("stopped at image 20 of 24: image '") and "0019.png' cannot be decoded" in res["reason"]
+    assert res["reason"].startswith("stopped at image 20 of 24: image '")
+    assert "00019.png' cannot be decoded" in res["reason"]
     assert res["pixel_agreement"] > 99.9  # the 19 images before it were compared
     saved = json.loads((run / "export" / "onnx-fp32" / "parity.json").read_text())
     assert saved["images"] == 19 and saved["reason"] == res["reason"]

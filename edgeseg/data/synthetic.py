@@ -166,3 +166,23 @@ def render_scene(rng: np.random.Generator, n: int, with_instances: bool = False)
     if with_instances:
         return np.clip(img, 0, 255).astype(np.uint8), mask, inst
     return np.clip(img, 0, 255).astype(np.uint8), mask
+
+
+def write_folder(root, count: int, size: int = 128, seed: int = 0, split: str = "test") -> str:
+    """Write ``count`` scenes as a folder-format dataset (``images/NNNNN.png``, ``masks/NNNNN.png`` class
+    indices, ``classes.txt``) under ``root``; returns the data spec that reads them all as the test split.
+    Real files for tests and benchmarks of the file readers (streaming, broken files)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
+    ds = SyntheticShapes(split, size, length=count, seed=seed)
+    for i in range(count):
+        img, mask = ds[i]
+        Image.fromarray(img).save(root / "images" / f"{i:05d}.png")
+        Image.fromarray(mask.astype(np.uint8)).save(root / "masks" / f"{i:05d}.png")
+    (root / "classes.txt").write_text("\n".join(c.name for c in ds.classes) + "\n")
+    return f"folder:{root}?split=0,0,1"

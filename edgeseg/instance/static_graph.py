@@ -6,8 +6,8 @@ target has (TopK, Gather, elementwise maths, reductions, convolutions).
   and Inference for Object Detection and Instance Segmentation", 2021): with candidates sorted by score, keep_j =
   valid_j and no kept i < j of the same group overlaps j by more than the threshold. Iterating that rule from
   "all valid kept" reaches greedy NMS's answer exactly once it stops changing; the graph unrolls ``nms_iterations``
-  steps (each an N x N mask and a max-reduction). :func:`nms_iterations_needed` measures how many a model's inputs
-  need, and export checks it.
+  steps (each an N x N mask and a max-reduction). :func:`nms_iterations_needed` measures how many given candidates
+  need; ``edgeseg maskrcnn export`` compares the whole graph with torchvision's eager output on the test images.
 * **RoIAlign** (torchvision's ``roi_align``, ``aligned=False``, ``sampling_ratio`` samples per bin) is bilinear
   sampling by Gather: every FPN level flattened into one [positions, C] table, each box's level chosen by the FPN
   rule and turned into an offset into it, four corner rows gathered per sample and averaged per bin.
@@ -20,8 +20,6 @@ The input is [1, 3, S, S] RGB in [0, 1] (torchvision's convention); normalizatio
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 

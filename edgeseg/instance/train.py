@@ -90,7 +90,7 @@ def train_instance(model, dataset, epochs: int = 1, batch_size: int = 4, lr: flo
             step += 1
             if step % max(1, total // 10) == 0:
                 log(f"step {step}/{total}: loss {losses[-1]:.4f} "
-                    + " ".join(f"{k.removeprefix('loss_')} {float(v):.3f}" for k, v in parts.items()))
+                    + " ".join(f"{k.removeprefix('loss_')} {float(v.detach()):.3f}" for k, v in parts.items()))
     return {"losses": losses, "skipped": skipped, "steps": step, "images": len(keep)}
 
 
