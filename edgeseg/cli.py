@@ -284,6 +284,11 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--limit", type=int, default=8, help="test images for the parity check")
     q.add_argument("--score-threshold", type=float, default=0.3,
                    help="detections scoring below this on both sides are not counted (default 0.3)")
+    q.add_argument("--min-mask-iou", type=float, help="minimum mean matched mask IoU (fp32 0.97, fp16 0.95, int8 0.85)")
+    q.add_argument("--min-box-iou", type=float, help="minimum mean matched box IoU (defaults as --min-mask-iou)")
+    q.add_argument("--max-unmatched", type=float,
+                   help="maximum (missed + extra) / reference detections (fp32 0.02, fp16 0.05, int8 0.10)")
+    q.add_argument("--max-ap-drop", type=float, help="maximum mask-AP drop (fp32 0.01, fp16 0.02, int8 0.05)")
     q.add_argument("--json", action="store_true")
 
     p = sub.add_parser("models", help="list architectures with params and MACs", formatter_class=fmt,
@@ -528,7 +533,9 @@ def cmd_maskrcnn(a: argparse.Namespace) -> int:
         from edgeseg.instance.run import export_run
 
         counts = GraphCounts(a.pre_nms, a.proposals, a.candidates, a.detections, a.nms_iterations)
-        rec = export_run(a.run, a.target, a.precision, counts, a.limit, a.score_threshold,
+        overrides = {"min_mask_iou": a.min_mask_iou, "min_box_iou": a.min_box_iou, "max_unmatched": a.max_unmatched,
+                     "max_ap_drop": a.max_ap_drop}
+        rec = export_run(a.run, a.target, a.precision, counts, a.limit, a.score_threshold, overrides,
                          log=_log(a) if not a.json else (lambda s: None))
         p = rec["parity"]
         if a.json:
@@ -543,7 +550,9 @@ def cmd_maskrcnn(a: argparse.Namespace) -> int:
                   f"{fmt(p['exported_ap'].get('mask'))} vs reference {fmt(p['reference_ap'].get('mask'))}")
             for f in p["failures"]:
                 print(f"  FAILED: {f}")
-        return EXIT_OK if p["status"] == "passed" else EXIT_FAILURE
+            if p["reason"]:
+                print(f"  {p['reason']}")
+        return {"passed": EXIT_OK, "not-verified": EXIT_NOT_VERIFIED}.get(p["status"], EXIT_FAILURE)
     raise UsageError("edgeseg maskrcnn needs an action: train or export (see edgeseg maskrcnn --help)")
 
 

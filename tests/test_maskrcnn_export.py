@@ -95,6 +95,10 @@ def test_instance_parity_hand_computed():
     # a different class never matches, whatever the overlap
     exp2 = {**ref, "labels": np.array([2, 1])}
     assert compare_instances([ref], [exp2], "onnx", "fp32", instance_thresholds("fp32")).matched == 0
+    # nothing detected on either side is not a pass
+    low = {**ref, "scores": np.array([0.1, 0.2])}
+    r = compare_instances([low], [low], "onnx", "fp32", instance_thresholds("fp32"), score_threshold=0.3)
+    assert r.status == "not-verified" and "detects nothing scoring >= 0.3" in r.reason
 
 
 def test_graph_equals_torchvision_eager(model_and_images):
@@ -149,8 +153,15 @@ def test_bad_requests_are_named(model_and_images, tmp_path):
 
 def test_cli_export_and_refusals(run, tmp_path):
     cmd = [sys.executable, "-m", "edgeseg", "maskrcnn"]
-    r = subprocess.run(cmd + ["export", str(run), "--target", "onnx", "--json", "-q", "--proposals", "50",
-                              "--pre-nms", "100"], capture_output=True, text=True)
+    args = ["export", str(run), "--target", "onnx", "--proposals", "50", "--pre-nms", "100"]
+    r = subprocess.run(cmd + args, capture_output=True, text=True)
+    # the barely trained model scores < 0.3: nothing compared at the default threshold is "not verified", exit 3
+    assert r.returncode == 3 and "the reference detects nothing scoring >= 0.3" in r.stdout, r.stdout + r.stderr
+    # counted from 0.05, the 3 + 3 borderline swaps of 160 fail the fp32 default (2 %): exit 1 with the figures
+    r = subprocess.run(cmd + args + ["--score-threshold", "0.05"], capture_output=True, text=True)
+    assert r.returncode == 1 and "FAILED: 3 missed + 3 extra of 160 reference detections > 2%" in r.stdout, r.stdout
+    r = subprocess.run(cmd + args + ["--score-threshold", "0.05", "--max-unmatched", "0.04", "--json", "-q"],
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     rec = json.loads(r.stdout)
     assert rec["parity"]["status"] == "passed" and rec["graph_vs_eager"]["identical_detection_lists"] >= 7

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgeseg.parity import FAILED, PASSED
+from edgeseg.parity import FAILED, NOT_VERIFIED, PASSED
 
 DEFAULT_INSTANCE_THRESHOLDS: dict[str, dict[str, float]] = {
     "fp32": {"min_mask_iou": 0.97, "min_box_iou": 0.97, "max_unmatched": 0.02, "max_ap_drop": 0.01},
@@ -148,4 +148,8 @@ def compare_instances(references: Sequence[dict[str, np.ndarray]], exported: Seq
                             f"drop > {t['max_ap_drop']}")
     if res.failures:
         res.status = FAILED
+    elif res.reference_detections == 0:  # nothing compared is not a pass
+        res.status = NOT_VERIFIED
+        res.reason = (f"the reference detects nothing scoring >= {score_threshold} on these {res.images} images: "
+                      f"nothing to compare (train longer, or lower the score threshold)")
     return res

@@ -173,12 +173,14 @@ def load_run(run: Path):
 
 
 def export_run(run: Path, target: str, precision: str | None = None, counts=None, limit: int = 8,
-               score_threshold: float = 0.3, thresholds: dict[str, float] | None = None,
+               score_threshold: float = 0.3, thresholds: dict[str, float | None] | None = None,
                log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Export a run's Mask R-CNN to ``target`` and check instance parity on the test split."""
+    """Export a run's Mask R-CNN to ``target`` and check instance parity on the test split. ``thresholds``:
+    overrides of the precision's defaults (``min_mask_iou``, ``min_box_iou``, ``max_unmatched``, ``max_ap_drop``)."""
     from edgeseg.atomic import write_json
     from edgeseg.instance.export import (GraphCounts, check_instance, check_precision, export_instance,
                                          graph_vs_eager, load_runner)
+    from edgeseg.instance.parity import instance_thresholds
 
     precision = check_precision(target, precision)
     counts = counts or GraphCounts()
@@ -202,7 +204,7 @@ def export_run(run: Path, target: str, precision: str | None = None, counts=None
     log(f"instance parity on {len(images)} test images")
     runner = load_runner(target, exp.path)
     parity = check_instance(model, runner, target, precision, images, [t for _, t in samples], counts,
-                            thresholds, score_threshold)
+                            instance_thresholds(precision, **(thresholds or {})), score_threshold)
     record = {"target": target, "precision": precision, "path": str(exp.path), "size_bytes": exp.size_bytes,
               "export_seconds": round(exp.seconds, 1), "details": exp.details, "graph_vs_eager": same,
               "score_threshold": score_threshold, "parity": parity.to_json()}
