@@ -48,14 +48,15 @@ def build_maskrcnn(num_classes: int, backbone: str = "mobilenet_v3_large", min_s
         return maskrcnn_resnet50_fpn(weights=None, weights_backbone=weights_backbone, num_classes=num_classes,
                                      min_size=min_size, max_size=max_size, **kwargs)
     if backbone == "mobilenet_v3_large":
-        # torchvision's mobile detector reads stride 32 twice (its layers 4, 5); images under 320 px also need stride 8, or a
-        # 64-px image leaves 4x4 and 2x2 feature maps that cannot place small objects
+        # torchvision's mobile detector reads stride 32 twice (its layers 4, 5); images under 320 px also need
+        # stride 8, or a 64-px image leaves 4x4 and 2x2 feature maps that cannot place small objects
         layers = [2, 3, 5] if min_size < 320 else None  # feature blocks 4, 7, 16: strides 8, 16, 32
         body = mobilenet_backbone(backbone_name="mobilenet_v3_large", weights=weights_backbone, fpn=True,
                                   trainable_layers=6, returned_layers=layers)
         # torchvision's fasterrcnn_mobilenet_v3_large_fpn anchors: 5 sizes x 3 ratios on every feature map
         maps = len(layers or [0, 0]) + 1  # + the FPN's max-pooled level
-        anchors = kwargs.pop("rpn_anchor_generator", None) or AnchorGenerator((sizes,) * maps, ((0.5, 1.0, 2.0),) * maps)
+        anchors = (kwargs.pop("rpn_anchor_generator", None)
+                   or AnchorGenerator((sizes,) * maps, ((0.5, 1.0, 2.0),) * maps))
         return MaskRCNN(body, num_classes=None if mask_layers else num_classes, rpn_anchor_generator=anchors,
                         min_size=min_size, max_size=max_size, **kwargs)
     raise UsageError(f"unknown Mask R-CNN backbone '{backbone}'; choose one of {', '.join(BACKBONES)}")
