@@ -9,7 +9,6 @@ fp32 (checked by reference execution of the saved program off macOS, by Core ML 
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,9 +157,3 @@ def graph_vs_eager(model, images: Sequence[np.ndarray], size: int, counts: Graph
     return {"images": len(images), "identical_detection_lists": same, "detections": p.reference_detections,
             "matched": p.matched, "missed": p.missed, "extra": p.extra, "mask_iou_mean": p.mask_iou_mean,
             "box_iou_min": p.box_iou_min, "max_score_diff": p.max_score_diff}
-
-
-def write_record(path: Path, record: dict[str, Any]) -> None:
-    from edgeseg.atomic import write_text
-
-    write_text(Path(path), json.dumps(record, indent=2, default=str) + "\n")

@@ -253,12 +253,6 @@ def configure_eager(model, pre_nms_top_n: int, proposals: int, detections: int):
     return model
 
 
-def outputs_to_dict(outs) -> dict[str, np.ndarray]:
-    """The graph's (or an exported file's) outputs by name, as numpy, batch dimension dropped."""
-    return {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)[0]
-            for k, v in zip(OUTPUTS, outs)}
-
-
 def valid_detections(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The first ``num_detections`` rows: boxes, scores, labels (int), masks [n, M, M]."""
     n = int(round(float(np.asarray(out["num_detections"]).reshape(-1)[0])))
