@@ -1,9 +1,10 @@
 """Mask R-CNN export and instance parity: the static graph (:mod:`edgeseg.instance.static_graph`) to ONNX, TFLite
 and Core ML, each file checked detection by detection against torchvision's eager model.
 
-Targets and precisions: ``onnx`` fp32 (onnxruntime); ``tflite`` fp32, fp16, int8 (litert-torch route, int8 only
-for convolutions and fully-connected layers: the proposal/NMS/RoIAlign arithmetic stays float); ``coreml`` fp16,
-fp32 (checked by reference execution of the saved program off macOS, by Core ML itself on macOS).
+Targets and precisions: ``onnx`` fp32 (onnxruntime); ``tflite`` fp32, fp16, int8 (litert-torch route; int8 =
+int8 weights and activations for convolutions and fully-connected layers, the proposal/NMS/RoIAlign arithmetic
+float), int8-weights (int8 weights of those layers, float compute: the size of int8, the masks of float);
+``coreml`` fp16, fp32 (checked by reference execution of the saved program off macOS, by Core ML on macOS).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from edgeseg.errors import UsageError
 from edgeseg.instance.parity import InstanceParity, compare_instances, instance_thresholds
 from edgeseg.instance.static_graph import (OUTPUTS, build_static, configure_eager, paste_masks, valid_detections)
 
-PRECISIONS: dict[str, tuple[str, ...]] = {"onnx": ("fp32",), "tflite": ("fp32", "fp16", "int8"),
+PRECISIONS: dict[str, tuple[str, ...]] = {"onnx": ("fp32",), "tflite": ("fp32", "fp16", "int8", "int8-weights"),
                                           "coreml": ("fp16", "fp32")}
 FILES = {"onnx": "model.onnx", "tflite": "model.tflite", "coreml": "model.mlpackage"}
 
