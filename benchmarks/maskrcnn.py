@@ -61,12 +61,12 @@ def main() -> int:
         print(json.dumps({"size": a.size, "backbone": a.backbone, "hardware": hardware(), "rows": rows}, indent=2))
         return 0
     print(f"Mask R-CNN {a.backbone} {a.size}x{a.size}, {GraphCounts().to_json()}")
-    print(f"{'target':8} {'prec':5} {'MB':>7} {'export s':>8} {'ms':>8} {'parity':7} {'match/miss/extra':>16} "
+    print(f"{'target':8} {'prec':12} {'MB':>7} {'export s':>8} {'ms':>8} {'parity':12} {'match/miss/extra':>16} "
           f"{'maskIoU':>7} {'AP ref/exp':>13}")
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for r in rows:
-        print(f"{r['target']:8} {r['precision']:5} {r['size_mb']:7.2f} {r['export_s']:8.1f} {r['latency_ms']:8.1f} "
-              f"{r['status']:7} {r['matched']:>5}/{r['missed']}/{r['extra']:<6} {f(r['mask_iou']):>7} "
+        print(f"{r['target']:8} {r['precision']:12} {r['size_mb']:7.2f} {r['export_s']:8.1f} {r['latency_ms']:8.1f} "
+              f"{r['status']:12} {r['matched']:>5}/{r['missed']}/{r['extra']:<6} {f(r['mask_iou']):>7} "
               f"{f(r['mask_ap_ref'])}/{f(r['mask_ap_export'])}")
     return 0
 
