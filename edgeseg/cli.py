@@ -271,7 +271,8 @@ def _parser() -> argparse.ArgumentParser:
                         description="Write RUN/export/maskrcnn-TARGET-PRECISION/ (model + instance-parity.json). "
                         "Parity: exported detections matched to the eager model's by box IoU (same class); "
                         "matched mask IoU, box IoU, score difference, missed/extra detections, mask AP of both. "
-                        "Exit 1 when a threshold fails (the figures are printed).")
+                        "Exit 1 when a threshold fails (the figures are printed); exit 3 when the reference detects "
+                        "nothing above --score-threshold (nothing compared is not a pass).")
     _common(q)
     q.add_argument("run", type=Path)
     q.add_argument("--target", required=True, choices=("onnx", "tflite", "coreml"))
@@ -284,7 +285,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--limit", type=int, default=8, help="test images for the parity check")
     q.add_argument("--score-threshold", type=float, default=0.3,
                    help="detections scoring below this on both sides are not counted (default 0.3)")
-    q.add_argument("--min-mask-iou", type=float, help="minimum mean matched mask IoU (fp32 0.97, fp16 0.95, int8 0.85)")
+    q.add_argument("--min-mask-iou", type=float,
+                   help="minimum mean matched mask IoU (fp32 0.97, fp16 0.95, int8 0.85)")
     q.add_argument("--min-box-iou", type=float, help="minimum mean matched box IoU (defaults as --min-mask-iou)")
     q.add_argument("--max-unmatched", type=float,
                    help="maximum (missed + extra) / reference detections (fp32 0.02, fp16 0.05, int8 0.10)")
