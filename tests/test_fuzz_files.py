@@ -61,9 +61,16 @@ def _apply(b: bytearray, edits) -> bytearray:
 @FUZZ
 @given(data=_mutations(_png_bytes()))
 def test_fuzz_image_and_mask_files(tmp_path, data):
+    """The readers every format goes through (folder, VOC, COCO, CamVid images; masks) and each format's
+    label decoder (VOC palette, Cityscapes label IDs, CamVid SegNet indices and colour table)."""
+    from edgeseg.data.camvid import decode_colour, decode_segnet
+    from edgeseg.data.cityscapes import decode_cityscapes
     from edgeseg.data.folder import read_image, read_mask
+    from edgeseg.data.voc import decode_voc
 
-    for reader in (read_image, read_mask):
+    colours = {0: 0, (128 << 16) | (64 << 8) | 128: 1}
+    for reader in (read_image, read_mask, decode_voc, decode_cityscapes, decode_segnet,
+                   lambda p: decode_colour(p, colours)):
         path = tmp_path / "x.png"
         path.write_bytes(data)
         try:

@@ -162,3 +162,19 @@ def test_kill_9_during_train_then_resume_finishes(tmp_path):
     assert 1 <= epoch < 8
     assert main([*args[:-1], "--resume", "-q"]) == 0
     assert load_checkpoint(out).state["epoch"] == 8
+
+
+def test_kill_9_during_quantize_leaves_only_complete_exports(run):
+    """``kill -9`` of ``edgeseg quantize`` at three moments: every quantized export present afterwards is complete
+    (its file loads), none half-written; quantize run again finishes and passes."""
+    from exporters import TARGETS
+
+    out = run / "export" / "onnx-int8-ptq"
+    for d in (4.0, 8.0, 12.0):
+        shutil.rmtree(run / "export", ignore_errors=True)
+        _kill_at(["quantize", str(run), "--method", "ptq", "--targets", "onnx", "--calibration", "16", "-q"], d)
+        if (out / "model.onnx").exists():
+            TARGETS["onnx"].load(out / "model.onnx")
+    assert main(["quantize", str(run), "--method", "ptq", "--targets", "onnx", "--calibration", "16", "-q"]) == 0
+    assert json.loads((out / "parity.json").read_text())["status"] == "passed"
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
