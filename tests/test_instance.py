@@ -164,3 +164,28 @@ def test_backbone_from_a_segmentation_run(tmp_path, tiny_run):
         assert torch.equal(v, weights["encoder.blocks." + k]), k
     with pytest.raises(CheckpointError, match="does not hold a MobileNetV3-Large encoder that fits"):
         load_backbone_from_run(model, tiny_run)  # a U-Net run
+
+
+def test_letterbox_keeps_boxes_on_their_masks():
+    from edgeseg.instance.run import Letterboxed
+
+    class Wide:
+        def __len__(self):
+            return 1
+
+        def instances(self, i):
+            img = np.full((40, 80, 3), 200, np.uint8)
+            m = np.zeros((2, 40, 80), np.uint8)
+            m[0, 10:30, 20:60] = 1  # a 40x20 rectangle
+            m[1, 4, 4] = 1  # one pixel that nearest resampling at 0.8 skips (source rows/cols 0, 1, 2, 3, 5, ...)
+            return img, {"boxes": np.array([[20, 10, 60, 30], [4, 4, 5, 5]], np.float32),
+                         "labels": np.array([1, 2]), "masks": m}
+
+    img, t = Letterboxed(Wide(), 64).instances(0)
+    assert img.shape == (64, 64, 3) and (img[:32] == 200).all() and (img[32:] == 0).all()  # padded below
+    assert len(t["boxes"]) == len(t["labels"]) == len(t["masks"]) == 1  # the vanished instance is dropped
+    assert t["labels"].tolist() == [1]
+    np.testing.assert_allclose(t["boxes"][0], [16, 8, 48, 24])  # x 0.8
+    ys, xs = np.nonzero(t["masks"][0])
+    assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (16, 8, 48, 24)
+    assert t["masks"].shape[1:] == (64, 64)
