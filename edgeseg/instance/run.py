@@ -10,6 +10,7 @@ the export graph has one fixed input size, so training, evaluation and the app s
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -200,7 +201,7 @@ def export_run(run: Path, target: str, precision: str | None = None, counts=None
         train_ds, n = _datasets(cfg["data"], size, 32, "train")
         calib = [train_ds.instances(i)[0] for i in range(n)]
     exp = export_instance(model, target, precision, out_dir, size, counts, calibration=calib,
-                          metadata={"classes": str(cfg.get("classes", []))})
+                          metadata={"classes": json.dumps(cfg.get("classes", []))})
     log(f"instance parity on {len(images)} test images")
     runner = load_runner(target, exp.path)
     parity = check_instance(model, runner, target, precision, images, [t for _, t in samples], counts,
