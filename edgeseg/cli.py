@@ -30,6 +30,34 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or progress lines")
 
 
+def _fraction(name: str):
+    def parse(v: str) -> float:
+        try:
+            f = float(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} takes a number between 0 and 1, not {v!r}") from None
+        if not 0.0 <= f <= 1.0:
+            raise argparse.ArgumentTypeError(f"{name} takes a number between 0 and 1, not {v}")
+        return f
+
+    return parse
+
+
+def _instance_check_args(q: argparse.ArgumentParser) -> None:
+    """The parity options shared by ``maskrcnn export`` and ``maskrcnn check``."""
+    q.add_argument("--limit", type=int, default=8, help="test images for the parity check")
+    q.add_argument("--score-threshold", type=_fraction("--score-threshold"), default=0.3,
+                   help="detections scoring below this on both sides are not counted (default 0.3)")
+    q.add_argument("--min-mask-iou", type=_fraction("--min-mask-iou"),
+                   help="minimum mean matched mask IoU (fp32 0.97, fp16 0.95, int8 0.85)")
+    q.add_argument("--min-box-iou", type=_fraction("--min-box-iou"),
+                   help="minimum mean matched box IoU (defaults as --min-mask-iou)")
+    q.add_argument("--max-unmatched", type=_fraction("--max-unmatched"),
+                   help="maximum (missed + extra) / reference detections (fp32 0.02, fp16 0.05, int8 0.10)")
+    q.add_argument("--max-ap-drop", type=_fraction("--max-ap-drop"),
+                   help="maximum mask-AP drop (fp32 0.01, fp16 0.02, int8 0.05)")
+
+
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     ap = argparse.ArgumentParser(prog="edgeseg", description="Train segmentation models, export them to "
@@ -239,7 +267,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--fresh", action="store_true", help="delete an existing quickstart run first")
 
-    p = sub.add_parser("maskrcnn", help="instance segmentation: train, export with instance parity",
+    p = sub.add_parser("maskrcnn", help="instance segmentation: train, export and check with instance parity",
                        formatter_class=fmt, description="Mask R-CNN (torchvision) from training to ONNX, TFLite "
                        "and Core ML through a static export graph (fixed proposals/detections, exact greedy NMS, "
                        "RoIAlign as gathers), checked detection by detection against the eager model.")
@@ -282,15 +310,18 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--candidates", type=int, default=300, help="(box, class) pairs entering the detection NMS")
     q.add_argument("--detections", type=int, default=20, help="fixed number of output detections")
     q.add_argument("--nms-iterations", type=int, default=12, help="unrolled Cluster-NMS steps")
-    q.add_argument("--limit", type=int, default=8, help="test images for the parity check")
-    q.add_argument("--score-threshold", type=float, default=0.3,
-                   help="detections scoring below this on both sides are not counted (default 0.3)")
-    q.add_argument("--min-mask-iou", type=float,
-                   help="minimum mean matched mask IoU (fp32 0.97, fp16 0.95, int8 0.85)")
-    q.add_argument("--min-box-iou", type=float, help="minimum mean matched box IoU (defaults as --min-mask-iou)")
-    q.add_argument("--max-unmatched", type=float,
-                   help="maximum (missed + extra) / reference detections (fp32 0.02, fp16 0.05, int8 0.10)")
-    q.add_argument("--max-ap-drop", type=float, help="maximum mask-AP drop (fp32 0.01, fp16 0.02, int8 0.05)")
+    _instance_check_args(q)
+    q.add_argument("--json", action="store_true")
+    q = msub.add_parser("check", help="check an existing export's instance parity again", epilog=EPILOG,
+                        formatter_class=fmt,
+                        description="Check RUN/export/maskrcnn-TARGET-PRECISION/ as it is on disk now (the export's "
+                        "own graph counts) against the eager model on the test split; the new figures replace "
+                        "the parity in its instance-parity.json. Exit codes as for export.")
+    _common(q)
+    q.add_argument("run", type=Path)
+    q.add_argument("--target", required=True, choices=("onnx", "tflite", "coreml"))
+    q.add_argument("--precision", help="as exported (default: the target's first: onnx/tflite fp32, coreml fp16)")
+    _instance_check_args(q)
     q.add_argument("--json", action="store_true")
 
     p = sub.add_parser("models", help="list architectures with params and MACs", formatter_class=fmt,
@@ -530,20 +561,25 @@ def cmd_maskrcnn(a: argparse.Namespace) -> int:
                   f"(skipped: {rec['skipped']}); loss {rec['first_loss']:.3f} -> {rec['last_loss']:.3f}; "
                   f"test mask AP {rec['ap']['mask']['AP']:.4f}, box AP {rec['ap']['box']['AP']:.4f}")
         return EXIT_OK
-    if a.maskrcnn_command == "export":
+    if a.maskrcnn_command in ("export", "check"):
         from edgeseg.instance.export import GraphCounts
-        from edgeseg.instance.run import export_run
+        from edgeseg.instance import run as instance_run
 
-        counts = GraphCounts(a.pre_nms, a.proposals, a.candidates, a.detections, a.nms_iterations)
         overrides = {"min_mask_iou": a.min_mask_iou, "min_box_iou": a.min_box_iou, "max_unmatched": a.max_unmatched,
                      "max_ap_drop": a.max_ap_drop}
-        rec = export_run(a.run, a.target, a.precision, counts, a.limit, a.score_threshold, overrides,
-                         log=_log(a) if not a.json else (lambda s: None))
+        log = _log(a) if not a.json else (lambda s: None)
+        if a.maskrcnn_command == "export":
+            counts = GraphCounts(a.pre_nms, a.proposals, a.candidates, a.detections, a.nms_iterations)
+            rec = instance_run.export_run(a.run, a.target, a.precision, counts, a.limit, a.score_threshold,
+                                          overrides, log=log)
+        else:
+            rec = instance_run.check_run(a.run, a.target, a.precision, a.limit, a.score_threshold, overrides, log=log)
         p = rec["parity"]
         if a.json:
             print(json.dumps(rec, indent=2, default=str))
         else:
-            print(f"{rec['path']}: {rec['size_bytes'] / 1e6:.2f} MB in {rec['export_seconds']} s")
+            if a.maskrcnn_command == "export":
+                print(f"{rec['path']}: {rec['size_bytes'] / 1e6:.2f} MB in {rec['export_seconds']} s")
             fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
             print(f"parity {p['status'].upper()} ({p['runtime']}, {p['images']} images): "
                   f"{p['matched']} matched, {p['missed']} missed, {p['extra']} extra of {p['reference_detections']}; "
@@ -555,7 +591,7 @@ def cmd_maskrcnn(a: argparse.Namespace) -> int:
             if p["reason"]:
                 print(f"  {p['reason']}")
         return {"passed": EXIT_OK, "not-verified": EXIT_NOT_VERIFIED}.get(p["status"], EXIT_FAILURE)
-    raise UsageError("edgeseg maskrcnn needs an action: train or export (see edgeseg maskrcnn --help)")
+    raise UsageError("edgeseg maskrcnn needs an action: train, export or check (see edgeseg maskrcnn --help)")
 
 
 def cmd_models(a: argparse.Namespace) -> int:
@@ -672,7 +708,7 @@ def _lock(a: argparse.Namespace):
 
     attr = _WRITES_RUN.get(a.command)
     target = getattr(a, attr, None) if attr else None
-    if a.command == "maskrcnn" and target is None:  # maskrcnn export names the run positionally
+    if a.command == "maskrcnn" and target is None:  # maskrcnn export/check name the run positionally
         target = getattr(a, "run", None)
     if target is None or "RANK" in os.environ:  # torchrun's workers run under their launcher's lock
         return nullcontext()

@@ -1,4 +1,4 @@
-"""``edgeseg maskrcnn train`` / ``export``: a Mask R-CNN run directory.
+"""``edgeseg maskrcnn train`` / ``export`` / ``check``: a Mask R-CNN run directory.
 
 RUN/maskrcnn.pt holds ``{"config": ..., "state_dict": ...}`` (loaded with ``weights_only=True``); RUN/maskrcnn.json
 the config, losses, skipped-image counts and COCO AP on the test split. ``export`` writes
@@ -173,26 +173,33 @@ def load_run(run: Path):
     return model.eval(), cfg
 
 
+def _test_samples(cfg: dict[str, Any], limit: int):
+    size = int(cfg["size"])
+    test_ds, m = _datasets(cfg["data"], size, limit, "test")
+    samples = [test_ds.instances(i) for i in range(m)]
+    if not samples:
+        raise DataError(f"the test split of '{cfg['data']}' is empty: nothing to check the export on")
+    return [img for img, _ in samples], [t for _, t in samples]
+
+
+def _export_dir(run: Path, target: str, precision: str) -> Path:
+    return Path(run) / "export" / f"maskrcnn-{target}-{precision}"
+
+
 def export_run(run: Path, target: str, precision: str | None = None, counts=None, limit: int = 8,
                score_threshold: float = 0.3, thresholds: dict[str, float | None] | None = None,
                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Export a run's Mask R-CNN to ``target`` and check instance parity on the test split. ``thresholds``:
     overrides of the precision's defaults (``min_mask_iou``, ``min_box_iou``, ``max_unmatched``, ``max_ap_drop``)."""
     from edgeseg.atomic import write_json
-    from edgeseg.instance.export import (GraphCounts, check_instance, check_precision, export_instance,
-                                         graph_vs_eager, load_runner)
-    from edgeseg.instance.parity import instance_thresholds
+    from edgeseg.instance.export import GraphCounts, check_precision, export_instance, graph_vs_eager
 
     precision = check_precision(target, precision)
     counts = counts or GraphCounts()
     model, cfg = load_run(run)
     size = int(cfg["size"])
-    test_ds, m = _datasets(cfg["data"], size, limit, "test")
-    samples = [test_ds.instances(i) for i in range(m)]
-    images = [img for img, _ in samples]
-    if not images:
-        raise DataError(f"the test split of '{cfg['data']}' is empty: nothing to check the export on")
-    out_dir = Path(run) / "export" / f"maskrcnn-{target}-{precision}"
+    images, targets = _test_samples(cfg, limit)
+    out_dir = _export_dir(run, target, precision)
     log(f"graph vs torchvision eager on {len(images)} test images")
     same = graph_vs_eager(model, images, size, counts)
     log(f"exporting {target} {precision}")
@@ -202,13 +209,50 @@ def export_run(run: Path, target: str, precision: str | None = None, counts=None
         calib = [train_ds.instances(i)[0] for i in range(n)]
     exp = export_instance(model, target, precision, out_dir, size, counts, calibration=calib,
                           metadata={"classes": json.dumps(cfg.get("classes", []))})
-    log(f"instance parity on {len(images)} test images")
-    runner = load_runner(target, exp.path)
-    parity = check_instance(model, runner, target, precision, images, [t for _, t in samples], counts,
-                            instance_thresholds(precision, **(thresholds or {})), score_threshold)
+    parity = _parity(model, target, precision, exp.path, images, targets, counts, score_threshold, thresholds, log)
     record = {"target": target, "precision": precision, "path": str(exp.path), "size_bytes": exp.size_bytes,
               "export_seconds": round(exp.seconds, 1), "details": exp.details, "graph_vs_eager": same,
               "score_threshold": score_threshold, "parity": parity.to_json()}
     write_json(out_dir / "instance-parity.json", record)
     return record
 
+
+def _parity(model, target: str, precision: str, path: Path, images, targets, counts, score_threshold: float,
+            thresholds: dict[str, float | None] | None, log: Callable[[str], None]):
+    from edgeseg.instance.export import check_instance, load_runner
+    from edgeseg.instance.parity import instance_thresholds
+
+    log(f"instance parity on {len(images)} test images")
+    runner = load_runner(target, path)
+    return check_instance(model, runner, target, precision, images, targets, counts,
+                          instance_thresholds(precision, **(thresholds or {})), score_threshold)
+
+
+def check_run(run: Path, target: str, precision: str | None = None, limit: int = 8, score_threshold: float = 0.3,
+              thresholds: dict[str, float | None] | None = None,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Check an existing export of a run again (the file as it is on disk now, against the eager model, with the
+    export's own graph counts); the new figures replace the record's ``parity``."""
+    from edgeseg.atomic import write_json
+    from edgeseg.instance.export import FILES, GraphCounts, check_precision
+
+    precision = check_precision(target, precision)
+    out_dir = _export_dir(run, target, precision)
+    record_path, path = out_dir / "instance-parity.json", out_dir / FILES[target]
+    if not record_path.exists() or not path.exists():
+        raise UsageError(f"run '{run}' has no Mask R-CNN {target} {precision} export ({out_dir} lacks "
+                         f"{record_path.name if not record_path.exists() else path.name}); make it with: edgeseg "
+                         f"maskrcnn export {run} --target {target} --precision {precision}")
+    try:
+        record = json.loads(record_path.read_text())
+        graph = record["details"]["graph"]
+        counts = GraphCounts(**{k: int(graph[k]) for k in GraphCounts().to_json()})
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"'{record_path}' is not an edgeseg Mask R-CNN export record ({type(e).__name__}: {e}); "
+                        f"export again with: edgeseg maskrcnn export {run} --target {target}") from None
+    model, cfg = load_run(run)
+    images, targets = _test_samples(cfg, limit)
+    parity = _parity(model, target, precision, path, images, targets, counts, score_threshold, thresholds, log)
+    record.update(score_threshold=score_threshold, parity=parity.to_json())
+    write_json(record_path, record)
+    return record
