@@ -115,8 +115,11 @@ def test_iou_balanced_box_classifier_loss():
     plain = losses(model)
     restore = use_iou_balanced_loss(model, eta=0.0)
     same = losses(model)  # eta 0: every weight 1, torchvision's mean cross-entropy
-    assert float(same["loss_classifier"]) == pytest.approx(float(plain["loss_classifier"]), rel=1e-6)
-    assert float(same["loss_mask"]) == pytest.approx(float(plain["loss_mask"]), rel=1e-6)
+    # the same positive per-sample terms averaged in another order: for the classifier's n <= 64 RoIs any order is
+    # within 64 * 2**-24 = 3.8e-6; the mask loss averages up to 64 * 28 * 28 pixels, and torch's CPU sum is a
+    # cascade (pairwise) sum, within ceil(log2 n) * 2**-24 = 1e-6 -- both under rel=1e-5
+    assert float(same["loss_classifier"]) == pytest.approx(float(plain["loss_classifier"]), rel=1e-5)
+    assert float(same["loss_mask"]) == pytest.approx(float(plain["loss_mask"]), rel=1e-5)
     restore()
     restore = use_iou_balanced_loss(model, eta=1.5)
     balanced = losses(model)

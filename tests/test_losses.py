@@ -29,9 +29,11 @@ def _batch(seed=0, c=3):
 def test_focal_gamma0_and_topk100_equal_ce():
     x, y, _ = _batch()
     ce = F.cross_entropy(x, y, ignore_index=255)
-    assert one("focal(gamma=0)")(x, y).item() == pytest.approx(ce.item(), rel=1e-6)
-    assert one("topk(k=100)")(x, y).item() == pytest.approx(ce.item(), rel=1e-6)
-    assert one("ce")(x, y).item() == pytest.approx(ce.item(), rel=1e-6)
+    # the same 69 per-pixel terms averaged by another kernel: float32 summation order moves the mean by at most
+    # 69 * 2**-24 = 4.1e-6 of it (all terms are positive), so rel=1e-5 holds for any order
+    assert one("focal(gamma=0)")(x, y).item() == pytest.approx(ce.item(), rel=1e-5)
+    assert one("topk(k=100)")(x, y).item() == pytest.approx(ce.item(), rel=1e-5)
+    assert one("ce")(x, y).item() == pytest.approx(ce.item(), rel=1e-5)
 
 
 def test_focal_hand_computed():

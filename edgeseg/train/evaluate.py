@@ -14,8 +14,8 @@ from edgeseg.metrics import confusion, iou_per_class, mean_iou, pixel_accuracy
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch.device,
              reduce: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
-    """mIoU, per-class IoU and pixel accuracy of ``model`` against the loader's masks; ``reduce`` sums the
-    confusion matrix over processes when each evaluates a shard."""
+    """mIoU, per-class IoU, pixel accuracy and the number of pixels counted of ``model`` against the loader's
+    masks; ``reduce`` sums the confusion matrix over processes when each evaluates a shard."""
     model.eval()
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     for x, y, *_ in loader:
@@ -24,7 +24,7 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, device: torch
     if reduce is not None:
         cm = reduce(cm)
     return {"miou": mean_iou(cm), "pixel_accuracy": pixel_accuracy(cm),
-            "iou_per_class": [None if np.isnan(v) else float(v) for v in iou_per_class(cm)]}
+            "iou_per_class": [None if np.isnan(v) else float(v) for v in iou_per_class(cm)], "pixels": int(cm.sum())}
 
 
 @torch.no_grad()
