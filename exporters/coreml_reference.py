@@ -18,6 +18,7 @@ It is a reference, not a runtime: no fusion, no scheduling, just the program's a
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -67,6 +68,19 @@ def _dtype_name(var) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # Kernels: (op, inputs: dict of name -> torch tensor / python value) -> tuple of outputs
 # ---------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """torch's intra-op thread count set to ``n`` for one call, then given back: a runner must not change the
+    thread count of the process it is loaded in (a test worker or an app server set theirs on purpose)."""
+    torch = _torch()
+    prev = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
 
 
 def _torch():
@@ -592,11 +606,9 @@ class ReferenceRunner:
     """
 
     def __init__(self, path: Path, threads: int = 2) -> None:
-        import torch
-
         from exporters.coreml import package_io
 
-        torch.set_num_threads(max(1, threads))
+        self.threads = threads
         self.ref = MILReference(path)
         self.mean, self.std, self.input_kind = package_io(dict(self.ref.spec.description.metadata.userDefined), path)
         self.input = self.ref.inputs[0]
@@ -614,7 +626,8 @@ class ReferenceRunner:
                 feed = img[None]
             else:
                 feed = to_pixels(img, self.mean, self.std).astype(np.float32).transpose(2, 0, 1)[None]
-            outs.append(np.asarray(self.ref.run({self.input: feed})[self.output]))
+            with _torch_threads(self.threads):
+                outs.append(np.asarray(self.ref.run({self.input: feed})[self.output]))
         return np.concatenate(outs)
 
 
@@ -623,9 +636,7 @@ class GraphReferenceRunner:
     in (rounded to 8-bit pixels, as a camera frame holds them), ``{output name: array}`` out."""
 
     def __init__(self, path: Path, threads: int = 2) -> None:
-        import torch
-
-        torch.set_num_threads(max(1, threads))
+        self.threads = threads
         self.ref = MILReference(path)
         self.input = self.ref.inputs[0]
         self.runtime = RUNTIME
@@ -633,4 +644,5 @@ class GraphReferenceRunner:
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
         pixels = np.clip(np.round(np.asarray(x, np.float32) * 255.0), 0, 255).astype(np.float32)
-        return self.ref.run({self.input: pixels})
+        with _torch_threads(self.threads):
+            return self.ref.run({self.input: pixels})
