@@ -106,10 +106,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, help="stop after this many epochs without a better val mIoU")
     p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N optimizer steps (default: "
                    "epoch ends only)")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), help="mixed precision on CUDA: auto "
+                   "(default: bf16 where the GPU has it, else fp16), bf16, fp16 (with a grad scaler) or off; "
+                   "CPU training is always float32")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model for training")
     p.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm across processes (CUDA)")
-    p.add_argument("--nproc-per-node", type=int, help="run N processes on this machine with torchrun (DDP); "
-                   "--batch-size is the global batch. Several machines: torchrun ... -m edgeseg train ...")
+    p.add_argument("--nproc-per-node", type=int, help="run N processes on this machine with torchrun (DDP: NCCL on CUDA, gloo on CPU; "
+                   "1 = one process through the same path); --batch-size is the global batch. Several machines: "
+                   "torchrun ... -m edgeseg train ...")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu or cuda[:N]")
     p.add_argument("--init-from", type=Path, help="start from the weights of another edgeseg checkpoint")
@@ -384,6 +388,8 @@ def cmd_train(a: argparse.Namespace) -> int:
             "clip_grad": a.clip_grad, "ema": a.ema, "export_weights": a.export_weights, "patience": a.patience,
             "checkpoint_every": a.checkpoint_every, "precise_bn_batches": a.precise_bn_batches, "compile": a.compile, "sync_bn": a.sync_bn,
             "seed": a.seed, "device": a.device}
+    if a.amp is not None:
+        over.update(amp=a.amp != "off", amp_dtype="auto" if a.amp == "off" else a.amp)
     over = {k: v for k, v in over.items() if v is not None}
     if a.categories:
         over["data"] = _data_spec(over.get("data", cfg.data), None, a.categories)
@@ -397,12 +403,11 @@ def cmd_train(a: argparse.Namespace) -> int:
 
         if a.nproc_per_node < 1:
             raise UsageError(f"--nproc-per-node must be >= 1, got {a.nproc_per_node}")
-        if a.nproc_per_node > 1:
-            per_rank_batch(cfg.batch_size, a.nproc_per_node)  # refuse before starting any process
-            argv = list(a.argv)
-            i = next(k for k, v in enumerate(argv) if v.startswith("--nproc-per-node"))
-            del argv[i: i + (1 if "=" in argv[i] else 2)]
-            return launch(a.nproc_per_node, argv)
+        per_rank_batch(cfg.batch_size, a.nproc_per_node)  # refuse before starting any process
+        argv = list(a.argv)
+        i = next(k for k, v in enumerate(argv) if v.startswith("--nproc-per-node"))
+        del argv[i: i + (1 if "=" in argv[i] else 2)]
+        return launch(a.nproc_per_node, argv)
     train(cfg, a.output, resume=a.resume, quiet=a.quiet, init_from=a.init_from,
           log=(lambda s: None) if a.quiet else print, skip_bad=a.skip_bad)
     return EXIT_OK

@@ -36,7 +36,8 @@ class TrainConfig:
         seed: seeds weights init, data order and augmentation.
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda[:N]``.
         num_workers: DataLoader workers; None = 0 on CPU, 4 on CUDA.
-        amp: mixed precision on CUDA (bf16 where supported, else fp16 + grad scaler); never on CPU.
+        amp: mixed precision on CUDA; never on CPU.
+        amp_dtype: ``auto`` (bf16 where the GPU supports it, else fp16), ``bf16`` or ``fp16`` (with a grad scaler).
         accumulate: micro-batches per optimizer step (effective batch = batch_size x accumulate).
         clip_grad: clip the gradient norm to this value before each optimizer step (None = off).
         ema: decay of an exponential moving average of the weights (e.g. 0.999; 0 = off).
@@ -66,6 +67,7 @@ class TrainConfig:
     device: str = "auto"
     num_workers: int | None = None
     amp: bool = True
+    amp_dtype: str = "auto"
     accumulate: int = 1
     clip_grad: float | None = None
     ema: float = 0.0
@@ -85,6 +87,7 @@ class TrainConfig:
             (self.class_weights in ("none", "inverse", "median"), "class_weights",
              "must be 'none', 'inverse' or 'median'"),
             (self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0"),
+            (self.amp_dtype in ("auto", "bf16", "fp16"), "amp_dtype", "must be 'auto', 'bf16' or 'fp16'"),
             (self.accumulate >= 1, "accumulate", "must be at least 1"),
             (self.clip_grad is None or self.clip_grad > 0, "clip_grad", "must be > 0"),
             (0 <= self.ema < 1, "ema", "must be in [0, 1) (a decay such as 0.999; 0 = off)"),

@@ -26,6 +26,8 @@ class DistContext:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    #: ``nccl``/``gloo`` when torchrun launched this process (even as its only process), else None
+    backend: str | None = None
 
     @property
     def is_main(self) -> bool:
@@ -33,15 +35,21 @@ class DistContext:
 
     @property
     def enabled(self) -> bool:
-        return self.world > 1
+        """A process group is running: DDP, sharded validation and the collectives go through it."""
+        return self.backend is not None
 
 
 def setup(device_name: str) -> tuple[DistContext, torch.device]:
-    """The process's rank and device; starts the process group when torchrun launched several."""
+    """The process's rank and device; starts the process group when torchrun launched it. One process under
+    torchrun (``--nproc-per-node 1``) also gets a process group and DDP: the same code path as N processes,
+    which is how a one-GPU machine checks that NCCL works before a multi-GPU job."""
     from edgeseg.train.loop import pick_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if "RANK" not in os.environ:
+        if world > 1:
+            raise UsageError(f"WORLD_SIZE={world} but no RANK: start several processes with torchrun "
+                             f"(edgeseg train --nproc-per-node N)")
         return DistContext(), pick_device(device_name)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(device_name)
@@ -50,7 +58,7 @@ def setup(device_name: str) -> tuple[DistContext, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return DistContext(rank, world, local), device
+    return DistContext(rank, world, local, str(dist.get_backend())), device
 
 
 def cleanup(ctx: DistContext) -> None:

@@ -184,7 +184,7 @@ def _train(cfg: TrainConfig, out_dir: Path, ctx: DistContext, device: torch.devi
         opt, lr_lambda(total, int(cfg.warmup_epochs * steps_per_epoch), cfg.schedule))
     amp_dtype = None
     if use_cuda and cfg.amp:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        amp_dtype = _amp_dtype(cfg.amp_dtype, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     history: list[dict[str, Any]] = list(state.get("history", []))
     best = float(state.get("best_miou", -1.0))
@@ -212,7 +212,7 @@ def _train(cfg: TrainConfig, out_dir: Path, ctx: DistContext, device: torch.devi
     logger = RunLogger(out_dir, [c.name for c in classes], enabled=ctx.is_main)
 
     log(f"training {cfg.model} ({count_params(model) / 1e6:.2f}M params, {n_cls} classes) on {device}"
-        + (f" x {ctx.world} processes" if ctx.enabled else "")
+        + (f" x {ctx.world} processes ({ctx.backend})" if ctx.enabled else "")
         + f", {len(train_ds)} train / {len(val_ds)} val images at {cfg.image_size}px, {cfg.epochs} epochs x "
           f"{steps_per_epoch} steps of {cfg.batch_size * cfg.accumulate} images"
         + (f", resuming at epoch {start_epoch + 1} step {start_step}" if state else ""))
@@ -322,7 +322,10 @@ def _train(cfg: TrainConfig, out_dir: Path, ctx: DistContext, device: torch.devi
         metrics = {"val": val, "params": count_params(model), "train_seconds": round(seconds, 1),
                    "train_images_per_second": round(step_images / max(step_seconds, 1e-9), 2),
                    "bn_recalibration_batches": used, "history": history, "device": str(device),
-                   "processes": ctx.world, "weights": "ema" if final is not model else "raw",
+                   "processes": ctx.world, "distributed_backend": ctx.backend,
+                   "amp": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype),
+                   "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if use_cuda
+                   else None, "weights": "ema" if final is not model else "raw",
                    "best_val_miou": best, "stopped_early": stopped_early, "skipped_files": sorted(set(skipped))}
         ckpt = snapshot(cfg.epochs, 0, metrics, finished=True)
         save_checkpoint(ckpt, ckpt_path)
@@ -362,6 +365,17 @@ def _optimizer_step(cfg: TrainConfig, forward, train_model: nn.Module, model: nn
     scaler.step(opt)
     scaler.update()
     return total
+
+
+def _amp_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype for ``TrainConfig.amp_dtype`` on a CUDA device."""
+    bf16 = torch.cuda.is_bf16_supported()
+    if name == "bf16" and not bf16:
+        raise UsageError(f"--amp bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; "
+                         f"use --amp fp16 (with a grad scaler) or --amp off")
+    if name == "fp16" or (name == "auto" and not bf16):
+        return torch.float16
+    return torch.bfloat16
 
 
 def _reduce_confusion(ctx: DistContext, cm: np.ndarray, device: torch.device) -> np.ndarray:
