@@ -4,6 +4,13 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one worker per core (make test: -n auto): one compute thread each. With torch's default
+    # of one thread per core in every worker, OpenMP's spin-waiting threads fight over the cores (measured on
+    # 2 cores: the suite took 37 min instead of 16 serially). Set before torch is imported; the edgeseg
+    # processes the tests start inherit it.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        os.environ.setdefault(var, "1")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 ISBI = SHARED / "data" / "isbi-membrane"
