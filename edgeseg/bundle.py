@@ -118,7 +118,7 @@ def _parity_evidence(parity: dict | None) -> dict[str, Any]:
     if parity is None:
         return {"status": "unchecked"}
     keys = ("status", "runtime", "images", "pixel_agreement", "mask_miou", "reference_miou", "exported_miou",
-            "thresholds")
+            "miou_drop", "thresholds")
     return {k: parity.get(k) for k in keys}
 
 

@@ -145,13 +145,16 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="mask parity of an export vs PyTorch", epilog=EPILOG, formatter_class=fmt,
                        description="Run the exported model and the PyTorch reference on the test split and "
                        "compare their masks. Default thresholds: fp32 >= 99.9 %% agreement; fp16 >= 99.5 %%; "
-                       "int8, palettized and w8a8 >= 98 %% and mask mIoU >= 0.95.")
+                       "int8, palettized and w8a8 >= 98 %% and mask mIoU >= 0.95; every precision: the dataset mIoU (vs the "
+                       "labels) drops by at most 0.01 (one point) from PyTorch to the export.")
     _common(p)
     p.add_argument("run", type=Path)
     p.add_argument("--target", required=True)
     p.add_argument("--precision")
     p.add_argument("--min-agreement", type=float, help="minimum pixel agreement in %%")
     p.add_argument("--min-mask-miou", type=float, help="minimum mIoU of exported vs reference masks")
+    p.add_argument("--max-miou-drop", type=float, help="largest allowed drop of the dataset mIoU from PyTorch to "
+                   "the export, absolute (default 0.01 = one point)")
     p.add_argument("--limit", type=int, help="use only the first N test images")
     p.add_argument("--data", metavar="SPEC",
                    help="check on this dataset's test split instead of the run's (same classes), e.g. "
@@ -178,6 +181,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--budget", type=Path, help="YAML of limits per export (max_size_mb, max_latency_ms, "
                    "min_agreement, max_miou_drop); exit 1 if one is exceeded, 3 if one could not be measured")
+    p.add_argument("--max-miou-drop", type=float, help="budget limit for every export without its own: largest "
+                   "dataset mIoU drop from PyTorch (default: the budget's, or none without --budget)")
     p.add_argument("--baseline", type=Path, help="an earlier report.json: diff table, exit 1 on a regression "
                    "(size +5 %%, latency +15 %%, agreement -0.5 points, dataset mIoU -0.01)")
     p.add_argument("--json", action="store_true", help="print report.json to stdout")
@@ -231,6 +236,8 @@ def _parser() -> argparse.ArgumentParser:
                    "(default %(default)s; exit 1 with the best mix reached)")
     p.add_argument("--min-agreement", type=float, help="parity threshold in %% (default 98)")
     p.add_argument("--min-mask-miou", type=float, help="parity threshold (default 0.95)")
+    p.add_argument("--max-miou-drop", type=float, help="largest allowed drop of the dataset mIoU from the float "
+                   "model to the int8 export, absolute (default 0.01 = one point)")
     p.add_argument("--limit", type=int, help="check on the first N test images only")
     p.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -436,7 +443,9 @@ def _print_parity(res) -> None:
     print(f"  mask mIoU vs ref    {res.mask_miou:.4f}     (min {res.thresholds.get('min_mask_miou', '—')})")
     print("  max |Δlogit|        " + ("— (the export outputs the class map)" if res.max_abs_logit_diff is None
                                       else f"{res.max_abs_logit_diff:.4g}"))
-    print(f"  dataset mIoU        reference {res.reference_miou:.4f}  exported {res.exported_miou:.4f}")
+    drop = "" if res.miou_drop is None else (f"  drop {res.miou_drop:+.4f} (max "
+                                             f"{res.thresholds.get('max_miou_drop', '—')})")
+    print(f"  dataset mIoU        reference {res.reference_miou:.4f}  exported {res.exported_miou:.4f}{drop}")
     changes = ", ".join(f"{k} {v:+.4f}" for k, v in res.iou_change.items() if v is not None)
     print(f"  IoU change/class    {changes}")
     for f in res.failures:
@@ -455,6 +464,7 @@ def cmd_check(a: argparse.Namespace) -> int:
     from edgeseg.pipeline import check_run
 
     res = check_run(a.run, a.target, a.precision, a.min_agreement, a.min_mask_miou, a.limit, a.threads,
+                    max_miou_drop=a.max_miou_drop,
                     log=_log(a) if not a.json else (lambda s: None), compute_units=a.compute_units,
                     output=a.output, input_kind=a.input_kind, data=a.data)
     if a.json:
@@ -468,7 +478,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     from edgeseg.report import build_report
 
     rep = build_report(a.run, a.runs, a.warmup, a.threads, log=_log(a) if not a.json else (lambda s: None),
-                       budget=a.budget, baseline=a.baseline)
+                       budget=a.budget, baseline=a.baseline, max_miou_drop=a.max_miou_drop)
     if a.json:
         print(json.dumps(rep, indent=2))
     else:
@@ -486,7 +496,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
         fast_bias_correction=a.bias_correction == "fast", epochs=a.epochs, lr=a.lr, distill=a.distill,
         task_weight=a.task_weight,
         max_drop=a.max_drop, mixed_precision=a.mixed_precision, max_float_layers=a.max_float_layers,
-        min_agreement=a.min_agreement, min_mask_miou=a.min_mask_miou, limit=a.limit,
+        min_agreement=a.min_agreement, min_mask_miou=a.min_mask_miou, max_miou_drop=a.max_miou_drop, limit=a.limit,
         weights=None if a.weights == "auto" else a.weights)
     summary = quantize_run(a.run, opts, log=_log(a) if not a.json else (lambda s: None))
     if a.json:

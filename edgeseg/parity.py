@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -10,12 +11,15 @@ import numpy as np
 
 from edgeseg.metrics import confusion, iou_per_class, mean_iou
 
-# Default thresholds per precision: minimum pixel agreement (%) and minimum mask mIoU vs reference.
+# Default thresholds per precision: minimum pixel agreement (%) and minimum mask mIoU vs reference, and for every
+# precision the task figure: the dataset mIoU (against the labels) may drop by at most 1 point (0.01) from the
+# PyTorch model's to the export's.
+DEFAULT_MAX_MIOU_DROP = 0.01
 DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
-    "fp32": {"min_agreement": 99.9},
-    "fp16": {"min_agreement": 99.5},
-    "int8": {"min_agreement": 98.0, "min_mask_miou": 0.95},
-    "palettize6": {"min_agreement": 98.0, "min_mask_miou": 0.95},
+    "fp32": {"min_agreement": 99.9, "max_miou_drop": DEFAULT_MAX_MIOU_DROP},
+    "fp16": {"min_agreement": 99.5, "max_miou_drop": DEFAULT_MAX_MIOU_DROP},
+    "int8": {"min_agreement": 98.0, "min_mask_miou": 0.95, "max_miou_drop": DEFAULT_MAX_MIOU_DROP},
+    "palettize6": {"min_agreement": 98.0, "min_mask_miou": 0.95, "max_miou_drop": DEFAULT_MAX_MIOU_DROP},
 }
 
 PASSED, FAILED, NOT_VERIFIED = "passed", "failed", "not-verified"
@@ -39,6 +43,8 @@ class ParityResult:
     max_abs_logit_diff: float | None = None
     reference_miou: float | None = None
     exported_miou: float | None = None
+    #: reference_miou - exported_miou: what the export costs the task (positive = worse than PyTorch)
+    miou_drop: float | None = None
     iou_change: dict[str, float | None] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
@@ -54,13 +60,23 @@ class ParityResult:
         return dataclasses.asdict(self)
 
 
-def thresholds_for(precision: str, min_agreement: float | None = None,
-                   min_mask_miou: float | None = None) -> dict[str, float]:
+def thresholds_for(precision: str, min_agreement: float | None = None, min_mask_miou: float | None = None,
+                   max_miou_drop: float | None = None) -> dict[str, float]:
+    """The gate of one export: the precision's defaults, overridden by the values given (``None``: default)."""
+    from edgeseg.errors import UsageError
+
+    for flag, v, hi in (("--min-agreement", min_agreement, 100.0), ("--min-mask-miou", min_mask_miou, 1.0),
+                        ("--max-miou-drop", max_miou_drop, 1.0)):
+        if v is not None and not (math.isfinite(v) and 0 <= v <= hi):
+            raise UsageError(f"{flag} must be between 0 and {hi:g}, got {v}"
+                             + (" (an absolute mIoU drop: 0.01 is one point)" if flag == "--max-miou-drop" else ""))
     t = dict(DEFAULT_THRESHOLDS.get(precision, DEFAULT_THRESHOLDS["int8"]))
     if min_agreement is not None:
         t["min_agreement"] = float(min_agreement)
     if min_mask_miou is not None:
         t["min_mask_miou"] = float(min_mask_miou)
+    if max_miou_drop is not None:
+        t["max_miou_drop"] = float(max_miou_drop)
     return t
 
 
@@ -118,14 +134,19 @@ def compare(reference: Callable[[np.ndarray], np.ndarray], exported: Callable[[n
     iou_r, iou_e = iou_per_class(cm_ref), iou_per_class(cm_exp)
     change = {name: (None if np.isnan(a) or np.isnan(b) else float(b - a))
               for name, a, b in zip(class_names, iou_r, iou_e)}
+    ref_miou, exp_miou = mean_iou(cm_ref), mean_iou(cm_exp)
+    drop = None if np.isnan(ref_miou) or np.isnan(exp_miou) else float(ref_miou - exp_miou)
     res = ParityResult(target=target, precision=precision, status=PASSED, runtime=runtime, images=done,
                        pixel_agreement=100.0 * agree / max(total, 1), mask_miou=mean_iou(cm_pair),
-                       max_abs_logit_diff=max_diff if logits_compared else None, reference_miou=mean_iou(cm_ref),
-                       exported_miou=mean_iou(cm_exp), iou_change=change, thresholds=dict(thresholds))
+                       max_abs_logit_diff=max_diff if logits_compared else None, reference_miou=ref_miou,
+                       exported_miou=exp_miou, miou_drop=drop, iou_change=change, thresholds=dict(thresholds))
     if "min_agreement" in thresholds and res.pixel_agreement < thresholds["min_agreement"]:
         res.failures.append(f"pixel agreement {res.pixel_agreement:.3f} % < {thresholds['min_agreement']} %")
     if "min_mask_miou" in thresholds and res.mask_miou < thresholds["min_mask_miou"]:
         res.failures.append(f"mask mIoU {res.mask_miou:.4f} < {thresholds['min_mask_miou']}")
+    if "max_miou_drop" in thresholds and drop is not None and drop > thresholds["max_miou_drop"]:
+        res.failures.append(f"dataset mIoU drop {drop:.4f} ({ref_miou:.4f} -> {exp_miou:.4f}) > "
+                            f"{thresholds['max_miou_drop']}")
     if stopped:
         res.failures.append(f"{stopped} (the figures cover the {done} images before it)")
         res.reason = stopped
@@ -180,7 +201,7 @@ def combine_results(results: Sequence[ParityResult]) -> ParityResult:
     for r in results:
         key = r.runtime or f"not verified: {r.reason}"
         out.by_runtime[key] = {"status": r.status, "pixel_agreement": r.pixel_agreement, "mask_miou": r.mask_miou,
-                               "max_abs_logit_diff": r.max_abs_logit_diff, "reason": r.reason}
+                               "miou_drop": r.miou_drop, "max_abs_logit_diff": r.max_abs_logit_diff, "reason": r.reason}
         out.failures += [f"{r.runtime}: {f}" for f in r.failures]
     out.runtime = "; ".join(r.runtime for r in results if r.runtime)
     return out

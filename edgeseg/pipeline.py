@@ -149,7 +149,8 @@ def _load_export(run: Path, target: str, precision: str, output: str = "logits",
 def check_run(run: Path, target: str, precision: str | None = None, min_agreement: float | None = None,
               min_mask_miou: float | None = None, limit: int | None = None, threads: int = 2,
               log: Callable[[str], None] = print, compute_units: str | None = None, output: str = "logits",
-              input_kind: str = "image", data: str | None = None) -> ParityResult:
+              input_kind: str = "image", data: str | None = None,
+              max_miou_drop: float | None = None) -> ParityResult:
     """Run the exported model and the PyTorch reference on the test split (of ``data`` when given, else the
     run's dataset), streamed; write parity.json.
 
@@ -161,6 +162,7 @@ def check_run(run: Path, target: str, precision: str | None = None, min_agreemen
     from exporters import TARGETS, ExporterError
 
     t, precision = target_and_precision(target, precision)
+    thresholds = thresholds_for(precision, min_agreement, min_mask_miou, max_miou_drop)  # bad values: fail first
     ckpt = load_checkpoint(run)
     run = Path(ckpt.path).parent
     _check_variant(target, output, input_kind)
@@ -168,7 +170,6 @@ def check_run(run: Path, target: str, precision: str | None = None, min_agreemen
     if rec.get("checkpoint_digest") != _digest(ckpt.path):
         raise UsageError(f"the {target} {precision} export in '{d}' was made from another checkpoint; "
                          f"export again: edgeseg export {run} --target {target} --precision {precision}")
-    thresholds = thresholds_for(precision, min_agreement, min_mask_miou)
     if compute_units is not None and target != "coreml":
         raise UsageError(f"--compute-units applies to --target coreml only, not {target}")
     units: list[str | None] = [None]

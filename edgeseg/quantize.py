@@ -64,6 +64,7 @@ class QuantizeOptions:
     max_float_layers: int = 8
     min_agreement: float | None = None
     min_mask_miou: float | None = None
+    max_miou_drop: float | None = None
     limit: int | None = None
     weights: str | None = None
     seed: int = 0
@@ -97,6 +98,7 @@ def _validate(opts: QuantizeOptions) -> None:
                          f"not '{opts.preset}'")
     if opts.max_float_layers < 1:
         raise UsageError(f"--max-float-layers must be at least 1, got {opts.max_float_layers}")
+    thresholds_for("int8", opts.min_agreement, opts.min_mask_miou, opts.max_miou_drop)  # names a bad flag
 
 
 def _calibration(ckpt, count: int, log: Callable[[str], None]) -> list[np.ndarray]:
@@ -320,7 +322,7 @@ def quantize_run(run: Path, opts: QuantizeOptions, log: Callable[[str], None] = 
     calib = _calibration(ckpt, opts.calibration, log)
     val = _labelled(ckpt, "val")
     test = _labelled(ckpt, "test", opts.limit)
-    thresholds = thresholds_for("int8", opts.min_agreement, opts.min_mask_miou)
+    thresholds = thresholds_for("int8", opts.min_agreement, opts.min_mask_miou, opts.max_miou_drop)
     reference = torch_runner(model, 2)
     digest = _digest(ckpt.path)
     work = ensure_dir(run / "export" / ".cache" / f"{digest}-{which}-{opts.method}")
@@ -384,7 +386,7 @@ def quantize_run(run: Path, opts: QuantizeOptions, log: Callable[[str], None] = 
         rec = _write_record(run, out, res.to_json(), parity, extra)
         summary["targets"][name] = {"size_bytes": rec["size_bytes"], "pixel_agreement": parity.pixel_agreement,
                                     "mask_miou": parity.mask_miou, "exported_miou": parity.exported_miou,
-                                    "reference_miou": parity.reference_miou, "status": parity.status,
+                                    "reference_miou": parity.reference_miou, "miou_drop": parity.miou_drop, "status": parity.status,
                                     "details": {k: v for k, v in res.details.items()
                                                 if k in ("tensor_dtypes", "runtime_precisions", "ops",
                                                          "input_dtype", "int8_weights")}}

@@ -23,14 +23,22 @@ def _fmt(v: Any, spec: str, none: str = "—") -> str:
 
 def build_report(run: Path, runs: int = 20, warmup: int = 3, threads: int = 2,
                  log: Callable[[str], None] = print, budget: Path | None = None,
-                 baseline: Path | None = None) -> dict[str, Any]:
+                 baseline: Path | None = None, max_miou_drop: float | None = None) -> dict[str, Any]:
     """Measure every export of ``run`` and write ``report.json`` and ``report.md`` into it; with ``budget``
-    (YAML) and/or ``baseline`` (an earlier report.json) add their verdicts (:mod:`edgeseg.budget`)."""
+    (YAML) and/or ``baseline`` (an earlier report.json) add their verdicts (:mod:`edgeseg.budget`).
+    ``max_miou_drop`` is a budget default for every export without its own ``max_miou_drop`` line (it makes a
+    budget when there is no file)."""
     from edgeseg.budget import check_budget, compare_baseline, load_baseline, load_budget
     from edgeseg.errors import UsageError
     from exporters import TARGETS, ExporterError
 
     limits = load_budget(budget) if budget is not None else None
+    if max_miou_drop is not None:
+        from edgeseg.parity import thresholds_for
+
+        thresholds_for("fp32", max_miou_drop=max_miou_drop)  # the check's range check: names the flag
+        limits = limits or {}
+        limits["defaults"] = {**limits.get("defaults", {}), "max_miou_drop": float(max_miou_drop)}
     previous = load_baseline(baseline, SCHEMA) if baseline is not None else None
     ckpt = load_checkpoint(run)
     run = Path(ckpt.path).parent
@@ -92,7 +100,7 @@ def build_report(run: Path, runs: int = 20, warmup: int = 3, threads: int = 2,
     verdicts = []
     if limits is not None:
         lines = check_budget(report, limits)
-        report["budget"] = {"file": str(budget), "lines": lines, "status": _worst(b["status"] for b in lines)}
+        report["budget"] = {"file": str(budget) if budget is not None else "--max-miou-drop", "lines": lines, "status": _worst(b["status"] for b in lines)}
         verdicts.append(report["budget"]["status"])
     if previous is not None:
         diff = compare_baseline(report, previous)
@@ -163,8 +171,9 @@ def render_markdown(r: dict[str, Any]) -> str:
             agree = _fmt(p.get("pixel_agreement"), ".3f")
             miou = _fmt(p.get("mask_miou"), ".4f")
             dlog = _fmt(p.get("max_abs_logit_diff"), ".3g")
-            ds = (f"{p['reference_miou']:.4f} → {p['exported_miou']:.4f}"
-                  if p.get("reference_miou") is not None else "—")
+            ds = (f"{p['reference_miou']:.4f} → {p['exported_miou']:.4f} "
+                  f"({p['exported_miou'] - p['reference_miou']:+.4f})"
+                  if p.get("reference_miou") is not None and p.get("exported_miou") is not None else "—")
             if p["status"] == "not-verified":
                 note = f"- {row['target']} {row['precision']}: not verified: {p['reason']}"
                 latency_note = f"- {row['target']} {row['precision']}: latency not measured: {p['reason']}"

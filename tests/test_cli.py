@@ -56,15 +56,31 @@ def test_end_to_end_export_check_report(tiny_run, capsys, monkeypatch):
     monkeypatch.chdir(tiny_run.parent)  # a relative run path, as users type it
     tiny_run = type(tiny_run)(tiny_run.name)
     assert main(["export", str(tiny_run), "--target", "tflite", "--precision", "int8", "-q"]) == 0
-    # a threshold no model can reach fails with exit code 1 and says why
+    # a threshold no percentage can reach is a usage error that names the flag
     assert main(["check", str(tiny_run), "--target", "tflite", "--precision", "int8",
-                 "--min-agreement", "100.01", "-q"]) == 1
-    assert "FAILED: pixel agreement" in capsys.readouterr().out
+                 "--min-agreement", "100.01", "-q"]) == 2
+    assert "--min-agreement must be between 0 and 100, got 100.01" in capsys.readouterr().err
     assert main(["check", str(tiny_run), "--target", "tflite", "--precision", "int8", "--json", "-q"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["status"] == "passed" and res["images"] == 12
     assert res["pixel_agreement"] >= 98.0 and res["mask_miou"] >= 0.9
     assert abs(res["reference_miou"] - res["exported_miou"]) < 0.05
+    assert res["miou_drop"] == pytest.approx(res["reference_miou"] - res["exported_miou"])
+    assert res["thresholds"]["max_miou_drop"] == 0.01
+    # a threshold the int8 model misses fails with exit code 1 and says why
+    assert res["pixel_agreement"] < 100
+    assert main(["check", str(tiny_run), "--target", "tflite", "--precision", "int8",
+                 "--min-agreement", "100", "-q"]) == 1
+    assert "FAILED: pixel agreement" in capsys.readouterr().out
+    # the task gate: asking that the export be better than PyTorch by 100 points fails, naming the drop
+    assert main(["check", str(tiny_run), "--target", "tflite", "--precision", "int8", "--max-miou-drop", "0",
+                 "--min-agreement", "0", "--min-mask-miou", "0", "--json", "-q"]) == (1 if res["miou_drop"] > 0 else 0)
+    capsys.readouterr()
+    assert main(["check", str(tiny_run), "--target", "tflite", "--precision", "int8", "--max-miou-drop", "5"]) == 2
+    assert "--max-miou-drop must be between 0 and 1, got 5.0 (an absolute mIoU drop: 0.01 is one point)" \
+        in capsys.readouterr().err
+    assert main(["check", str(tiny_run), "--target", "tflite", "--precision", "int8", "-q"]) == 0
+    assert "drop " in capsys.readouterr().out
     saved = json.loads((tiny_run / "export" / "tflite-int8" / "parity.json").read_text())
     assert saved["pixel_agreement"] == res["pixel_agreement"] and saved["schema"] == "edgeseg.parity/1"
 
@@ -99,6 +115,15 @@ def test_end_to_end_export_check_report(tiny_run, capsys, monkeypatch):
     assert "| tflite | int8 |" in md and "PASS" in md
     if platform.system() != "Darwin":
         assert "not measured" in md and rows[("coreml", "fp16")]["parity"]["status"] == "not-verified"
+
+    # --max-miou-drop: a budget line per export; what parity could not measure is not verified, never passed
+    assert main(["report", str(tiny_run), "--runs", "2", "--warmup", "0", "--max-miou-drop", "1", "--json",
+                 "-q"]) == (0 if platform.system() == "Darwin" else 3)
+    rep = json.loads(capsys.readouterr().out)
+    lines = {b["export"]: b for b in rep["budget"]["lines"]}
+    assert rep["budget"]["file"] == "--max-miou-drop" and lines["tflite-int8"]["limit"] == "max_miou_drop"
+    assert lines["tflite-int8"]["status"] == "passed" and lines["tflite-int8"]["budget"] == 1.0
+    assert lines["tflite-int8"]["value"] == pytest.approx(res["miou_drop"])
 
 
 def test_models_lists_params_and_macs(capsys):

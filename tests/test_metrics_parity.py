@@ -52,10 +52,44 @@ def test_not_verified_is_never_a_pass():
 
 
 def test_default_thresholds():
-    assert thresholds_for("fp32") == {"min_agreement": 99.9}
-    assert thresholds_for("fp16") == {"min_agreement": 99.5}
-    assert thresholds_for("int8") == {"min_agreement": 98.0, "min_mask_miou": 0.95}
+    assert thresholds_for("fp32") == {"min_agreement": 99.9, "max_miou_drop": 0.01}
+    assert thresholds_for("fp16") == {"min_agreement": 99.5, "max_miou_drop": 0.01}
+    assert thresholds_for("int8") == {"min_agreement": 98.0, "min_mask_miou": 0.95, "max_miou_drop": 0.01}
     assert thresholds_for("int8", min_agreement=90)["min_agreement"] == 90
+    assert thresholds_for("int8", max_miou_drop=0.005)["max_miou_drop"] == 0.005
+
+
+@pytest.mark.parametrize("kw,flag", [({"min_agreement": 101}, "--min-agreement"),
+                                     ({"min_mask_miou": -0.1}, "--min-mask-miou"),
+                                     ({"max_miou_drop": 1.5}, "--max-miou-drop"),
+                                     ({"max_miou_drop": float("nan")}, "--max-miou-drop")])
+def test_bad_threshold_names_its_flag(kw, flag):
+    from edgeseg.errors import UsageError
+
+    with pytest.raises(UsageError, match=f"^{flag} must be between 0 and "):
+        thresholds_for("int8", **kw)
+
+
+def test_dataset_miou_drop_gate_hand_computed():
+    labels = np.zeros((2, 4, 4), int)
+    labels[:, :2] = 1  # rows 0-1 class 1, rows 2-3 class 0; the reference predicts the labels exactly
+    exp_masks = labels.copy()
+    exp_masks[0, 0, :] = 0  # the export loses 4 of the 16 class-1 pixels to class 0
+    images = [np.full((3, 4, 4), i, np.float32) for i in range(2)]
+    ref = lambda x: _logits(labels[x[:, 0, 0, 0].astype(int)], 2)  # noqa: E731
+    exp = lambda x: _logits(exp_masks[x[:, 0, 0, 0].astype(int)], 2)  # noqa: E731
+    # export vs labels: class 0 IoU 16/20 = 0.8, class 1 IoU 12/16 = 0.75 -> mIoU 0.775; reference 1.0
+    res = compare(ref, exp, images, list(labels), ["bg", "a"], {"min_agreement": 80.0, "max_miou_drop": 0.2},
+                  "t", "int8")
+    assert res.reference_miou == 1.0 and res.exported_miou == pytest.approx(0.775)
+    assert res.miou_drop == pytest.approx(0.225)
+    assert res.pixel_agreement == pytest.approx(87.5)  # passes the agreement gate: only the drop fails it
+    assert res.status == "failed" and res.failures == ["dataset mIoU drop 0.2250 (1.0000 -> 0.7750) > 0.2"]
+    ok = compare(ref, exp, images, list(labels), ["bg", "a"], {"min_agreement": 80.0, "max_miou_drop": 0.25},
+                 "t", "int8")
+    assert ok.passed and ok.miou_drop == pytest.approx(0.225)
+    better = compare(exp, ref, images, list(labels), ["bg", "a"], {"max_miou_drop": 0.0}, "t", "int8")
+    assert better.passed and better.miou_drop == pytest.approx(-0.225)  # an export better than PyTorch passes
 
 
 def test_results_of_several_runtimes_combine_to_the_worst():
