@@ -207,10 +207,11 @@ def _parser() -> argparse.ArgumentParser:
                        "weights and calibrate their own int8. Exit 1 when an export misses the threshold.")
     _common(p)
     p.add_argument("run", type=Path, help="run directory or checkpoint.pt")
-    p.add_argument("--method", required=True, help="ptq (post-training), qat (quantization-aware fine-tuning) or "
-                   "accuracy (NNCF accuracy control, ONNX/OpenVINO only)")
-    p.add_argument("--targets", default="tflite,onnx,openvino",
-                   help="comma-separated from tflite, onnx, openvino, coreml (default %(default)s)")
+    p.add_argument("--method", required=True, help="ptq (post-training), qat (quantization-aware fine-tuning), "
+                   "accuracy (NNCF accuracy control, ONNX/OpenVINO only) or aeq (ai-edge-quantizer on the fp32 "
+                   "TFLite file, TFLite only: RUN/export/tflite-int8-aeq)")
+    p.add_argument("--targets", help="comma-separated from tflite, onnx, openvino, coreml (default tflite,onnx,openvino; "
+                   "aeq: tflite)")
     p.add_argument("--calibration", type=int, default=300,
                    help="training images for calibration (default %(default)s or all if fewer; warns under 100, "
                    "refuses under 16)")
@@ -231,9 +232,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="accuracy: largest allowed absolute drop of validation mIoU (default %(default)s)")
     p.add_argument("--mixed-precision", action="store_true",
                    help="tflite: when full int8 misses the threshold on the validation split, keep the most "
-                   "sensitive layers in float one at a time until it holds")
-    p.add_argument("--max-float-layers", type=int, default=8, help="mixed precision: give up after this many "
-                   "(default %(default)s; exit 1 with the best mix reached)")
+                   "sensitive layers in float one at a time until it holds (ptq/qat: ranked by the converter "
+                   "debugger's RMSE; aeq: ranked by the validation mask mIoU with each op alone in float, then also "
+                   "walked from the input; written to tflite-int8-aeq-mixed)")
+    p.add_argument("--max-float-layers", type=int, help="mixed precision: give up after this many (default 8; aeq: "
+                   "40 per search order; exit 1 with the best mix reached)")
+    p.add_argument("--max-float-macs", type=float, default=10.0, help="aeq mixed precision: at most this %% of the "
+                   "multiply-adds in float (default %(default)s)")
+    p.add_argument("--ranges", default="minmax", help="aeq: activation/weight ranges, minmax (default; measured "
+                   "best on CamVid val) or mse")
     p.add_argument("--min-agreement", type=float, help="parity threshold in %% (default 98)")
     p.add_argument("--min-mask-miou", type=float, help="parity threshold (default 0.95)")
     p.add_argument("--max-miou-drop", type=float, help="largest allowed drop of the dataset mIoU from the float "
@@ -490,12 +497,14 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     from edgeseg.quantize import QuantizeOptions, quantize_run
 
     opts = QuantizeOptions(
-        method=a.method, targets=tuple(t.strip() for t in a.targets.split(",") if t.strip()),
+        method=a.method, targets=None if a.targets is None else tuple(t.strip() for t in a.targets.split(",")
+                                                                     if t.strip()),
         calibration=a.calibration, preset=a.preset,
         ignored=tuple(n.strip() for n in a.ignored_scope.split(",") if n.strip()),
         fast_bias_correction=a.bias_correction == "fast", epochs=a.epochs, lr=a.lr, distill=a.distill,
         task_weight=a.task_weight,
         max_drop=a.max_drop, mixed_precision=a.mixed_precision, max_float_layers=a.max_float_layers,
+        max_float_macs=a.max_float_macs, ranges=a.ranges,
         min_agreement=a.min_agreement, min_mask_miou=a.min_mask_miou, max_miou_drop=a.max_miou_drop, limit=a.limit,
         weights=None if a.weights == "auto" else a.weights)
     summary = quantize_run(a.run, opts, log=_log(a) if not a.json else (lambda s: None))
@@ -507,9 +516,12 @@ def cmd_quantize(a: argparse.Namespace) -> int:
                   f"{r['pixel_agreement']:.3f} %  mask mIoU {r['mask_miou']:.4f}  dataset mIoU "
                   f"{r['reference_miou']:.4f} -> {r['exported_miou']:.4f}")
         m = summary.get("mixed")
-        if m and m.get("needed"):
+        if m and m.get("needed") and "name" in m and "float_layers" in m:
             print(f"{m['name']:28s} {len(m['float_layers'])} float layer(s): agreement {m['pixel_agreement']:.3f} %  "
                   f"mask mIoU {m['mask_miou']:.4f}  size {m['size_cost_bytes'] / 1e3:+.1f} KB")
+        elif m and m.get("needed") and "float_ops" in m:  # aeq: the targets table has its figures
+            print(f"{m['name']:28s} {len(m['float_ops'])} float op(s), {m['float_macs_pct']} % of MACs, "
+                  f"{'passed' if m['passed'] else 'missed'} on validation; search {m['search_seconds']:.0f} s")
     return EXIT_OK
 
 

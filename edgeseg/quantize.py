@@ -40,8 +40,9 @@ from edgeseg.atomic import ensure_dir, write_json
 from edgeseg.errors import CheckFailed, DataError, ExportError, UsageError
 from edgeseg.parity import ParityResult, compare, thresholds_for
 
-METHODS = ("ptq", "qat", "accuracy")
+METHODS = ("ptq", "qat", "accuracy", "aeq")
 TARGETS = ("tflite", "onnx", "openvino", "coreml")
+AEQ_TARGETS = ("tflite",)  # ai-edge-quantizer quantizes .tflite files
 ACCURACY_TARGETS = ("onnx", "openvino")  # where NNCF's accuracy control has a backend (ONNX; OpenVINO reads it)
 MIN_CALIBRATION = 16
 WARN_CALIBRATION = 100
@@ -50,7 +51,7 @@ WARN_CALIBRATION = 100
 @dataclass
 class QuantizeOptions:
     method: str
-    targets: tuple[str, ...] = ("tflite", "onnx", "openvino")
+    targets: tuple[str, ...] | None = None  # None: tflite for aeq, else tflite, onnx, openvino
     calibration: int = 300
     preset: str = "performance"
     ignored: tuple[str, ...] = ()
@@ -61,7 +62,9 @@ class QuantizeOptions:
     task_weight: float = 0.0
     max_drop: float = 0.01
     mixed_precision: bool = False
-    max_float_layers: int = 8
+    max_float_layers: int | None = None  # None: 8 for the debugger search, 40 for aeq's
+    max_float_macs: float = 10.0
+    ranges: str = "minmax"
     min_agreement: float | None = None
     min_mask_miou: float | None = None
     max_miou_drop: float | None = None
@@ -75,6 +78,12 @@ def _validate(opts: QuantizeOptions) -> None:
     from edgeseg.registry import check_choice
 
     check_choice(opts.method, list(METHODS), "--method")
+    if opts.targets is None:
+        opts.targets = AEQ_TARGETS if opts.method == "aeq" else ("tflite", "onnx", "openvino")
+    if opts.max_float_layers is None:
+        from edgeseg.quantize_aeq import DEFAULT_MAX_STEPS
+
+        opts.max_float_layers = DEFAULT_MAX_STEPS if opts.method == "aeq" else 8
     for t in opts.targets:
         check_choice(t, list(TARGETS), "--targets entry")
     if not opts.targets:
@@ -85,6 +94,18 @@ def _validate(opts: QuantizeOptions) -> None:
             raise UsageError(f"--method accuracy runs NNCF's accuracy control, whose backends here are ONNX and "
                              f"OpenVINO; it cannot produce {', '.join(bad)}. For TFLite use --method qat and/or "
                              f"--mixed-precision; for Core ML --method qat (W8A8)")
+    if opts.method == "aeq":
+        bad = [t for t in opts.targets if t not in AEQ_TARGETS]
+        if bad:
+            raise UsageError(f"--method aeq runs ai-edge-quantizer, which quantizes TFLite files; it cannot produce "
+                             f"{', '.join(bad)}. Use --targets tflite (Core ML/ONNX/OpenVINO: --method ptq or qat)")
+    from exporters.tflite_aeq import RANGES
+
+    check_choice(opts.ranges, list(RANGES), "--ranges")
+    if opts.ranges != "minmax" and opts.method != "aeq":
+        raise UsageError("--ranges applies to --method aeq (NNCF picks its own ranges)")
+    if not 0 < opts.max_float_macs <= 100:
+        raise UsageError(f"--max-float-macs is a percentage in (0, 100], got {opts.max_float_macs}")
     if opts.mixed_precision and "tflite" not in opts.targets:
         raise UsageError("--mixed-precision searches TFLite layers; add tflite to --targets")
     if opts.method == "qat" and opts.epochs < 1:
@@ -334,7 +355,9 @@ def quantize_run(run: Path, opts: QuantizeOptions, log: Callable[[str], None] = 
                                "thresholds": thresholds, "targets": {}}
     t0 = time.time()
     quantized = None
-    if opts.method in ("ptq", "qat"):
+    if opts.method == "aeq":
+        adapted = model  # ai-edge-quantizer quantizes the float model's own TFLite file
+    elif opts.method in ("ptq", "qat"):
         from exporters._nncf import float_weights, ptq
 
         log(f"NNCF post-training quantization ({opts.preset}, {len(calib)} calibration images) ...")
@@ -357,12 +380,19 @@ def quantize_run(run: Path, opts: QuantizeOptions, log: Callable[[str], None] = 
     base_opts = ExportOptions(precision="int8", calibration=calib, class_names=ckpt.class_names,
                               normalization=Normalization(tuple(pre.mean), tuple(pre.std)),
                               metadata={"author": "edgeseg", "edgeseg_model": ckpt.config.model,
-                                        "quantized_by": f"NNCF {opts.method}",
+                                        "quantized_by": "ai-edge-quantizer" if opts.method == "aeq"
+                                        else f"NNCF {opts.method}",
                                         "edgeseg_preprocess": json.dumps(pre.to_json()),
                                         "edgeseg_classes": json.dumps([c.to_json() for c in ckpt.classes])},
                               work_dir=work)
     failures = []
-    for target in opts.targets:
+    if opts.method == "aeq":
+        from edgeseg.quantize_aeq import quantize_aeq
+
+        extra = {"method": "aeq", "weights": which, "classes": list(ckpt.class_names), "preprocess": pre.to_json()}
+        failures += quantize_aeq(run, ckpt, model, example, calib, val, test, reference, thresholds, opts, base_opts,
+                                 extra, _write_record, summary, log)
+    for target in (() if opts.method == "aeq" else opts.targets):
         precision = "w8a8" if target == "coreml" else "int8"
         name = f"{target}-{precision}-{opts.method}"
         out = ensure_dir(run / "export" / name)

@@ -83,6 +83,10 @@ def _model_with(sfb, model_buf: bytes, entries: dict[str, bytes]) -> bytes:
     model = sfb.ModelT.InitFromObj(sfb.Model.GetRootAsModel(model_buf, 0))
     model.metadata = model.metadata or []
     model.buffers = model.buffers or []
+    for buf in model.buffers:  # external buffers (ai-edge-quantizer writes them) point past the flatbuffer, which
+        if getattr(buf, "offset", 0) > 1 and getattr(buf, "size", 0) > 0:  # re-packing moves: take them inline
+            buf.data = np.frombuffer(model_buf[buf.offset : buf.offset + buf.size], np.uint8)
+            buf.offset, buf.size = 0, 0
     existing = {m.name.decode() if isinstance(m.name, bytes) else m.name: m for m in model.metadata}
     for name, payload in entries.items():
         buf = sfb.BufferT()

@@ -154,3 +154,80 @@ def test_mixed_precision_stops_when_the_threshold_holds_and_keeps_layers_float(t
     assert float_ops(path) == ["CONV_2D"]  # really float in the file, and only that one
     full_int8 = [op for op in float_ops(tmp_path / "mixed-0.tflite")]
     assert full_int8 == []
+
+
+def test_aeq_keeps_the_op_the_masks_need_in_float_and_counts_macs(tmp_path):
+    """ai-edge-quantizer route on the outlier model: full int8 rounds the classifier's real weights to 0 (masks
+    break); the same calibration with that one op in float restores them, and the file says so."""
+    from edgeseg.bench import torch_runner
+    from edgeseg.parity import compare, thresholds_for
+    from exporters import ExportOptions, Normalization
+    from exporters.tflite import export, float_ops, load
+    from exporters.tflite_aeq import Int8Quantizer
+
+    model = _Outlier().eval()
+    rng = np.random.default_rng(0)
+    calib = [rng.standard_normal((1, 3, 32, 32)).astype(np.float32) for _ in range(32)]
+    held_out = [rng.standard_normal((3, 32, 32)).astype(np.float32) for _ in range(8)]
+    masks = [np.zeros((32, 32), np.int64) for _ in held_out]
+    fp32 = export(model, calib[0], ExportOptions(precision="fp32", work_dir=tmp_path, normalization=Normalization(),
+                                                 class_names=list("abcd")), tmp_path)
+    q = Int8Quantizer(fp32.path.read_bytes(), calib)
+    assert q.calibration_images == 32
+    convs = [o for o in q.ops if o.type == "CONV_2D"]
+    # multiply-adds per output pixel x 32x32 pixels: 9*3*3*3, 9*3*3*9, 4*9 (1x1 classifier)
+    assert sorted(o.macs for o in convs) == sorted([1024 * 243, 1024 * 729, 1024 * 36])
+    cls = next(o for o in convs if o.macs == 1024 * 36)
+    assert q.float_macs([cls.index]) == pytest.approx(36 / (243 + 729 + 36))
+    reference = torch_runner(model, 2)
+    results = {}
+    for name, keep in (("int8", []), ("mix", [cls.index])):
+        path = tmp_path / f"{name}.tflite"
+        path.write_bytes(q.quantize(keep))
+        results[name] = compare(reference, load(path), held_out, masks, list("abcd"), thresholds_for("int8"),
+                                "tflite", "int8")
+        assert float_ops(path) == (["CONV_2D"] if keep else [])  # really float in the file, and only that op
+    assert results["int8"].pixel_agreement < 98.0 <= results["mix"].pixel_agreement
+    from exporters import ExporterError
+
+    with pytest.raises(ExporterError, match="op 999 is not in the model"):
+        q.quantize([999])
+    with pytest.raises(ExporterError, match=r"calibration images are \(1, 16, 16, 3\) \(NHWC\), the model takes"):
+        Int8Quantizer(fp32.path.read_bytes(), [np.zeros((1, 3, 16, 16), np.float32)])
+
+
+def test_aeq_through_the_cli_searches_by_the_mask_metric(run, capsys):
+    code, s, err = _quantize(run, capsys, "--method", "aeq", "--calibration", "16")
+    assert code == 0, err
+    r = s["targets"]["tflite-int8-aeq"]
+    assert r["status"] == "passed" and r["pixel_agreement"] >= 98.0 and r["miou_drop"] <= 0.01
+    assert r["details"]["tensor_dtypes"].get("int8", 0) > 0 and r["details"]["calibration_images"] == 16
+    rec = json.loads((run / "export" / "tflite-int8-aeq" / "export.json").read_text())
+    assert rec["method"] == "aeq" and rec["details"]["ranges"] == "minmax"
+    from exporters import tflite_metadata
+
+    data = (run / "export" / "tflite-int8-aeq" / "model.tflite").read_bytes()
+    assert tflite_metadata.edgeseg_info(data)["precision"] == "int8"
+    assert tflite_metadata.split_zip(data)[1]["labels.txt"].decode().split("\n")[0] == "background"
+    # a gate no mix reaches here (every pixel equal): the search runs, stays within its budgets, records the best
+    code, s, err = _quantize(run, capsys, "--method", "aeq", "--calibration", "16", "--mixed-precision",
+                             "--min-agreement", "100", "--min-mask-miou", "1", "--max-float-layers", "2")
+    m = s["mixed"] if s else json.loads((run / "export" / "quantize-aeq.json").read_text())["mixed"]
+    assert m["needed"] and len(m["ranking"]) > 10
+    assert {t["order"] for t in m["search"]} == {"ranked", "from-input"}
+    assert all(t["float_ops"] <= 2 and t["float_macs_pct"] <= 10.0 for t in m["search"])
+    assert (run / "export" / "tflite-int8-aeq-mixed" / "parity.json").exists()
+    assert code == (0 if m["passed"] else 1)
+    if code:
+        assert "no mix within 10 % float MACs and 2 ops passes on validation" in err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "aeq", "--targets", "onnx"], "--method aeq runs ai-edge-quantizer, which quantizes TFLite files"),
+    (["--method", "aeq", "--ranges", "msee"], "did you mean 'mse'"),
+    (["--method", "ptq", "--ranges", "mse"], "--ranges applies to --method aeq"),
+    (["--method", "aeq", "--max-float-macs", "0"], "--max-float-macs is a percentage in (0, 100], got 0.0"),
+])
+def test_aeq_bad_inputs(run, capsys, args, message):
+    code, _, err = _quantize(run, capsys, *args)
+    assert code == 2 and message in err, err
