@@ -12,6 +12,8 @@ checked against the **original full-precision model** on the test split (``parit
 * ``accuracy``: ``nncf.quantize_with_accuracy_control`` on the ONNX backend, the validation function being the
   dataset mIoU on the validation split, ``max_drop`` its allowed absolute drop; NNCF reverts the most harmful
   quantizers to float until the drop holds. The result is a QDQ ONNX model, for the ONNX and OpenVINO targets.
+* ``aeq``: ai-edge-quantizer on the float model's own TFLite file (TFLite only), with its own mixed-precision
+  search by the validation mask metric (:mod:`edgeseg.quantize_aeq`).
 
 How each target takes the quantized model: ONNX (QDQ) and OpenVINO (IR int8) convert NNCF's own quantizers.
 TFLite and Core ML have their own int8 quantizers, and QDQ ONNX through onnx2tf yields a float TFLite (measured),
@@ -65,6 +67,7 @@ class QuantizeOptions:
     max_float_layers: int | None = None  # None: 8 for the debugger search, 40 for aeq's
     max_float_macs: float = 10.0
     ranges: str = "minmax"
+    float_types: tuple[str, ...] | None = None  # aeq: op types kept float (None: exporters.tflite_aeq's default)
     min_agreement: float | None = None
     min_mask_miou: float | None = None
     max_miou_drop: float | None = None
@@ -104,6 +107,13 @@ def _validate(opts: QuantizeOptions) -> None:
     check_choice(opts.ranges, list(RANGES), "--ranges")
     if opts.ranges != "minmax" and opts.method != "aeq":
         raise UsageError("--ranges applies to --method aeq (NNCF picks its own ranges)")
+    if opts.float_types:
+        from ai_edge_litert import schema_py_generated as schema
+
+        unknown = [t for t in opts.float_types if not hasattr(schema.BuiltinOperator, t)]
+        if unknown:
+            raise UsageError(f"--float-ops: unknown TFLite op type(s) {', '.join(unknown)} (names as in a .tflite "
+                             f"op list, e.g. HARD_SWISH, CONV_2D; or none)")
     if not 0 < opts.max_float_macs <= 100:
         raise UsageError(f"--max-float-macs is a percentage in (0, 100], got {opts.max_float_macs}")
     if opts.mixed_precision and "tflite" not in opts.targets:

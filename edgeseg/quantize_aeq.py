@@ -53,7 +53,7 @@ def quantize_aeq(run: Path, ckpt, model, example, calib, val, test, reference, t
     from exporters import TARGETS as EXPORTERS
     from exporters import ExporterError, tflite_metadata
     from exporters.tflite import load, model_info, tensor_types
-    from exporters.tflite_aeq import Int8Quantizer
+    from exporters.tflite_aeq import DEFAULT_FLOAT_TYPES, Int8Quantizer
 
     from edgeseg.atomic import atomic_path
 
@@ -62,7 +62,8 @@ def quantize_aeq(run: Path, ckpt, model, example, calib, val, test, reference, t
     try:
         fp32 = EXPORTERS["tflite"].export(model, example, base_opts.replace(precision="fp32"), ensure_dir(work / "fp32"))
         log(f"ai-edge-quantizer: calibrating ({opts.ranges} ranges, {sum(len(c) for c in calib)} images) ...")
-        q = Int8Quantizer(fp32.path.read_bytes(), calib, opts.ranges)
+        types = DEFAULT_FLOAT_TYPES if opts.float_types is None else opts.float_types
+        q = Int8Quantizer(fp32.path.read_bytes(), calib, opts.ranges, types)
     except ExporterError as e:
         raise ExportError(f"tflite-int8-aeq: {e}") from None
     info = model_info(base_opts)
@@ -78,7 +79,9 @@ def quantize_aeq(run: Path, ckpt, model, example, calib, val, test, reference, t
         res_json = {"target": "tflite", "precision": "int8", "path": str(final), "size_bytes": final.stat().st_size,
                     "seconds": round(time.time() - t0, 1), "input_shape": list(example.shape),
                     "details": {"converter": "onnx2tf + TF Lite converter (fp32), ai-edge-quantizer (int8)",
-                                "ranges": opts.ranges, "calibration_images": q.calibration_images, **details,
+                                "ranges": opts.ranges, "calibration_images": q.calibration_images,
+                                "float_op_types": list(q.float_types), "float_ops_of_those_types": len(q.always_float),
+                                **details,
                                 **tensor_types(final)}}
         rec = write_record(run, out, res_json, parity, extra)
         summary["targets"][name] = {"size_bytes": rec["size_bytes"], "pixel_agreement": parity.pixel_agreement,

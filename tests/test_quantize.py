@@ -188,6 +188,11 @@ def test_aeq_keeps_the_op_the_masks_need_in_float_and_counts_macs(tmp_path):
                                 "tflite", "int8")
         assert float_ops(path) == (["CONV_2D"] if keep else [])  # really float in the file, and only that op
     assert results["int8"].pixel_agreement < 98.0 <= results["mix"].pixel_agreement
+    # an op type kept float in every file: all three convolutions, and the search may not pick them again
+    every = Int8Quantizer(fp32.path.read_bytes(), calib, float_types=("CONV_2D",))
+    path = tmp_path / "convs.tflite"
+    path.write_bytes(every.quantize())
+    assert float_ops(path) == ["CONV_2D"] * 3 and not [o for o in every.candidates() if o.type == "CONV_2D"]
     from exporters import ExporterError
 
     with pytest.raises(ExporterError, match="op 999 is not in the model"):
@@ -227,6 +232,7 @@ def test_aeq_through_the_cli_searches_by_the_mask_metric(run, capsys):
     (["--method", "aeq", "--ranges", "msee"], "did you mean 'mse'"),
     (["--method", "ptq", "--ranges", "mse"], "--ranges applies to --method aeq"),
     (["--method", "aeq", "--max-float-macs", "0"], "--max-float-macs is a percentage in (0, 100], got 0.0"),
+    (["--method", "aeq", "--float-ops", "HARD_SWISHH"], "--float-ops: unknown TFLite op type(s) HARD_SWISHH"),
 ])
 def test_aeq_bad_inputs(run, capsys, args, message):
     code, _, err = _quantize(run, capsys, *args)
