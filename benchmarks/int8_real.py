@@ -38,7 +38,8 @@ MODELS = {"lraspp": ["--model", "lraspp"],
 
 def _edgeseg(*args: str, check: bool = False) -> tuple[int, dict | None, float]:
     t0 = time.time()
-    p = subprocess.run([sys.executable, "-m", "edgeseg", *args, "--json", "-q"], capture_output=True, text=True)
+    json_flag = [] if args[0] == "train" else ["--json"]  # train writes metrics.json, it prints no JSON
+    p = subprocess.run([sys.executable, "-m", "edgeseg", *args, *json_flag, "-q"], capture_output=True, text=True)
     if check and p.returncode != 0:
         raise SystemExit(f"edgeseg {' '.join(args)} failed ({p.returncode}): {p.stderr[-2000:]}")
     try:

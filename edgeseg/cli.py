@@ -145,8 +145,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="mask parity of an export vs PyTorch", epilog=EPILOG, formatter_class=fmt,
                        description="Run the exported model and the PyTorch reference on the test split and "
                        "compare their masks. Default thresholds: fp32 >= 99.9 %% agreement; fp16 >= 99.5 %%; "
-                       "int8, palettized and w8a8 >= 98 %% and mask mIoU >= 0.95; every precision: the dataset mIoU (vs the "
-                       "labels) drops by at most 0.01 (one point) from PyTorch to the export.")
+                       "int8, palettized and w8a8 >= 98 %% and mask mIoU >= 0.95; every precision: the dataset "
+                       "mIoU (vs the labels) drops by at most 0.01 (one point) from PyTorch to the export.")
     _common(p)
     p.add_argument("run", type=Path)
     p.add_argument("--target", required=True)
@@ -211,8 +211,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, help="ptq (post-training), qat (quantization-aware fine-tuning), "
                    "accuracy (NNCF accuracy control, ONNX/OpenVINO only) or aeq (ai-edge-quantizer on the fp32 "
                    "TFLite file, TFLite only: RUN/export/tflite-int8-aeq)")
-    p.add_argument("--targets", help="comma-separated from tflite, onnx, openvino, coreml (default tflite,onnx,openvino; "
-                   "aeq: tflite)")
+    p.add_argument("--targets", help="comma-separated from tflite, onnx, openvino, coreml (default "
+                   "tflite,onnx,openvino; aeq: tflite)")
     p.add_argument("--calibration", type=int, default=300,
                    help="training images for calibration (default %(default)s or all if fewer; warns under 100, "
                    "refuses under 16)")

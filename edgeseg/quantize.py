@@ -426,7 +426,8 @@ def quantize_run(run: Path, opts: QuantizeOptions, log: Callable[[str], None] = 
         rec = _write_record(run, out, res.to_json(), parity, extra)
         summary["targets"][name] = {"size_bytes": rec["size_bytes"], "pixel_agreement": parity.pixel_agreement,
                                     "mask_miou": parity.mask_miou, "exported_miou": parity.exported_miou,
-                                    "reference_miou": parity.reference_miou, "miou_drop": parity.miou_drop, "status": parity.status,
+                                    "reference_miou": parity.reference_miou, "miou_drop": parity.miou_drop,
+                                    "status": parity.status,
                                     "details": {k: v for k, v in res.details.items()
                                                 if k in ("tensor_dtypes", "runtime_precisions", "ops",
                                                          "input_dtype", "int8_weights")}}

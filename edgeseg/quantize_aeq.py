@@ -60,7 +60,8 @@ def quantize_aeq(run: Path, ckpt, model, example, calib, val, test, reference, t
     work = base_opts.work_dir
     t0 = time.time()
     try:
-        fp32 = EXPORTERS["tflite"].export(model, example, base_opts.replace(precision="fp32"), ensure_dir(work / "fp32"))
+        fp32 = EXPORTERS["tflite"].export(model, example, base_opts.replace(precision="fp32"),
+                                          ensure_dir(work / "fp32"))
         log(f"ai-edge-quantizer: calibrating ({opts.ranges} ranges, {sum(len(c) for c in calib)} images) ...")
         types = DEFAULT_FLOAT_TYPES if opts.float_types is None else opts.float_types
         q = Int8Quantizer(fp32.path.read_bytes(), calib, opts.ranges, types)
@@ -165,8 +166,8 @@ def quantize_aeq(run: Path, ckpt, model, example, calib, val, test, reference, t
                "search": {"validation": _fig(val_res), "tried": len(tried), "seconds": search_seconds}}
     path, rec, parity = write("tflite-int8-aeq-mixed", mixed_bytes, details)
     x = np.asarray(calib[0][:1], np.float32)
-    lat = {"full_int8": measure_latency(load(full_path), x, 10, 2)["median_ms"],
-           "mixed": measure_latency(load(path), x, 10, 2)["median_ms"], "fp32": measure_latency(load(fp32.path), x, 10, 2)["median_ms"]}
+    lat = {name: measure_latency(load(p), x, 10, 2)["median_ms"]
+           for name, p in (("fp32", fp32.path), ("full_int8", full_path), ("mixed", path))}
     summary["mixed"] = {"needed": True, "passed": bool(val_res.passed), "name": "tflite-int8-aeq-mixed",
                         "float_ops": details["float_ops"], "float_macs_pct": details["float_macs_pct"],
                         "pixel_agreement": parity.pixel_agreement, "mask_miou": parity.mask_miou,

@@ -100,7 +100,8 @@ def build_report(run: Path, runs: int = 20, warmup: int = 3, threads: int = 2,
     verdicts = []
     if limits is not None:
         lines = check_budget(report, limits)
-        report["budget"] = {"file": str(budget) if budget is not None else "--max-miou-drop", "lines": lines, "status": _worst(b["status"] for b in lines)}
+        report["budget"] = {"file": str(budget) if budget is not None else "--max-miou-drop", "lines": lines,
+                            "status": _worst(b["status"] for b in lines)}
         verdicts.append(report["budget"]["status"])
     if previous is not None:
         diff = compare_baseline(report, previous)
