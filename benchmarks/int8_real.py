@@ -83,6 +83,8 @@ def main() -> None:
     ap.add_argument("--max-float-macs", type=float, default=10.0)
     ap.add_argument("--out", type=Path, default=Path("runs/int8-real"))
     a = ap.parse_args()
+    from exporters.base import path_size
+
     tmp = tempfile.TemporaryDirectory()
     data = f"camvid:{_camvid(Path(tmp.name), a.camvid)}"
     rows = []
@@ -97,7 +99,7 @@ def main() -> None:
         fp32_ms = _latency(run / "export" / "tflite-fp32" / "model.tflite", a.threads)
         res: dict[str, dict] = {}
         _, _, s = _edgeseg("export", str(run), "--target", "tflite", "--precision", "int8", check=True)
-        _, p, s2 = _edgeseg("check", str(run), "--target", "tflite", "--precision", "int8")
+        _, p, _ = _edgeseg("check", str(run), "--target", "tflite", "--precision", "int8")
         res["converter"] = {"parity": p, "dir": "tflite-int8", "seconds": s}
         for route, extra in (("ptq", ["--method", "ptq", "--targets", "tflite"]), ("aeq", ["--method", "aeq"]),
                              ("aeq-mixed", ["--method", "aeq", "--mixed-precision", "--max-float-macs",
@@ -113,8 +115,7 @@ def main() -> None:
         for route, r in res.items():
             p = r["parity"] or {}
             f = run / "export" / r["dir"] / ("model.tflite" if route != "coreml-w8a8" else "model.mlpackage")
-            size = (sum(x.stat().st_size for x in f.rglob("*") if x.is_file()) if f.is_dir() else
-                    f.stat().st_size) if f.exists() else None
+            size = path_size(f) if f.exists() else None
             lat = _latency(f, a.threads) if f.suffix == ".tflite" and f.exists() else None
             if route == "aeq-mixed" and mixed.get("needed") is False:  # full int8 passed where it was searched
                 rows.append({"model": name, "route": route, "agreement": None, "mask_miou": None, "drop": None,

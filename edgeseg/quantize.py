@@ -102,15 +102,13 @@ def _validate(opts: QuantizeOptions) -> None:
         if bad:
             raise UsageError(f"--method aeq runs ai-edge-quantizer, which quantizes TFLite files; it cannot produce "
                              f"{', '.join(bad)}. Use --targets tflite (Core ML/ONNX/OpenVINO: --method ptq or qat)")
-    from exporters.tflite_aeq import RANGES
+    from exporters.tflite_aeq import RANGES, unknown_op_types
 
     check_choice(opts.ranges, list(RANGES), "--ranges")
     if opts.ranges != "minmax" and opts.method != "aeq":
         raise UsageError("--ranges applies to --method aeq (NNCF picks its own ranges)")
     if opts.float_types:
-        from ai_edge_litert import schema_py_generated as schema
-
-        unknown = [t for t in opts.float_types if not hasattr(schema.BuiltinOperator, t)]
+        unknown = unknown_op_types(opts.float_types)
         if unknown:
             raise UsageError(f"--float-ops: unknown TFLite op type(s) {', '.join(unknown)} (names as in a .tflite "
                              f"op list, e.g. HARD_SWISH, CONV_2D; or none)")
@@ -241,6 +239,13 @@ def _torch_parity(model, reference, images, masks, ckpt, thresholds) -> ParityRe
                    "int8-fake-quant", runtime="PyTorch with NNCF fake quantization")
 
 
+def _summary_row(rec: dict, parity: ParityResult, details: dict) -> dict:
+    """One export's line in ``quantize-<method>.json``."""
+    return {"size_bytes": rec["size_bytes"], "pixel_agreement": parity.pixel_agreement, "mask_miou": parity.mask_miou,
+            "exported_miou": parity.exported_miou, "reference_miou": parity.reference_miou,
+            "miou_drop": parity.miou_drop, "status": parity.status, "details": details}
+
+
 def _write_record(run: Path, out: Path, res_json: dict, parity: ParityResult, extra: dict) -> dict:
     from edgeseg.pipeline import _digest
     from edgeseg.versions import package_versions
@@ -365,9 +370,7 @@ def quantize_run(run: Path, opts: QuantizeOptions, log: Callable[[str], None] = 
                                "thresholds": thresholds, "targets": {}}
     t0 = time.time()
     quantized = None
-    if opts.method == "aeq":
-        adapted = model  # ai-edge-quantizer quantizes the float model's own TFLite file
-    elif opts.method in ("ptq", "qat"):
+    if opts.method in ("ptq", "qat"):
         from exporters._nncf import float_weights, ptq
 
         log(f"NNCF post-training quantization ({opts.preset}, {len(calib)} calibration images) ...")
@@ -384,8 +387,9 @@ def quantize_run(run: Path, opts: QuantizeOptions, log: Callable[[str], None] = 
         adapted = ckpt.build_model(which)
         adapted.load_state_dict(float_weights(quantized, adapted))
         adapted.eval()
-    else:
+    elif opts.method == "accuracy":
         onnx_q = _accuracy_control(model, ckpt, calib, val, opts, work, log)
+    # aeq quantizes the float model's own TFLite file (below): nothing to prepare
     summary["quantize_seconds"] = round(time.time() - t0, 1)
     base_opts = ExportOptions(precision="int8", calibration=calib, class_names=ckpt.class_names,
                               normalization=Normalization(tuple(pre.mean), tuple(pre.std)),
@@ -401,7 +405,7 @@ def quantize_run(run: Path, opts: QuantizeOptions, log: Callable[[str], None] = 
 
         extra = {"method": "aeq", "weights": which, "classes": list(ckpt.class_names), "preprocess": pre.to_json()}
         failures += quantize_aeq(run, ckpt, model, example, calib, val, test, reference, thresholds, opts, base_opts,
-                                 extra, _write_record, summary, log)
+                                 extra, summary, log)
     for target in (() if opts.method == "aeq" else opts.targets):
         precision = "w8a8" if target == "coreml" else "int8"
         name = f"{target}-{precision}-{opts.method}"
@@ -424,13 +428,9 @@ def quantize_run(run: Path, opts: QuantizeOptions, log: Callable[[str], None] = 
         parity = compare(reference, runner, *test, ckpt.class_names, thresholds, target, precision,
                          runtime=runner.runtime)
         rec = _write_record(run, out, res.to_json(), parity, extra)
-        summary["targets"][name] = {"size_bytes": rec["size_bytes"], "pixel_agreement": parity.pixel_agreement,
-                                    "mask_miou": parity.mask_miou, "exported_miou": parity.exported_miou,
-                                    "reference_miou": parity.reference_miou, "miou_drop": parity.miou_drop,
-                                    "status": parity.status,
-                                    "details": {k: v for k, v in res.details.items()
-                                                if k in ("tensor_dtypes", "runtime_precisions", "ops",
-                                                         "input_dtype", "int8_weights")}}
+        summary["targets"][name] = _summary_row(rec, parity, {k: v for k, v in res.details.items()
+                                                             if k in ("tensor_dtypes", "runtime_precisions", "ops",
+                                                                      "input_dtype", "int8_weights")})
         log(f"  {name}: {parity.status.upper()} agreement {parity.pixel_agreement:.3f} %, mask mIoU "
             f"{parity.mask_miou:.4f} ({res.size_bytes / 1e6:.2f} MB)")
         if target == "tflite" and opts.mixed_precision:

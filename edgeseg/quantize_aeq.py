@@ -48,7 +48,7 @@ def _memo(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.n
 
 
 def quantize_aeq(run: Path, ckpt, model, example, calib, val, test, reference, thresholds, opts, base_opts,
-                 extra: dict, write_record, summary: dict, log: Callable[[str], None]) -> list[str]:
+                 extra: dict, summary: dict, log: Callable[[str], None]) -> list[str]:
     """Write ``tflite-int8-aeq`` (and ``tflite-int8-aeq-mixed`` when searched); returns the failures."""
     from exporters import TARGETS as EXPORTERS
     from exporters import ExporterError, tflite_metadata
@@ -56,6 +56,7 @@ def quantize_aeq(run: Path, ckpt, model, example, calib, val, test, reference, t
     from exporters.tflite_aeq import DEFAULT_FLOAT_TYPES, Int8Quantizer
 
     from edgeseg.atomic import atomic_path
+    from edgeseg.quantize import _summary_row, _write_record
 
     work = base_opts.work_dir
     t0 = time.time()
@@ -84,11 +85,8 @@ def quantize_aeq(run: Path, ckpt, model, example, calib, val, test, reference, t
                                 "float_op_types": list(q.float_types), "float_ops_of_those_types": len(q.always_float),
                                 **details,
                                 **tensor_types(final)}}
-        rec = write_record(run, out, res_json, parity, extra)
-        summary["targets"][name] = {"size_bytes": rec["size_bytes"], "pixel_agreement": parity.pixel_agreement,
-                                    "mask_miou": parity.mask_miou, "exported_miou": parity.exported_miou,
-                                    "reference_miou": parity.reference_miou, "miou_drop": parity.miou_drop,
-                                    "status": parity.status, "details": res_json["details"]}
+        rec = _write_record(run, out, res_json, parity, extra)
+        summary["targets"][name] = _summary_row(rec, parity, res_json["details"])
         log(f"  {name}: {parity.status.upper()} on test: agreement {parity.pixel_agreement:.3f} %, mask mIoU "
             f"{parity.mask_miou:.4f}, dataset mIoU drop {parity.miou_drop if parity.miou_drop is not None else 0:+.4f}"
             f" ({final.stat().st_size / 1e6:.2f} MB)")

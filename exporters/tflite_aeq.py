@@ -49,6 +49,13 @@ class Op:
     macs: int
 
 
+def unknown_op_types(types: Sequence[str]) -> list[str]:
+    """The names in ``types`` that are not TFLite builtin op types (as a .tflite op list spells them)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    return [t for t in types if not hasattr(schema.BuiltinOperator, t)]
+
+
 def _algorithm(ranges: str):
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
@@ -113,9 +120,7 @@ class Int8Quantizer:
             raise ExporterError(f"calibration images are {tuple(samples[0].shape)} (NHWC), the model takes {want}")
         self.ops = graph_ops(self.model)
         self.float_types = tuple(float_types)
-        from ai_edge_litert import schema_py_generated as schema
-
-        unknown = [t for t in self.float_types if not hasattr(schema.BuiltinOperator, t)]
+        unknown = unknown_op_types(self.float_types)
         if unknown:
             raise ExporterError(f"unknown TFLite op type(s) {', '.join(unknown)} (names as in the file's op list, "
                                 f"e.g. HARD_SWISH, CONV_2D)")
