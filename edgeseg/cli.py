@@ -200,8 +200,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quantize", help="int8 that keeps masks: NNCF PTQ, QAT, accuracy control, mixed precision",
                        epilog=EPILOG, formatter_class=fmt,
-                       description="Quantize RUN's model with NNCF (ptq, qat, accuracy) or ai-edge-quantizer (aeq, "
-                       "TFLite) and export + check each target against the "
+                       description="Quantize RUN's model with NNCF (ptq, qat, accuracy), ai-edge-quantizer (aeq, "
+                       "TFLite) or PT2E + litert-torch (pt2e, TFLite) and export + check each target against the "
                        "full-precision model: RUN/export/<target>-int8-<method>/ (Core ML: coreml-w8a8-<method>), "
                        "with parity.json on the test split; a summary in RUN/export/quantize-<method>.json. ONNX and "
                        "OpenVINO convert NNCF's quantizers; TFLite and Core ML take the quantization-adapted "
@@ -209,8 +209,10 @@ def _parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("run", type=Path, help="run directory or checkpoint.pt")
     p.add_argument("--method", required=True, help="ptq (post-training), qat (quantization-aware fine-tuning), "
-                   "accuracy (NNCF accuracy control, ONNX/OpenVINO only) or aeq (ai-edge-quantizer on the fp32 "
-                   "TFLite file, TFLite only: RUN/export/tflite-int8-aeq)")
+                   "accuracy (NNCF accuracy control, ONNX/OpenVINO only), aeq (ai-edge-quantizer on the fp32 "
+                   "TFLite file, TFLite only: RUN/export/tflite-int8-aeq) or pt2e (torch.export + LiteRT's "
+                   "quantizer, fine-tuned --epochs on the int8 grid the file keeps, converted by litert-torch; TFLite "
+                   "only: RUN/export/tflite-int8-pt2e)")
     p.add_argument("--targets", help="comma-separated from tflite, onnx, openvino, coreml (default "
                    "tflite,onnx,openvino; aeq: tflite)")
     p.add_argument("--calibration", type=int, default=300,
@@ -222,8 +224,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma-separated NNCF graph node names to leave in float")
     p.add_argument("--bias-correction", choices=("fast", "full"), default="fast",
                    help="NNCF bias correction (full: slower, often more accurate)")
-    p.add_argument("--epochs", type=int, default=2, help="qat: fine-tuning epochs (default %(default)s)")
-    p.add_argument("--lr", type=float, default=1e-5, help="qat: AdamW learning rate (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=2, help="qat, pt2e: fine-tuning epochs (default %(default)s; "
+                   "pt2e: 0 = post-training only)")
+    p.add_argument("--lr", type=float, default=1e-5, help="qat, pt2e: AdamW learning rate (default %(default)s)")
     p.add_argument("--distill", type=float, default=1.0,
                    help="qat: weight of the distillation term (KL to the float model's scores; default %(default)s)")
     p.add_argument("--task-weight", type=float, default=0.0,

@@ -42,9 +42,10 @@ from edgeseg.atomic import ensure_dir, write_json
 from edgeseg.errors import CheckFailed, DataError, ExportError, UsageError
 from edgeseg.parity import ParityResult, compare, thresholds_for
 
-METHODS = ("ptq", "qat", "accuracy", "aeq")
+METHODS = ("ptq", "qat", "accuracy", "aeq", "pt2e")
 TARGETS = ("tflite", "onnx", "openvino", "coreml")
 AEQ_TARGETS = ("tflite",)  # ai-edge-quantizer quantizes .tflite files
+PT2E_TARGETS = ("tflite",)  # litert-torch converts the PT2E graph
 ACCURACY_TARGETS = ("onnx", "openvino")  # where NNCF's accuracy control has a backend (ONNX; OpenVINO reads it)
 MIN_CALIBRATION = 16
 WARN_CALIBRATION = 100
@@ -82,7 +83,7 @@ def _validate(opts: QuantizeOptions) -> None:
 
     check_choice(opts.method, list(METHODS), "--method")
     if opts.targets is None:
-        opts.targets = AEQ_TARGETS if opts.method == "aeq" else ("tflite", "onnx", "openvino")
+        opts.targets = {"aeq": AEQ_TARGETS, "pt2e": PT2E_TARGETS}.get(opts.method, ("tflite", "onnx", "openvino"))
     if opts.max_float_layers is None:
         from edgeseg.quantize_aeq import DEFAULT_MAX_STEPS
 
@@ -102,6 +103,17 @@ def _validate(opts: QuantizeOptions) -> None:
         if bad:
             raise UsageError(f"--method aeq runs ai-edge-quantizer, which quantizes TFLite files; it cannot produce "
                              f"{', '.join(bad)}. Use --targets tflite (Core ML/ONNX/OpenVINO: --method ptq or qat)")
+    if opts.method == "pt2e":
+        bad = [t for t in opts.targets if t not in PT2E_TARGETS]
+        if bad:
+            raise UsageError(f"--method pt2e converts the PT2E graph with litert-torch, which writes TFLite; it cannot "
+                             f"produce {', '.join(bad)}. Use --targets tflite (Core ML/ONNX/OpenVINO: --method ptq "
+                             f"or qat)")
+        if opts.mixed_precision:
+            raise UsageError("--mixed-precision searches TFLite files of --method aeq (or ptq/qat); --method pt2e "
+                             "fine-tunes every layer on its int8 grid instead")
+        if opts.epochs < 0:
+            raise UsageError(f"--epochs must be 0 (post-training) or more (QAT) for --method pt2e, got {opts.epochs}")
     from exporters.tflite_aeq import RANGES, unknown_op_types
 
     check_choice(opts.ranges, list(RANGES), "--ranges")
@@ -168,9 +180,11 @@ def _labelled(ckpt, split: str, limit: int | None = None) -> tuple[list[np.ndarr
     return images, masks
 
 
-def fine_tune(quantized, ckpt, opts: QuantizeOptions, log: Callable[[str], None]):
-    """QAT: train the NNCF-quantized model (fake-quantized forward, straight-through gradients) with the run's loss
-    plus ``distill`` x KL(float model || quantized model) on the training split; BatchNorm statistics frozen."""
+def fine_tune(quantized, ckpt, opts: QuantizeOptions, log: Callable[[str], None],
+              on_epoch_end: Callable[[int], None] | None = None):
+    """QAT: train the fake-quantized model (NNCF's, or a PT2E graph behind :func:`exporters.tflite_pt2e.nchw_view`;
+    straight-through gradients) with the run's loss plus ``distill`` x KL(float model || quantized model) on the
+    training split; BatchNorm statistics frozen. ``on_epoch_end(epoch)`` runs after each epoch (0-based)."""
     import torch
     import torch.nn.functional as F
 
@@ -228,15 +242,18 @@ def fine_tune(quantized, ckpt, opts: QuantizeOptions, log: Callable[[str], None]
                 bar.advance()
             history.append(round(total / max(count, 1), 5))
             log(f"QAT epoch {epoch + 1}: loss {history[-1]:.4f}")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
     opts.notes.append(f"QAT loss per epoch: {history}")
     return model.cpu().eval()
 
 
-def _torch_parity(model, reference, images, masks, ckpt, thresholds) -> ParityResult:
+def _torch_parity(model, reference, images, masks, ckpt, thresholds,
+                  runtime: str = "PyTorch with NNCF fake quantization") -> ParityResult:
     from edgeseg.bench import torch_runner
 
     return compare(reference, torch_runner(model, 2), images, masks, ckpt.class_names, thresholds, "pytorch",
-                   "int8-fake-quant", runtime="PyTorch with NNCF fake quantization")
+                   "int8-fake-quant", runtime=runtime)
 
 
 def _summary_row(rec: dict, parity: ParityResult, details: dict) -> dict:
@@ -389,13 +406,14 @@ def quantize_run(run: Path, opts: QuantizeOptions, log: Callable[[str], None] = 
         adapted.eval()
     elif opts.method == "accuracy":
         onnx_q = _accuracy_control(model, ckpt, calib, val, opts, work, log)
-    # aeq quantizes the float model's own TFLite file (below): nothing to prepare
+    # aeq quantizes the float model's own TFLite file, pt2e captures the model itself (below): nothing to prepare
     summary["quantize_seconds"] = round(time.time() - t0, 1)
     base_opts = ExportOptions(precision="int8", calibration=calib, class_names=ckpt.class_names,
                               normalization=Normalization(tuple(pre.mean), tuple(pre.std)),
                               metadata={"author": "edgeseg", "edgeseg_model": ckpt.config.model,
-                                        "quantized_by": "ai-edge-quantizer" if opts.method == "aeq"
-                                        else f"NNCF {opts.method}",
+                                        "quantized_by": {"aeq": "ai-edge-quantizer",
+                                                         "pt2e": "PT2E + litert-torch"}.get(opts.method,
+                                                                                             f"NNCF {opts.method}"),
                                         "edgeseg_preprocess": json.dumps(pre.to_json()),
                                         "edgeseg_classes": json.dumps([c.to_json() for c in ckpt.classes])},
                               work_dir=work)
@@ -406,7 +424,13 @@ def quantize_run(run: Path, opts: QuantizeOptions, log: Callable[[str], None] = 
         extra = {"method": "aeq", "weights": which, "classes": list(ckpt.class_names), "preprocess": pre.to_json()}
         failures += quantize_aeq(run, ckpt, model, example, calib, val, test, reference, thresholds, opts, base_opts,
                                  extra, summary, log)
-    for target in (() if opts.method == "aeq" else opts.targets):
+    if opts.method == "pt2e":
+        from edgeseg.quantize_pt2e import quantize_pt2e
+
+        extra = {"method": "pt2e", "weights": which, "classes": list(ckpt.class_names), "preprocess": pre.to_json()}
+        failures += quantize_pt2e(run, ckpt, model, example, calib, test, reference, thresholds, opts, base_opts,
+                                  extra, summary, log)
+    for target in (() if opts.method in ("aeq", "pt2e") else opts.targets):
         precision = "w8a8" if target == "coreml" else "int8"
         name = f"{target}-{precision}-{opts.method}"
         out = ensure_dir(run / "export" / name)
