@@ -12,26 +12,10 @@ from __future__ import annotations
 import argparse
 import collections
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-
-
-def _invoke_ms(path: Path, threads: int, runs: int = 25) -> float:
-    from exporters.tflite import load
-
-    r = load(path, threads=threads)
-    i, d = r.interp, r.inp
-    i.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
-    for _ in range(3):
-        i.invoke()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        i.invoke()
-        times.append(time.perf_counter() - t)
-    return 1000 * float(np.median(times))
+from int8_speed import invoke_ms
 
 
 def main() -> None:
@@ -48,15 +32,15 @@ def main() -> None:
     calib = [np.random.default_rng(0).standard_normal((8, c, h, w)).astype(np.float32)]
     q = Int8Quantizer(fp32.read_bytes(), calib, float_types=())
     types = collections.Counter(o.type for o in q.ops)
-    print(f"fp32: {_invoke_ms(fp32, 1):.1f} / {_invoke_ms(fp32, 2):.1f} ms at 1 / 2 threads")
+    print(f"fp32: {invoke_ms(fp32, 1, 25):.1f} / {invoke_ms(fp32, 2, 25):.1f} ms at 1 / 2 threads")
     print("| kept in float | ops | 1 thread ms | 2 threads ms |")
     print("|---|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.tflite"
         for name in [None, *sorted(types)]:
             path.write_bytes(q.quantize([o.index for o in q.ops if o.type == name]))
-            print(f"| {name or 'nothing (full int8)'} | {types.get(name, 0)} | {_invoke_ms(path, 1):.1f} | "
-                  f"{_invoke_ms(path, 2):.1f} |", flush=True)
+            print(f"| {name or 'nothing (full int8)'} | {types.get(name, 0)} | {invoke_ms(path, 1, 25):.1f} | "
+                  f"{invoke_ms(path, 2, 25):.1f} |", flush=True)
 
 
 if __name__ == "__main__":

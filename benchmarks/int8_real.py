@@ -7,6 +7,10 @@ checkpoint), then
   aeq         — ``edgeseg quantize --method aeq`` (ai-edge-quantizer on the fp32 TFLite file),
   aeq-mixed   — the same with ``--mixed-precision`` (ops kept float ranked by the validation mask mIoU, at most
                 ``--max-float-macs`` % of the multiply-adds in float),
+  pt2e        — ``edgeseg quantize --method pt2e --mixed-precision`` (QAT on LiteRT's int8 grid, converted by
+                litert-torch: the file is the fine-tuned fake-quant model; ``--pt2e-epochs``, ``--pt2e-lr``),
+  pt2e-mixed  — the same run's mix: activation tensors left in float, ranked by the validation mask mIoU of the
+                fake-quant graph, at most ``--max-float-macs`` % of the multiply-adds in float,
   coreml-w8a8 — ``edgeseg export --target coreml --precision w8a8`` checked by reference execution (off macOS).
 Figures: pixel agreement % and mask mIoU against the float PyTorch model, dataset-mIoU drop in points, file size,
 LiteRT/XNNPACK latency (median of 20, ``--threads``) beside the fp32 file's, and seconds taken by the route.
@@ -23,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -81,6 +84,10 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-float-macs", type=float, default=10.0)
+    ap.add_argument("--pt2e-epochs", type=int, help="default: edgeseg quantize's")
+    ap.add_argument("--pt2e-lr", type=float, help="default: edgeseg quantize's")
+    ap.add_argument("--routes", default="converter,ptq,aeq,aeq-mixed,pt2e,coreml-w8a8",
+                    help="comma-separated subset of the routes above (pt2e also yields its pt2e-mixed row)")
     ap.add_argument("--out", type=Path, default=Path("runs/int8-real"))
     a = ap.parse_args()
     from exporters.base import path_size
@@ -98,26 +105,44 @@ def main() -> None:
         _edgeseg("export", str(run), "--target", "tflite", "--precision", "fp32", check=True)
         fp32_ms = _latency(run / "export" / "tflite-fp32" / "model.tflite", a.threads)
         res: dict[str, dict] = {}
-        _, _, s = _edgeseg("export", str(run), "--target", "tflite", "--precision", "int8", check=True)
-        _, p, _ = _edgeseg("check", str(run), "--target", "tflite", "--precision", "int8")
-        res["converter"] = {"parity": p, "dir": "tflite-int8", "seconds": s}
-        for route, extra in (("ptq", ["--method", "ptq", "--targets", "tflite"]), ("aeq", ["--method", "aeq"]),
-                             ("aeq-mixed", ["--method", "aeq", "--mixed-precision", "--max-float-macs",
-                                            str(a.max_float_macs)])):
+        routes = a.routes.split(",")
+        if "converter" in routes:
+            _, _, s = _edgeseg("export", str(run), "--target", "tflite", "--precision", "int8", check=True)
+            _, p, _ = _edgeseg("check", str(run), "--target", "tflite", "--precision", "int8")
+            res["converter"] = {"parity": p, "dir": "tflite-int8", "seconds": s}
+        pt2e_args = [*(["--epochs", str(a.pt2e_epochs)] if a.pt2e_epochs is not None else []),
+                     *(["--lr", str(a.pt2e_lr)] if a.pt2e_lr is not None else [])]
+        # route -> quantize arguments, and the rows it yields (row name -> export directory)
+        quantize_routes = {
+            "ptq": (["--method", "ptq", "--targets", "tflite"], {"ptq": "tflite-int8-ptq"}),
+            "aeq": (["--method", "aeq"], {"aeq": "tflite-int8-aeq"}),
+            "aeq-mixed": (["--method", "aeq", "--mixed-precision", "--max-float-macs", str(a.max_float_macs)],
+                          {"aeq-mixed": "tflite-int8-aeq-mixed"}),
+            # one QAT run writes the full int8 file and, when it misses on validation, the searched mix
+            "pt2e": (["--method", "pt2e", *pt2e_args, "--mixed-precision", "--max-float-macs", str(a.max_float_macs)],
+                     {"pt2e": "tflite-int8-pt2e", "pt2e-mixed": "tflite-int8-pt2e-mixed"})}
+        mixed: dict[str, dict] = {}
+        for route, (extra, dirs) in quantize_routes.items():
+            if route not in routes:
+                continue
             _, _, s = _edgeseg("quantize", str(run), *extra)
-            d = {"ptq": "tflite-int8-ptq", "aeq": "tflite-int8-aeq", "aeq-mixed": "tflite-int8-aeq-mixed"}[route]
-            pj = run / "export" / d / "parity.json"
-            res[route] = {"parity": json.loads(pj.read_text()) if pj.exists() else None, "dir": d, "seconds": s}
-        _, _, s = _edgeseg("export", str(run), "--target", "coreml", "--precision", "w8a8")
-        _, p, _ = _edgeseg("check", str(run), "--target", "coreml", "--precision", "w8a8")
-        res["coreml-w8a8"] = {"parity": p, "dir": "coreml-w8a8", "seconds": s}
-        mixed = json.loads((run / "export" / "quantize-aeq.json").read_text()).get("mixed") or {}
+            for row, d in dirs.items():
+                pj = run / "export" / d / "parity.json"
+                res[row] = {"parity": json.loads(pj.read_text()) if pj.exists() else None, "dir": d, "seconds": s}
+            if "--mixed-precision" in extra:
+                qj = run / "export" / f"quantize-{extra[1]}.json"
+                mixed[f"{extra[1]}-mixed"] = (json.loads(qj.read_text()).get("mixed") or {}) if qj.exists() else {}
+        if "coreml-w8a8" in routes:
+            _, _, s = _edgeseg("export", str(run), "--target", "coreml", "--precision", "w8a8")
+            _, p, _ = _edgeseg("check", str(run), "--target", "coreml", "--precision", "w8a8")
+            res["coreml-w8a8"] = {"parity": p, "dir": "coreml-w8a8", "seconds": s}
         for route, r in res.items():
             p = r["parity"] or {}
             f = run / "export" / r["dir"] / ("model.tflite" if route != "coreml-w8a8" else "model.mlpackage")
             size = path_size(f) if f.exists() else None
             lat = _latency(f, a.threads) if f.suffix == ".tflite" and f.exists() else None
-            if route == "aeq-mixed" and mixed.get("needed") is False:  # full int8 passed where it was searched
+            m = mixed.get(route, {})
+            if route in mixed and m.get("needed") is False:  # full int8 passed where it was searched
                 rows.append({"model": name, "route": route, "agreement": None, "mask_miou": None, "drop": None,
                              "status": "not needed", "size_mb": None, "latency_ms": None, "fp32_ms": fp32_ms,
                              "seconds": round(r["seconds"], 1), "reference_miou": None, "float_macs_pct": None})
@@ -126,16 +151,11 @@ def main() -> None:
                          "mask_miou": p.get("mask_miou"), "drop": p.get("miou_drop"), "status": p.get("status"),
                          "size_mb": size / 1e6 if size else None, "latency_ms": lat, "fp32_ms": fp32_ms,
                          "seconds": round(r["seconds"], 1), "reference_miou": p.get("reference_miou"),
-                         "float_macs_pct": mixed.get("float_macs_pct") if route == "aeq-mixed" else None})
+                         "float_macs_pct": m.get("float_macs_pct")})
             print(json.dumps(rows[-1]), flush=True)
-    cpu = platform.processor() or platform.machine()
-    try:
-        info = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-        flags = next(line.split(":", 1)[1].split() for line in info if line.startswith("flags"))
-        cpu += ", VNNI" if {"avx512_vnni", "avx_vnni"} & set(flags) else ", no VNNI"
-    except (OSError, StopIteration):
-        pass
+    from int8_speed import cpu_name
+
+    cpu = cpu_name()
     print(f"\nCamVid val ({a.image_size} px), {os.cpu_count()} cores, {cpu}; LiteRT XNNPACK {a.threads} threads")
     print("| model | route | agreement % | mask mIoU | mIoU drop (pt) | MB | int8 / fp32 ms | seconds | status |")
     print("|---|---|---:|---:|---:|---:|---|---:|---|")

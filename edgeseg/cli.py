@@ -224,9 +224,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma-separated NNCF graph node names to leave in float")
     p.add_argument("--bias-correction", choices=("fast", "full"), default="fast",
                    help="NNCF bias correction (full: slower, often more accurate)")
-    p.add_argument("--epochs", type=int, default=2, help="qat, pt2e: fine-tuning epochs (default %(default)s; "
-                   "pt2e: 0 = post-training only)")
-    p.add_argument("--lr", type=float, default=1e-5, help="qat, pt2e: AdamW learning rate (default %(default)s)")
+    p.add_argument("--epochs", type=int, help="qat, pt2e: fine-tuning epochs (default: qat 2, pt2e 4; pt2e: 0 = "
+                   "post-training only)")
+    p.add_argument("--lr", type=float, help="qat, pt2e: AdamW learning rate (default: qat 1e-5, pt2e 1e-4)")
     p.add_argument("--distill", type=float, default=1.0,
                    help="qat: weight of the distillation term (KL to the float model's scores; default %(default)s)")
     p.add_argument("--task-weight", type=float, default=0.0,
@@ -238,11 +238,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="tflite: when full int8 misses the threshold on the validation split, keep the most "
                    "sensitive layers in float one at a time until it holds (ptq/qat: ranked by the converter "
                    "debugger's RMSE; aeq: ranked by the validation mask mIoU with each op alone in float, then also "
-                   "walked from the input; written to tflite-int8-aeq-mixed)")
+                   "walked from the input; written to tflite-int8-aeq-mixed; pt2e: after fine-tuning, activation "
+                   "tensors left in float ranked by the validation mask mIoU of the fake-quant graph, written to "
+                   "tflite-int8-pt2e-mixed)")
     p.add_argument("--max-float-layers", type=int, help="mixed precision: give up after this many (default 8; aeq: "
-                   "40 per search order; exit 1 with the best mix reached)")
-    p.add_argument("--max-float-macs", type=float, default=10.0, help="aeq mixed precision: at most this %% of the "
-                   "multiply-adds in float (default %(default)s)")
+                   "40 per search order; pt2e: 40 tensors; exit 1 with the best mix reached)")
+    p.add_argument("--max-float-macs", type=float, default=10.0, help="aeq/pt2e mixed precision: at most this %% of "
+                   "the multiply-adds in float (default %(default)s)")
     p.add_argument("--ranges", default="minmax", help="aeq: activation/weight ranges, minmax (default; measured "
                    "best on CamVid val) or mse")
     p.add_argument("--float-ops", default="HARD_SWISH", metavar="TYPES",
@@ -532,6 +534,11 @@ def cmd_quantize(a: argparse.Namespace) -> int:
         elif m and m.get("needed") and "float_ops" in m:  # aeq: the targets table has its figures
             print(f"{m['name']:28s} {len(m['float_ops'])} float op(s), {m['float_macs_pct']} % of MACs, "
                   f"{'passed' if m['passed'] else 'missed'} on validation; search {m['search_seconds']:.0f} s")
+        for name, r in summary["targets"].items():  # pt2e: how exactly each file is its fake-quant graph
+            fq, same = r["details"].get("fake_quant"), r["details"].get("file_vs_fake_quant")
+            if fq and same:
+                print(f"{name:28s} its fake-quant PyTorch graph: agreement {fq['pixel_agreement']:.3f} %  mask mIoU "
+                      f"{fq['mask_miou']:.4f}; the file agrees with that graph on {same['pixel_agreement']:.3f} %")
     return EXIT_OK
 
 

@@ -17,26 +17,28 @@ file is the model that was trained: the gap is the int8 kernels' own rounding).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from edgeseg.atomic import ensure_dir
 from edgeseg.errors import ExportError
 from edgeseg.parity import compare
 
+RANK_IMAGES = 24  # validation images that rank the quantizers (each is measured alone: ~100 evaluations)
 
-def quantize_pt2e(run: Path, ckpt, model, example, calib, test, reference, thresholds, opts, base_opts,
+
+def quantize_pt2e(run: Path, ckpt, model, example, calib, val, test, reference, thresholds, opts, base_opts,
                   extra: dict, summary: dict, log: Callable[[str], None]) -> list[str]:
-    """Write ``tflite-int8-pt2e``; returns the failures."""
-    from exporters import ExporterError, tflite_metadata
-    from exporters import tflite_pt2e as pt2e
-    from exporters.tflite import load, model_info, tensor_types
-    from exporters.tflite_litert import op_types
+    """Write ``tflite-int8-pt2e`` (and, with ``--mixed-precision`` when full int8 misses the gate on validation,
+    ``tflite-int8-pt2e-mixed``); returns the failures."""
+    import copy
 
-    from edgeseg.atomic import atomic_path
-    from edgeseg.bench import torch_runner
+    from exporters import ExporterError
+    from exporters import tflite_pt2e as pt2e
+
     from edgeseg.progress import progress_bar
-    from edgeseg.quantize import _summary_row, _torch_parity, _write_record, fine_tune
+    from edgeseg.quantize import fine_tune
 
     t0 = time.time()
     qat = opts.epochs > 0
@@ -53,44 +55,176 @@ def quantize_pt2e(run: Path, ckpt, model, example, calib, test, reference, thres
 
             fine_tune(pt2e.nchw_view(graph), ckpt, opts, log, on_epoch_end=freeze_after_first)
         pt2e.freeze_ranges(graph)
-        converted = pt2e.convert(graph)
-        quantize_seconds = time.time() - t0
-        log("litert-torch: converting the int8 graph ...")
-        data, convert_seconds = pt2e.to_tflite(converted, example, quantizer)
     except ExporterError as e:
         raise ExportError(f"tflite-int8-pt2e: {e}") from None
-    fake = pt2e.nchw_view(converted)
-    fq = _torch_parity(fake, reference, *test, ckpt, thresholds,
-                       runtime="PyTorch, PT2E fake quantization (convert_pt2e graph)")
-    summary["pytorch_fake_quant"] = {"pixel_agreement": fq.pixel_agreement, "mask_miou": fq.mask_miou,
-                                     "exported_miou": fq.exported_miou, "reference_miou": fq.reference_miou}
-    log(f"PyTorch with PT2E fake quantization: agreement {fq.pixel_agreement:.3f} %, mask mIoU {fq.mask_miou:.4f}")
-    name = "tflite-int8-pt2e"
-    out = ensure_dir(run / "export" / name)
-    final = out / "model.tflite"
-    with atomic_path(final) as tmp:
-        tmp.write_bytes(tflite_metadata.populate(data, model_info(base_opts)))
-    runner = load(final)
-    parity = compare(reference, runner, *test, ckpt.class_names, thresholds, "tflite", "int8",
-                     runtime=runner.runtime)
-    # the file against the model it was converted from: what the int8 kernels' own rounding changes
-    same = compare(torch_runner(fake, 2), runner, *test, ckpt.class_names, thresholds, "pytorch-fake-quant", "int8")
-    summary["tflite_vs_fake_quant"] = {"pixel_agreement": same.pixel_agreement, "mask_miou": same.mask_miou,
-                                       "agreement_gap_points": round(fq.pixel_agreement - parity.pixel_agreement, 4)}
-    summary["quantize_seconds"] = round(quantize_seconds, 1)
-    ops = op_types(final)
+    summary["quantize_seconds"] = round(time.time() - t0, 1)
     details = {"converter": "PT2E (torch.export) + LiteRT PT2EQuantizer + litert-torch",
-               "quantization": "QAT" if qat else "PTQ", "epochs": opts.epochs,
-               "calibration_images": n_calib, "convert_seconds": round(convert_seconds, 1),
-               "int8_ops": {k: v["int8"] for k, v in ops.items() if v.get("int8")},
-               "float_ops": {k: v["float32"] for k, v in ops.items()
-                             if v.get("float32") and k not in ("QUANTIZE", "DEQUANTIZE")},
-               "fake_quant_agreement": fq.pixel_agreement, **tensor_types(final)}
-    res_json = {"target": "tflite", "precision": "int8", "path": str(final), "size_bytes": final.stat().st_size,
-                "seconds": round(time.time() - t0, 1), "input_shape": list(example.shape), "details": details}
-    rec = _write_record(run, out, res_json, parity, extra)
-    summary["targets"][name] = _summary_row(rec, parity, details)
-    log(f"  {name}: {parity.status.upper()} on test: agreement {parity.pixel_agreement:.3f} % (fake-quant PyTorch "
-        f"{fq.pixel_agreement:.3f} %, file vs fake-quant {same.pixel_agreement:.3f} %), mask mIoU "
-        f"{parity.mask_miou:.4f} ({final.stat().st_size / 1e6:.2f} MB)")
-    return [] if parity.passed else [f"{name}: {'; '.join(parity.failures)}"]
+               "quantization": "QAT" if qat else "PTQ", "epochs": opts.epochs, "lr": opts.lr if qat else None,
+               "calibration_images": n_calib}
+    write = _Writer(run, ckpt, example, test, reference, thresholds, base_opts, extra, summary, quantizer, t0, log)
+    mix = None
+    if opts.mixed_precision:
+        mix = _search(graph, ckpt, val, reference, thresholds, opts, log)
+    full = write("tflite-int8-pt2e", copy.deepcopy(graph) if mix and mix["needed"] else graph, details)
+    failures = [] if full.passed else [f"tflite-int8-pt2e: {'; '.join(full.failures)}"]
+    if mix is None:
+        return failures
+    summary["mixed"] = {k: mix[k] for k in ("needed", "passed", "float_tensors", "float_macs_pct", "validation",
+                                           "search_seconds", "ranking", "search") if k in mix}
+    if not mix["needed"]:
+        if not full.passed:
+            failures.append("tflite-int8-pt2e: passes on the validation split but not on test")
+        return failures
+    failures = []  # the mix answers for the full int8 file's miss
+    pt2e.drop_quantizers(graph, mix["float_tensors"])
+    res = write("tflite-int8-pt2e-mixed", graph, {**details, "mixed_precision": {
+        k: mix[k] for k in ("float_tensors", "float_macs_pct", "validation", "search_seconds")}})
+    summary["mixed"]["name"] = "tflite-int8-pt2e-mixed"
+    if not mix["passed"]:
+        failures.append(f"tflite-int8-pt2e-mixed: no mix within {opts.max_float_macs:g} % float MACs and "
+                        f"{opts.max_float_layers} tensors passes on validation (best: "
+                        f"{mix['validation']['pixel_agreement']:.3f} %, mask mIoU {mix['validation']['mask_miou']:.4f})"
+                        f"; on test: {'; '.join(res.failures) or 'passed'}")
+    elif not res.passed:
+        failures.append(f"tflite-int8-pt2e-mixed: passes on the validation split but not on test: "
+                        f"{'; '.join(res.failures)}")
+    return failures
+
+
+@dataclass
+class _Writer:
+    """Converts a prepared graph (fake quantizers frozen) to ``RUN/export/NAME/model.tflite``, checks the file
+    against the float model and against the fake-quant graph it came from, and records both."""
+
+    run: Path
+    ckpt: Any
+    example: Any
+    test: tuple
+    reference: Callable
+    thresholds: dict
+    base_opts: Any
+    extra: dict
+    summary: dict
+    quantizer: Any
+    t0: float
+    log: Callable[[str], None]
+
+    def __call__(self, name: str, graph, details: dict):
+        from exporters import ExporterError, tflite_metadata
+        from exporters import tflite_pt2e as pt2e
+        from exporters.tflite import load, model_info, tensor_types
+        from exporters.tflite_litert import op_types
+
+        from edgeseg.atomic import atomic_path
+        from edgeseg.bench import torch_runner
+        from edgeseg.quantize import _summary_row, _torch_parity, _write_record
+
+        ckpt, test, ref, th = self.ckpt, self.test, self.reference, self.thresholds
+        try:
+            converted = pt2e.convert(graph)
+            self.log(f"litert-torch: converting the int8 graph ({name}) ...")
+            data, convert_seconds = pt2e.to_tflite(converted, self.example, self.quantizer)
+        except ExporterError as e:
+            raise ExportError(f"{name}: {e}") from None
+        fake = pt2e.nchw_view(converted)
+        fq = _torch_parity(fake, ref, *test, ckpt, th, runtime="PyTorch, PT2E fake quantization (convert_pt2e graph)")
+        out = ensure_dir(self.run / "export" / name)
+        final = out / "model.tflite"
+        with atomic_path(final) as tmp:
+            tmp.write_bytes(tflite_metadata.populate(data, model_info(self.base_opts)))
+        runner = load(final)
+        parity = compare(ref, runner, *test, ckpt.class_names, th, "tflite", "int8", runtime=runner.runtime)
+        # the file against the graph it was converted from: what the int8 kernels' own rounding changes
+        same = compare(torch_runner(fake, 2), runner, *test, ckpt.class_names, th, "pytorch-fake-quant", "int8")
+        ops = op_types(final)
+        details = {**details, "convert_seconds": round(convert_seconds, 1),
+                   "int8_ops": {k: v["int8"] for k, v in ops.items() if v.get("int8")},
+                   "float_ops": {k: v["float32"] for k, v in ops.items()
+                                 if v.get("float32") and k not in ("QUANTIZE", "DEQUANTIZE")},
+                   "fake_quant": {"pixel_agreement": fq.pixel_agreement, "mask_miou": fq.mask_miou,
+                                  "exported_miou": fq.exported_miou},
+                   "file_vs_fake_quant": {"pixel_agreement": same.pixel_agreement, "mask_miou": same.mask_miou,
+                                          "agreement_gap_points": round(fq.pixel_agreement - parity.pixel_agreement,
+                                                                        4)},
+                   **tensor_types(final)}
+        res_json = {"target": "tflite", "precision": "int8", "path": str(final), "size_bytes": final.stat().st_size,
+                    "seconds": round(time.time() - self.t0, 1), "input_shape": list(self.example.shape),
+                    "details": details}
+        rec = _write_record(self.run, out, res_json, parity, self.extra)
+        self.summary["targets"][name] = _summary_row(rec, parity, details)
+        self.log(f"  {name}: {parity.status.upper()} on test: agreement {parity.pixel_agreement:.3f} % (fake-quant "
+                 f"PyTorch {fq.pixel_agreement:.3f} %, file vs fake-quant {same.pixel_agreement:.3f} %), mask mIoU "
+                 f"{parity.mask_miou:.4f} ({final.stat().st_size / 1e6:.2f} MB)")
+        return parity
+
+
+def _search(graph, ckpt, val, reference, thresholds, opts, log: Callable[[str], None]) -> dict[str, Any]:
+    """Mixed precision by the mask metric on the fine-tuned fake-quant graph: which activation tensors to leave in
+    float. Each activation quantizer is switched off alone and the validation mask mIoU measured (on the first
+    ``RANK_IMAGES`` validation images: ~100 quantizers); the ranking is then walked one tensor more per step on the
+    whole validation split until the gate holds, at most ``--max-float-macs`` % of the multiply-adds in float and
+    ``--max-float-layers`` tensors. Switching a quantizer off in PyTorch is exactly what dropping it from the graph
+    does in the file, so no conversion is needed until the chosen mix is written. The test split is not used."""
+    from exporters import tflite_pt2e as pt2e
+
+    from edgeseg.bench import torch_runner
+    from edgeseg.progress import progress_bar
+    from edgeseg.quantize_aeq import _fig, _memo
+
+    t0 = time.time()
+    images, masks = val
+    ref = _memo(reference)
+    view = pt2e.nchw_view(graph)
+
+    def evaluate(names, n=None):
+        pt2e.set_float(graph, names)
+        try:
+            return compare(ref, torch_runner(view, 2), images[:n], masks[:n], ckpt.class_names, thresholds,
+                           "pytorch-fake-quant", "int8")
+        finally:
+            pt2e.set_float(graph, names, False)
+
+    plain = evaluate([])
+    if plain.passed:
+        log(f"  mixed precision not needed: the fake-quant graph passes on validation ({plain.pixel_agreement:.3f} %, "
+            f"mask mIoU {plain.mask_miou:.4f})")
+        return {"needed": False, "passed": True, "float_tensors": [], "float_macs_pct": 0.0, "validation": _fig(plain),
+                "search_seconds": round(time.time() - t0, 1)}
+    names = pt2e.activation_quantizers(graph)
+    log(f"  fake-quant graph on validation: {plain.pixel_agreement:.3f} %, mask mIoU {plain.mask_miou:.4f}: measuring "
+        f"each of {len(names)} activation quantizers left out alone ...")
+    budget = opts.max_float_macs / 100.0
+    base = evaluate([], RANK_IMAGES)
+    ranking = []
+    with progress_bar(len(names), f"sensitivity (mask mIoU, {min(RANK_IMAGES, len(images))} val images)") as bar:
+        for n in names:
+            share = pt2e.float_macs(graph, [n])["share"]
+            if share <= budget:
+                r = evaluate([n], RANK_IMAGES)
+                ranking.append({"tensor": n, "float_macs_pct": round(100 * share, 2),
+                                "mask_miou_gain": round(r.mask_miou - base.mask_miou, 5),
+                                "agreement_gain": round(r.pixel_agreement - base.pixel_agreement, 4)})
+            bar.advance()
+    ranking.sort(key=lambda r: (-r["mask_miou_gain"], -r["agreement_gain"], r["float_macs_pct"]))
+    tried: list[dict] = []
+    best_key, best, best_res = (0, plain.mask_miou), [], plain
+    keep: list[str] = []
+    for r in ranking[: opts.max_float_layers]:
+        if r["mask_miou_gain"] <= 0:
+            break
+        share = pt2e.float_macs(graph, [*keep, r["tensor"]])["share"]
+        if share > budget:
+            continue  # a cheaper tensor further down may still fit
+        keep.append(r["tensor"])
+        res = evaluate(keep)
+        tried.append({"float_tensors": len(keep), "float_macs_pct": round(100 * share, 2), **_fig(res)})
+        log(f"  {len(keep):2d} float tensor(s), {100 * share:4.1f} % MACs: agreement {res.pixel_agreement:.3f} %, "
+            f"mask mIoU {res.mask_miou:.4f}{'  PASS' if res.passed else ''}")
+        key = (1, -share) if res.passed else (0, res.mask_miou)
+        if key > best_key:
+            best_key, best, best_res = key, list(keep), res
+        if res.passed:
+            break
+    return {"needed": True, "passed": bool(best_res.passed), "float_tensors": best,
+            "float_macs_pct": round(100 * pt2e.float_macs(graph, best)["share"], 2), "validation": _fig(best_res),
+            "ranking": ranking, "search": tried, "search_seconds": round(time.time() - t0, 1)}

@@ -235,7 +235,6 @@ def test_aeq_through_the_cli_searches_by_the_mask_metric(run, capsys):
     (["--method", "aeq", "--float-ops", "HARD_SWISHH"], "--float-ops: unknown TFLite op type(s) HARD_SWISHH"),
     (["--method", "pt2e", "--targets", "tflite,coreml"], "--method pt2e converts the PT2E graph with litert-torch, "
                                                          "which writes TFLite; it cannot produce coreml"),
-    (["--method", "pt2e", "--mixed-precision"], "--method pt2e fine-tunes every layer on its int8 grid instead"),
     (["--method", "pt2e", "--epochs", "-1"], "--epochs must be 0 (post-training) or more (QAT) for --method pt2e"),
 ])
 def test_aeq_and_pt2e_bad_inputs(run, capsys, args, message):
@@ -244,27 +243,39 @@ def test_aeq_and_pt2e_bad_inputs(run, capsys, args, message):
 
 
 def test_pt2e_qat_file_is_the_fine_tuned_fake_quant_model(run, capsys):
-    """QAT whose grid lands in the file: the TFLite model computes what the fine-tuned fake-quantized PyTorch graph
+    """QAT whose grid lands in the file: each TFLite file computes what its fine-tuned fake-quantized PyTorch graph
     computes. Tolerance: the only difference left is the int8 kernels' own rounding (requantization, int8
     hard-swish/resize) against PyTorch's float simulation of the same grid; the issue's bar is 0.1 point of
     agreement with the float model, and the file agrees with the fake-quant graph on >= 99.8 % of pixels
-    (measured 99.98 % on this model)."""
-    code, s, err = _quantize(run, capsys, "--method", "pt2e", "--calibration", "32", "--epochs", "1")
-    assert code == 0, err
-    r = s["targets"]["tflite-int8-pt2e"]
-    fq = s["pytorch_fake_quant"]
-    assert r["status"] == "passed" and r["pixel_agreement"] >= 98.0
-    assert abs(fq["pixel_agreement"] - r["pixel_agreement"]) <= 0.1
-    assert s["tflite_vs_fake_quant"]["pixel_agreement"] >= 99.8
-    d = r["details"]
-    # the file is int8: int8 input (the quantization of the first convolution's input), every convolution int8
-    assert d["input_dtype"] == "int8" and d["quantization"] == "QAT" and d["epochs"] == 1
-    assert d["int8_ops"].get("CONV_2D", 0) > 0 and "CONV_2D" not in d["float_ops"]
-    assert d["calibration_images"] == 32
+    (measured 99.98 % on this model). A gate no mix reaches (every pixel equal) also runs the mask-metric search:
+    it stays within its budgets and its file is written, checked and keeps the chosen tensors in float."""
+    code, _, err = _quantize(run, capsys, "--method", "pt2e", "--calibration", "32", "--epochs", "1",
+                             "--mixed-precision", "--min-agreement", "100", "--min-mask-miou", "1",
+                             "--max-float-layers", "2")
+    s = json.loads((run / "export" / "quantize-pt2e.json").read_text())
+    assert code == 1 and "tflite-int8-pt2e-mixed: no mix within 10 % float MACs and 2 tensors passes" in err, err
+    full, mixed = s["targets"]["tflite-int8-pt2e"], s["targets"]["tflite-int8-pt2e-mixed"]
+    for r in (full, mixed):
+        d = r["details"]
+        assert r["pixel_agreement"] >= 98.0 and r["mask_miou"] >= 0.95
+        assert abs(d["fake_quant"]["pixel_agreement"] - r["pixel_agreement"]) <= 0.1
+        assert abs(d["file_vs_fake_quant"]["agreement_gap_points"]) <= 0.1
+        assert d["file_vs_fake_quant"]["pixel_agreement"] >= 99.8
+        # int8 input (the first convolution's input quantizer), int8 convolutions
+        assert d["quantization"] == "QAT" and d["epochs"] == 1 and d["calibration_images"] == 32
+        assert d["int8_ops"].get("CONV_2D", 0) > 0
+    assert full["details"]["input_dtype"] == "int8" and "CONV_2D" not in full["details"]["float_ops"]
+    m = s["mixed"]
+    assert m["needed"] and not m["passed"] and 1 <= len(m["float_tensors"]) <= 2
+    assert m["float_macs_pct"] <= 10.0 and len(m["ranking"]) > 10
+    assert all(t["float_macs_pct"] <= 10.0 for t in m["search"])
+    # what the search left in float is float in the file: the convolutions around those tensors
+    assert mixed["details"]["float_ops"].get("CONV_2D", 0) >= 1
+    assert mixed["details"]["mixed_precision"]["float_tensors"] == m["float_tensors"]
     assert any("QAT loss per epoch" in n for n in s["notes"])
     rec = json.loads((run / "export" / "tflite-int8-pt2e" / "export.json").read_text())
     assert rec["method"] == "pt2e" and rec["target"] == "tflite" and rec["precision"] == "int8"
     from exporters import tflite_metadata
 
-    data = (run / "export" / "tflite-int8-pt2e" / "model.tflite").read_bytes()
+    data = (run / "export" / "tflite-int8-pt2e-mixed" / "model.tflite").read_bytes()
     assert tflite_metadata.edgeseg_info(data)["precision"] == "int8"
