@@ -103,7 +103,7 @@ def main() -> None:
                 files["pt2e"], secs["pt2e"] = work / "pt2e.tflite", time.time() - t0
                 fp32 = {t: invoke_ms(files["fp32"], t, a.runs) for t in (1, a.threads)}
                 for route, path in files.items():
-                    ms = {t: invoke_ms(path, t, a.runs) for t in (1, a.threads)}
+                    ms = fp32 if route == "fp32" else {t: invoke_ms(path, t, a.runs) for t in (1, a.threads)}
                     rows.append((name, size, route, path.stat().st_size / 1e6, ms[1], ms[a.threads],
                                  ms[a.threads] / fp32[a.threads], secs[route]))
                     print(rows[-1], flush=True)

@@ -214,7 +214,7 @@ def _parser() -> argparse.ArgumentParser:
                    "quantizer, fine-tuned --epochs on the int8 grid the file keeps, converted by litert-torch; TFLite "
                    "only: RUN/export/tflite-int8-pt2e)")
     p.add_argument("--targets", help="comma-separated from tflite, onnx, openvino, coreml (default "
-                   "tflite,onnx,openvino; aeq: tflite)")
+                   "tflite,onnx,openvino; aeq, pt2e: tflite)")
     p.add_argument("--calibration", type=int, default=300,
                    help="training images for calibration (default %(default)s or all if fewer; warns under 100, "
                    "refuses under 16)")
@@ -228,10 +228,12 @@ def _parser() -> argparse.ArgumentParser:
                    "post-training only)")
     p.add_argument("--lr", type=float, help="qat, pt2e: AdamW learning rate (default: qat 1e-5, pt2e 1e-4)")
     p.add_argument("--distill", type=float, default=1.0,
-                   help="qat: weight of the distillation term (KL to the float model's scores; default %(default)s)")
+                   help="qat, pt2e: weight of the distillation term (KL to the float model's scores; default "
+                   "%(default)s)")
     p.add_argument("--task-weight", type=float, default=0.0,
-                   help="qat: weight of the run's training loss on the labels (default %(default)s: any weight pulls "
-                   "the masks towards the labels and away from the float model's, which is what parity measures)")
+                   help="qat, pt2e: weight of the run's training loss on the labels (default %(default)s: any weight "
+                   "pulls the masks towards the labels and away from the float model's, which is what parity "
+                   "measures)")
     p.add_argument("--max-drop", type=float, default=0.01,
                    help="accuracy: largest allowed absolute drop of validation mIoU (default %(default)s)")
     p.add_argument("--mixed-precision", action="store_true",
