@@ -17,7 +17,7 @@ The graph:
   cannot be used under torch 2.14 (their pattern capture calls ``torch.export`` on a function and fails) and have
   nothing to match once BN is folded, so they are switched off.
 * weights int8 symmetric per output channel, activations int8 per tensor (asymmetric), as LiteRT's kernels take
-  them. ``qat``: fake quantization with moving-average ranges (``FusedMovingAvgObsFakeQuantize``), initialized on
+  them. ``qat``: fake quantization (``FakeQuantize``) with moving-average ranges, initialized on
   the calibration images; :func:`freeze_ranges` stops the range updates. PTQ (``qat=False``): histogram ranges
   from the calibration images.
 * Ops the quantizer does not annotate (hard-swish, hard-sigmoid's multiply, resize) compute on dequantized values
@@ -86,8 +86,8 @@ def _quantizer(qat: bool):
     config = pq.get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
     if qat:
         # LiteRT's QAT config uses FusedMovingAvgObsFakeQuantize, whose fused kernel derives its own scales from the
-        # running ranges (measured: 90 of 183 quantizers of LR-ASPP off by up to 1/128 of a step, weights on a
-        # 255-level grid where the file has 254), so the model trained was not the model converted: 99.0 % argmax
+        # running ranges (measured: 90 of 183 quantizers of LR-ASPP with scales ~1 % off, weights on a 256-level
+        # grid where the file has 255), so the model trained was not the model converted: 99.0 % argmax
         # agreement between the two before any training. FakeQuantize quantizes with the scales convert_pt2e
         # writes (its observer's calculate_qparams), so what QAT trains is what the file computes.
         act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=FakeQuantize.with_args(
