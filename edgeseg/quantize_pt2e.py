@@ -17,7 +17,6 @@ file is the model that was trained: the gap is the int8 kernels' own rounding).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,11 +33,15 @@ def quantize_pt2e(run: Path, ckpt, model, example, calib, val, test, reference, 
     ``tflite-int8-pt2e-mixed``); returns the failures."""
     import copy
 
-    from exporters import ExporterError
+    from exporters import ExporterError, tflite_metadata
     from exporters import tflite_pt2e as pt2e
+    from exporters.tflite import load, model_info, tensor_types
+    from exporters.tflite_litert import ops_by_precision
 
+    from edgeseg.atomic import atomic_path
+    from edgeseg.bench import torch_runner
     from edgeseg.progress import progress_bar
-    from edgeseg.quantize import fine_tune
+    from edgeseg.quantize import _summary_row, _torch_parity, _write_record, fine_tune
 
     t0 = time.time()
     qat = opts.epochs > 0
@@ -61,7 +64,47 @@ def quantize_pt2e(run: Path, ckpt, model, example, calib, val, test, reference, 
     details = {"converter": "PT2E (torch.export) + LiteRT PT2EQuantizer + litert-torch",
                "quantization": "QAT" if qat else "PTQ", "epochs": opts.epochs, "lr": opts.lr if qat else None,
                "calibration_images": n_calib}
-    write = _Writer(run, ckpt, example, test, reference, thresholds, base_opts, extra, summary, quantizer, t0, log)
+
+    def write(name: str, graph, details: dict):
+        """Convert the frozen graph to RUN/export/NAME/model.tflite and check the file against the float model
+        and against the fake-quant graph it came from; returns the parity against the float model."""
+        try:
+            converted = pt2e.convert(graph)
+            log(f"litert-torch: converting the int8 graph ({name}) ...")
+            data, convert_seconds = pt2e.to_tflite(converted, example, quantizer)
+        except ExporterError as e:
+            raise ExportError(f"{name}: {e}") from None
+        fake = pt2e.nchw_view(converted)
+        fq = _torch_parity(fake, reference, *test, ckpt, thresholds,
+                           runtime="PyTorch, PT2E fake quantization (convert_pt2e graph)")
+        out = ensure_dir(run / "export" / name)
+        final = out / "model.tflite"
+        with atomic_path(final) as tmp:
+            tmp.write_bytes(tflite_metadata.populate(data, model_info(base_opts)))
+        runner = load(final)
+        parity = compare(reference, runner, *test, ckpt.class_names, thresholds, "tflite", "int8",
+                         runtime=runner.runtime)
+        # the file against the graph it was converted from: what the int8 kernels' own rounding changes
+        same = compare(torch_runner(fake, 2), runner, *test, ckpt.class_names, thresholds, "pytorch-fake-quant",
+                       "int8")
+        int8_ops, float_ops = ops_by_precision(final)
+        details = {**details, "convert_seconds": round(convert_seconds, 1), "int8_ops": int8_ops,
+                   "float_ops": float_ops,
+                   "fake_quant": {"pixel_agreement": fq.pixel_agreement, "mask_miou": fq.mask_miou,
+                                  "exported_miou": fq.exported_miou},
+                   "file_vs_fake_quant": {"pixel_agreement": same.pixel_agreement, "mask_miou": same.mask_miou,
+                                          "agreement_gap_points": round(fq.pixel_agreement - parity.pixel_agreement,
+                                                                        4)},
+                   **tensor_types(final)}
+        res_json = {"target": "tflite", "precision": "int8", "path": str(final), "size_bytes": final.stat().st_size,
+                    "seconds": round(time.time() - t0, 1), "input_shape": list(example.shape), "details": details}
+        rec = _write_record(run, out, res_json, parity, extra)
+        summary["targets"][name] = _summary_row(rec, parity, details)
+        log(f"  {name}: {parity.status.upper()} on test: agreement {parity.pixel_agreement:.3f} % (fake-quant "
+            f"PyTorch {fq.pixel_agreement:.3f} %, file vs fake-quant {same.pixel_agreement:.3f} %), mask mIoU "
+            f"{parity.mask_miou:.4f} ({final.stat().st_size / 1e6:.2f} MB)")
+        return parity
+
     mix = None
     if opts.mixed_precision:
         mix = _search(graph, ckpt, val, reference, thresholds, opts, log)
@@ -90,73 +133,6 @@ def quantize_pt2e(run: Path, ckpt, model, example, calib, val, test, reference, 
         failures.append(f"tflite-int8-pt2e-mixed: passes on the validation split but not on test: "
                         f"{'; '.join(res.failures)}")
     return failures
-
-
-@dataclass
-class _Writer:
-    """Converts a prepared graph (fake quantizers frozen) to ``RUN/export/NAME/model.tflite``, checks the file
-    against the float model and against the fake-quant graph it came from, and records both."""
-
-    run: Path
-    ckpt: Any
-    example: Any
-    test: tuple
-    reference: Callable
-    thresholds: dict
-    base_opts: Any
-    extra: dict
-    summary: dict
-    quantizer: Any
-    t0: float
-    log: Callable[[str], None]
-
-    def __call__(self, name: str, graph, details: dict):
-        from exporters import ExporterError, tflite_metadata
-        from exporters import tflite_pt2e as pt2e
-        from exporters.tflite import load, model_info, tensor_types
-        from exporters.tflite_litert import op_types
-
-        from edgeseg.atomic import atomic_path
-        from edgeseg.bench import torch_runner
-        from edgeseg.quantize import _summary_row, _torch_parity, _write_record
-
-        ckpt, test, ref, th = self.ckpt, self.test, self.reference, self.thresholds
-        try:
-            converted = pt2e.convert(graph)
-            self.log(f"litert-torch: converting the int8 graph ({name}) ...")
-            data, convert_seconds = pt2e.to_tflite(converted, self.example, self.quantizer)
-        except ExporterError as e:
-            raise ExportError(f"{name}: {e}") from None
-        fake = pt2e.nchw_view(converted)
-        fq = _torch_parity(fake, ref, *test, ckpt, th, runtime="PyTorch, PT2E fake quantization (convert_pt2e graph)")
-        out = ensure_dir(self.run / "export" / name)
-        final = out / "model.tflite"
-        with atomic_path(final) as tmp:
-            tmp.write_bytes(tflite_metadata.populate(data, model_info(self.base_opts)))
-        runner = load(final)
-        parity = compare(ref, runner, *test, ckpt.class_names, th, "tflite", "int8", runtime=runner.runtime)
-        # the file against the graph it was converted from: what the int8 kernels' own rounding changes
-        same = compare(torch_runner(fake, 2), runner, *test, ckpt.class_names, th, "pytorch-fake-quant", "int8")
-        ops = op_types(final)
-        details = {**details, "convert_seconds": round(convert_seconds, 1),
-                   "int8_ops": {k: v["int8"] for k, v in ops.items() if v.get("int8")},
-                   "float_ops": {k: v["float32"] for k, v in ops.items()
-                                 if v.get("float32") and k not in ("QUANTIZE", "DEQUANTIZE")},
-                   "fake_quant": {"pixel_agreement": fq.pixel_agreement, "mask_miou": fq.mask_miou,
-                                  "exported_miou": fq.exported_miou},
-                   "file_vs_fake_quant": {"pixel_agreement": same.pixel_agreement, "mask_miou": same.mask_miou,
-                                          "agreement_gap_points": round(fq.pixel_agreement - parity.pixel_agreement,
-                                                                        4)},
-                   **tensor_types(final)}
-        res_json = {"target": "tflite", "precision": "int8", "path": str(final), "size_bytes": final.stat().st_size,
-                    "seconds": round(time.time() - self.t0, 1), "input_shape": list(self.example.shape),
-                    "details": details}
-        rec = _write_record(self.run, out, res_json, parity, self.extra)
-        self.summary["targets"][name] = _summary_row(rec, parity, details)
-        self.log(f"  {name}: {parity.status.upper()} on test: agreement {parity.pixel_agreement:.3f} % (fake-quant "
-                 f"PyTorch {fq.pixel_agreement:.3f} %, file vs fake-quant {same.pixel_agreement:.3f} %), mask mIoU "
-                 f"{parity.mask_miou:.4f} ({final.stat().st_size / 1e6:.2f} MB)")
-        return parity
 
 
 def _search(graph, ckpt, val, reference, thresholds, opts, log: Callable[[str], None]) -> dict[str, Any]:
@@ -199,7 +175,7 @@ def _search(graph, ckpt, val, reference, thresholds, opts, log: Callable[[str], 
     ranking = []
     with progress_bar(len(names), f"sensitivity (mask mIoU, {min(RANK_IMAGES, len(images))} val images)") as bar:
         for n in names:
-            share = pt2e.float_macs(graph, [n])["share"]
+            share = pt2e.float_macs(graph, [n])
             if share <= budget:
                 r = evaluate([n], RANK_IMAGES)
                 ranking.append({"tensor": n, "float_macs_pct": round(100 * share, 2),
@@ -213,7 +189,7 @@ def _search(graph, ckpt, val, reference, thresholds, opts, log: Callable[[str], 
     for r in ranking[: opts.max_float_layers]:
         if r["mask_miou_gain"] <= 0:
             break
-        share = pt2e.float_macs(graph, [*keep, r["tensor"]])["share"]
+        share = pt2e.float_macs(graph, [*keep, r["tensor"]])
         if share > budget:
             continue  # a cheaper tensor further down may still fit
         keep.append(r["tensor"])
@@ -227,5 +203,5 @@ def _search(graph, ckpt, val, reference, thresholds, opts, log: Callable[[str], 
         if res.passed:
             break
     return {"needed": True, "passed": bool(best_res.passed), "float_tensors": best,
-            "float_macs_pct": round(100 * pt2e.float_macs(graph, best)["share"], 2), "validation": _fig(best_res),
+            "float_macs_pct": round(100 * pt2e.float_macs(graph, best), 2), "validation": _fig(best_res),
             "ranking": ranking, "search": tried, "search_seconds": round(time.time() - t0, 1)}

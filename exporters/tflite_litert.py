@@ -112,6 +112,14 @@ def op_types(path_or_bytes) -> dict[str, dict[str, int]]:
     return dict(sorted(out.items()))
 
 
+def ops_by_precision(path_or_bytes) -> tuple[dict[str, int], dict[str, int]]:
+    """From :func:`op_types`: per op name, how many compute in int8, and how many in float32 (QUANTIZE/DEQUANTIZE,
+    the conversions themselves, left out of the float count)."""
+    ops = op_types(path_or_bytes)
+    return ({k: v["int8"] for k, v in ops.items() if v.get("int8")},
+            {k: v["float32"] for k, v in ops.items() if v.get("float32") and k not in ("QUANTIZE", "DEQUANTIZE")})
+
+
 def export_graph(module, example: np.ndarray, precision: str, path: Path,
                  calibration: Sequence[np.ndarray] = (), int8_scope: str = ".*") -> dict:
     """Write ``module`` (a torch module with tensor outputs) as a ``.tflite`` at ``precision``; returns details.
@@ -130,8 +138,7 @@ def export_graph(module, example: np.ndarray, precision: str, path: Path,
         details.update(extra)
     with atomic_path(Path(path)) as tmp:
         tmp.write_bytes(data)
-    ops = op_types(Path(path))
-    details["int8_ops"] = {k: v["int8"] for k, v in ops.items() if v.get("int8")}
+    details["int8_ops"] = ops_by_precision(Path(path))[0]
     details["size_bytes"] = path_size(Path(path))
     return details
 

@@ -198,50 +198,38 @@ def activation_quantizers(graph) -> list[str]:
 
 def _conv_macs(graph, node) -> int:
     """Multiply-adds of an ``aten.conv2d``/``aten.linear`` node (0 for anything else)."""
+    import operator
+
     name = str(node.target)
     if not (name.startswith("aten.conv2d") or name.startswith("aten.linear")) or len(node.args) < 2:
         return 0
     w = node.args[1]
     while getattr(w, "op", None) == "call_module":  # the weight's fake quantizer
         w = w.args[0]
-    if getattr(w, "op", None) != "get_attr":
-        return 0
-    weight = _attr(graph, w.target)
     out = node.meta.get("val")
-    if out is None:
+    if getattr(w, "op", None) != "get_attr" or out is None:
         return 0
+    weight = operator.attrgetter(w.target)(graph)
     per_output = int(np.prod(weight.shape[1:]))  # Cin/groups * kh * kw (conv) or Cin (linear)
     return int(np.prod([int(v) for v in out.shape[1:]])) * per_output
 
 
-def _attr(graph, target: str):
-    obj = graph
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def float_macs(graph, names) -> dict[str, float]:
-    """For activation quantizers ``names`` left out: the multiply-adds then computed in float (the convolutions
-    that produce or consume those tensors: a convolution whose input or output is float runs in float), as a
-    share of the model's; ``{"share": 0-1, "float_macs": n, "total_macs": n}``."""
+def float_macs(graph, names) -> float:
+    """The share (0-1) of the model's multiply-adds computed in float when activation quantizers ``names`` are
+    left out: the convolutions that produce or consume those tensors (a convolution whose input or output is
+    float runs in float)."""
     keep = set(names)
-    total, floating = 0, set()
+    total, floating = 0, 0
     for node in graph.graph.nodes:
-        if node.op != "call_function":
-            continue
-        macs = _conv_macs(graph, node)
+        macs = _conv_macs(graph, node) if node.op == "call_function" else 0
         if not macs:
             continue
         total += macs
         x = node.args[0]
-        if getattr(x, "op", None) == "call_module" and x.target in keep:  # float input
-            floating.add(node)
-        for user in node.users:  # float output
-            if user.op == "call_module" and user.target in keep:
-                floating.add(node)
-    f = sum(_conv_macs(graph, n) for n in floating)
-    return {"share": f / total if total else 0.0, "float_macs": f, "total_macs": total}
+        float_in = getattr(x, "op", None) == "call_module" and x.target in keep
+        float_out = any(u.op == "call_module" and u.target in keep for u in node.users)
+        floating += macs if float_in or float_out else 0
+    return floating / total if total else 0.0
 
 
 def set_float(graph, names, float_: bool = True) -> None:
