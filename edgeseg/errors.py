@@ -32,6 +32,13 @@ class DataError(EdgesegError):
     """An image, mask or dataset folder cannot be used."""
 
 
+class MissingSplit(DataError):
+    """A dataset root has no files for the requested split (e.g. a Cityscapes download of ``val`` only).
+
+    ``edgeseg data check`` reports it as a note on that split; a command that needs the split fails.
+    """
+
+
 class CheckpointError(EdgesegError):
     """A checkpoint is missing, unreadable, unsafe or does not fit the requested model."""
 

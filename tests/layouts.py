@@ -222,3 +222,138 @@ def write_coco(root: Path) -> dict[str, np.ndarray]:
     e1[6:10, 6:9] = np.where(e1[6:10, 6:9] == 7, 255, 12)  # dog; column 8 overlaps the car
     e1[10:12, 0:4] = 15  # crowd paints its class
     return {"voc/1": e1}
+
+
+# --- layouts that annotation tools write (issue 19) ---------------------------------------------------
+# Names chosen so that a 0.7/0.15/0.15 file-name hash split puts some in each split.
+TOOL_STEMS = [f"frame_{k:03d}" for k in range(10)]
+
+
+def _tool_mask(k: int) -> np.ndarray:
+    """Class indices 0..2 (a per-image pattern) with an ignored (255) row."""
+    m = np.zeros((H, W), np.uint8)
+    m[2:7, 1 + k % 5: 8 + k % 5] = 1
+    m[8:, 9:] = 2
+    m[0, :] = 255
+    return m
+
+
+def write_labelme_voc(root: Path, npy: bool = False) -> dict[str, np.ndarray]:
+    """labelme's ``labelme2voc.py`` output: JPEGImages/, SegmentationClass/ palette PNGs (``npy=True``:
+    ``.npy`` arrays there and the PNGs in SegmentationClassPNG/, as older labelme writes),
+    SegmentationClassVisualization/, class_names.txt with ``_background_`` first, no ImageSets/."""
+    (root).mkdir(parents=True, exist_ok=True)
+    (root / "class_names.txt").write_text("_background_\ncat\ndog\n")
+    expected = {}
+    for k, stem in enumerate(TOOL_STEMS):
+        _image(root / "JPEGImages" / f"{stem}.jpg", 100 + k)
+        m = _tool_mask(k)
+        if npy:
+            (root / "SegmentationClass").mkdir(parents=True, exist_ok=True)
+            np.save(root / "SegmentationClass" / f"{stem}.npy", np.where(m == 255, -1, m).astype(np.int32))
+            _png(root / "SegmentationClassPNG" / f"{stem}.png", m, "P", voc_palette())
+        else:
+            _png(root / "SegmentationClass" / f"{stem}.png", m, "P", voc_palette())
+        _image(root / "SegmentationClassVisualization" / f"{stem}.jpg", k)
+        expected[stem] = m.astype(np.int64)
+    return expected
+
+
+CVAT_LABELMAP = [("background", (0, 0, 0)), ("road", (128, 64, 128)), ("car", (250, 50, 83))]
+
+
+def write_cvat_masks(root: Path, subsets: bool = False) -> dict[str, np.ndarray]:
+    """CVAT "Segmentation mask 1.1" exported with images: labelmap.txt, SegmentationClass/ RGB masks in
+    the labelmap's colours (VOC's void colour on the ignored row), SegmentationObject/,
+    ImageSets/Segmentation/default.txt (``subsets``: train.txt and val.txt instead), JPEGImages/."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "labelmap.txt").write_text("# label:color_rgb:parts:actions\n"
+                                       + "".join(f"{n}:{r},{g},{b}::\n" for n, (r, g, b) in CVAT_LABELMAP))
+    colours = np.array([c for _, c in CVAT_LABELMAP] + [(224, 224, 192)], np.uint8)
+    expected = {}
+    for k, stem in enumerate(TOOL_STEMS):
+        _image(root / "JPEGImages" / f"{stem}.png", 200 + k)
+        m = _tool_mask(k)
+        _png(root / "SegmentationClass" / f"{stem}.png", colours[np.where(m == 255, 3, m)])
+        _png(root / "SegmentationObject" / f"{stem}.png", (m > 0).astype(np.uint8), "P", voc_palette())
+        expected[stem] = m.astype(np.int64)
+    sets = root / "ImageSets" / "Segmentation"
+    sets.mkdir(parents=True, exist_ok=True)
+    if subsets:
+        (sets / "train.txt").write_text("\n".join(TOOL_STEMS[:7]) + "\n")
+        (sets / "val.txt").write_text("\n".join(TOOL_STEMS[7:]) + "\n")
+    else:
+        (sets / "default.txt").write_text("\n".join(TOOL_STEMS) + "\n")
+    return expected
+
+
+def _coco_image_anns(k: int, image_id: int, cat_of: dict[int, int], start: int) -> tuple[list, np.ndarray]:
+    """Polygon annotations for :func:`_tool_mask`'s two regions (class c -> category ``cat_of[c]``)."""
+    m = _tool_mask(k)
+    anns = []
+    for c in (1, 2):
+        ys, xs = np.nonzero(m == c)
+        x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+        anns.append({"id": start + c, "image_id": image_id, "category_id": cat_of[c], "iscrowd": 0,
+                     "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]], "area": float((x1 - x0) * (y1 - y0)),
+                     "bbox": [x0, y0, x1 - x0, y1 - y0]})
+    exp = np.where(m == 255, 0, m).astype(np.int64)  # COCO has no ignore band
+    return anns, exp
+
+
+def write_labelme_coco(root: Path) -> dict[str, np.ndarray]:
+    """labelme's ``labelme2coco.py`` output: annotations.json beside JPEGImages/, ``file_name`` relative to
+    the JSON's folder, a ``_background_`` category at id 0 and classes from id 1."""
+    cats = [{"supercategory": None, "id": 0, "name": "_background_"},
+            {"supercategory": None, "id": 1, "name": "cat"}, {"supercategory": None, "id": 2, "name": "dog"}]
+    doc = {"info": {"description": None}, "licenses": [], "images": [], "annotations": [], "categories": cats,
+           "type": "instances"}
+    expected = {}
+    for k, stem in enumerate(TOOL_STEMS):
+        _image(root / "JPEGImages" / f"{stem}.jpg", 300 + k)
+        doc["images"].append({"id": k, "file_name": f"JPEGImages/{stem}.jpg", "height": H, "width": W,
+                              "license": None, "url": None, "date_captured": None})
+        anns, exp = _coco_image_anns(k, k, {1: 1, 2: 2}, 10 * k)
+        doc["annotations"] += anns
+        expected[stem] = exp
+    (root / "annotations.json").write_text(json.dumps(doc))
+    return expected
+
+
+def write_roboflow_coco(root: Path) -> dict[str, np.ndarray]:
+    """Roboflow's "COCO Segmentation" export: train/ valid/ test/ each with its images and
+    ``_annotations.coco.json``; category 0 is the project (the supercategory of the others, unused)."""
+    cats = [{"id": 0, "name": "pets", "supercategory": "none"},
+            {"id": 1, "name": "cat", "supercategory": "pets"}, {"id": 2, "name": "dog", "supercategory": "pets"}]
+    expected = {}
+    for split, stems in (("train", TOOL_STEMS[:6]), ("valid", TOOL_STEMS[6:8]), ("test", TOOL_STEMS[8:])):
+        doc = {"info": {}, "licenses": [], "categories": cats, "images": [], "annotations": []}
+        for k, stem in enumerate(stems):
+            name = f"{stem}_jpg.rf.{k:032x}.jpg"
+            _image(root / split / name, 400 + k)
+            doc["images"].append({"id": k, "license": 1, "file_name": name, "height": H, "width": W,
+                                  "date_captured": "2026-01-01T00:00:00+00:00"})
+            anns, exp = _coco_image_anns(TOOL_STEMS.index(stem), k, {1: 1, 2: 2}, 10 * k)
+            doc["annotations"] += anns
+            expected[f"{split}/{name}"] = exp
+        (root / split / "_annotations.coco.json").write_text(json.dumps(doc))
+    return expected
+
+
+def write_cvat_coco(root: Path) -> dict[str, np.ndarray]:
+    """CVAT's "COCO 1.0" export with images: annotations/instances_default.json + images/, categories
+    from id 1 (``car`` 1, ``road`` 2: not the order of first use)."""
+    cats = [{"id": 1, "name": "car", "supercategory": ""}, {"id": 2, "name": "road", "supercategory": ""}]
+    doc = {"licenses": [{"name": "", "id": 0, "url": ""}], "info": {}, "categories": cats, "images": [],
+           "annotations": []}
+    expected = {}
+    for k, stem in enumerate(TOOL_STEMS):
+        _image(root / "images" / f"{stem}.jpg", 500 + k)
+        doc["images"].append({"id": k + 1, "width": W, "height": H, "file_name": f"{stem}.jpg", "license": 0,
+                              "flickr_url": "", "coco_url": "", "date_captured": 0})
+        anns, exp = _coco_image_anns(k, k + 1, {1: 2, 2: 1}, 10 * k)  # mask class 1 -> road, 2 -> car
+        doc["annotations"] += anns
+        expected[stem] = np.select([exp == 1, exp == 2], [2, 1], 0)  # classes: background, car, road
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / "annotations" / "instances_default.json").write_text(json.dumps(doc))
+    return expected

@@ -14,7 +14,8 @@ from edgeseg.data.check import check_dataset
 from edgeseg.data.transforms import Preprocess
 from edgeseg.errors import DataError, UsageError
 from conftest import ISBI
-from layouts import H, W, write_camvid_colour, write_camvid_segnet, write_cityscapes, write_coco, write_voc
+from layouts import (H, W, write_camvid_colour, write_camvid_segnet, write_cityscapes, write_coco, write_cvat_coco,
+                     write_cvat_masks, write_labelme_coco, write_labelme_voc, write_roboflow_coco, write_voc)
 
 
 def test_voc_palette_masks_decode_pixel_exactly(tmp_path):
@@ -143,7 +144,7 @@ def test_coco_bad_inputs(tmp_path):
     write_coco(tmp_path)
     with pytest.raises(UsageError, match=r"COCO has no category 'dgo' \(did you mean 'dog'\?\)"):
         open_split(f"coco:{tmp_path}?categories=dgo", "train")
-    with pytest.raises(DataError, match="no annotations/ under .* did you mean"):
+    with pytest.raises(DataError, match="no annotations/ and no COCO JSON under .* did you mean"):
         (tmp_path / "top").mkdir()
         (tmp_path / "top" / "coco").symlink_to(tmp_path)
         open_split(f"coco:{tmp_path / 'top'}", "train")
@@ -267,3 +268,172 @@ def test_real_isbi_sample_through_the_folder_format():
     assert img.shape == (512, 512, 3) and set(np.unique(mask)) <= {0, 1}
     rep = check_dataset(isbi_spec, ("train",), limit=3)
     assert rep["ok"] and rep["splits"]["train"]["checked"] == 3
+
+
+# --- layouts annotation tools write (issue 19) --------------------------------------------------------
+
+def _all_splits(spec: str) -> dict[str, tuple[np.ndarray, str]]:
+    """name -> (mask, split) over train/val/test; every file in exactly one split."""
+    out = {}
+    for split in ("train", "val", "test"):
+        ds = open_split(spec, split)
+        for i in range(len(ds)):
+            assert ds.name(i) not in out, f"{ds.name(i)} is in two splits"
+            img, mask = ds[i]
+            assert img.shape == (H, W, 3)
+            out[ds.name(i)] = (mask, split)
+    return out
+
+
+@pytest.mark.parametrize("npy", [False, True])
+def test_labelme_voc_export_without_imagesets(tmp_path, npy):
+    from edgeseg.data.folder import _split_of
+
+    exp = write_labelme_voc(tmp_path, npy=npy)
+    got = _all_splits(f"voc:{tmp_path}")
+    assert len(got) == len(exp)
+    for stem, m in exp.items():
+        mask, split = got[str(tmp_path / "JPEGImages" / f"{stem}.jpg")]
+        assert np.array_equal(mask, m) and split == _split_of(stem, (0.7, 0.15, 0.15))
+    ds = open_split(f"voc:{tmp_path}", "train")
+    assert [c.name for c in ds.classes] == ["_background_", "cat", "dog"]
+    assert ds.classes[1].color == (128, 0, 0)  # labelme draws with the VOC colour map
+    assert "labelme" in ds.layout and "split by file-name hash" in ds.layout
+    # split fractions are an option; everything in train
+    assert len(open_split(f"voc:{tmp_path}?split=1,0,0", "train")) == len(exp)
+
+
+@pytest.mark.parametrize("subsets", [False, True])
+def test_cvat_segmentation_mask_export(tmp_path, subsets):
+    exp = write_cvat_masks(tmp_path, subsets=subsets)
+    ds = open_split(f"voc:{tmp_path}", "train")
+    assert [c.name for c in ds.classes] == ["background", "road", "car"]
+    assert ds.classes[2].color == (250, 50, 83) and "CVAT" in ds.layout
+    got = {ds.name(i): ds[i][1] for i in range(len(ds))}
+    if subsets:
+        assert len(got) == 7 and len(open_split(f"voc:{tmp_path}", "val")) == 3
+    for name, mask in got.items():
+        m = exp[name.rsplit("/", 1)[1][:-4]]
+        assert np.array_equal(mask, m) and (mask[0] == 255).all()  # VOC's void colour is ignored
+    # a colour that is not in the labelmap is named with the file and the labelmap
+    lab = tmp_path / "SegmentationClass" / f"{ds.name(0).rsplit('/', 1)[1][:-4]}.png"
+    rgb = np.array(Image.open(lab))
+    rgb[5, 5] = (1, 2, 3)
+    Image.fromarray(rgb).save(lab)
+    with pytest.raises(DataError, match=r"label '.*\.png' has colours \[\(1, 2, 3\)\] that are not in "
+                                        r"'.*labelmap.txt'"):
+        ds[0]
+
+
+def test_labelmap_errors(tmp_path):
+    write_cvat_masks(tmp_path)
+    (tmp_path / "labelmap.txt").write_text("background:0,0,0::\nroad:0,0,0::\n")
+    with pytest.raises(DataError, match=r"gives \['background', 'road'\] the same colour \(0, 0, 0\)"):
+        open_split(f"voc:{tmp_path}", "train")
+    (tmp_path / "labelmap.txt").write_text("background:0,0::\n")
+    with pytest.raises(DataError, match=r"labelmap.txt:1: expected 'name:R,G,B:parts:actions'"):
+        open_split(f"voc:{tmp_path}", "train")
+
+
+def test_labelme_coco_json_with_background_category(tmp_path):
+    exp = write_labelme_coco(tmp_path)
+    spec = f"coco:{tmp_path / 'annotations.json'}"
+    ds = open_split(spec, "train")
+    assert [c.name for c in ds.classes] == ["_background_", "cat", "dog"]
+    assert "split by file-name hash" in ds.layout and "_background_" in ds.layout
+    got = _all_splits(spec)
+    assert len(got) == len(exp)
+    for stem, m in exp.items():
+        assert np.array_equal(got[str(tmp_path / "JPEGImages" / f"{stem}.jpg")][0], m)
+    # the folder holding one JSON is the same dataset
+    assert len(open_split(f"coco:{tmp_path}", "train")) == len(ds)
+
+
+def test_roboflow_coco_export_splits_and_project_category(tmp_path):
+    exp = write_roboflow_coco(tmp_path)
+    sizes = {s: len(open_split(f"coco:{tmp_path}", s)) for s in ("train", "val", "test")}
+    assert sizes == {"train": 6, "val": 2, "test": 2}
+    ds = open_split(f"coco:{tmp_path}", "val")
+    assert [c.name for c in ds.classes] == ["background", "cat", "dog"]  # project category 'pets' dropped
+    assert "Roboflow" in ds.layout and "'pets' (id 0)" in ds.layout
+    for i in range(len(ds)):
+        key = "valid/" + ds.name(i).rsplit("/", 1)[1]
+        assert np.array_equal(ds[i][1], exp[key])
+    # one split's file alone, as a user may point at it
+    assert len(open_split(f"coco:{tmp_path / 'train' / '_annotations.coco.json'}?split=1,0,0", "train")) == 6
+    import shutil
+
+    shutil.rmtree(tmp_path / "test")
+    rep = check_dataset(f"coco:{tmp_path}")
+    assert rep["ok"] and "no test split" in rep["splits"]["test"]["missing"]
+
+
+def test_cvat_coco_export_images_folder_and_contiguous_ids(tmp_path):
+    exp = write_cvat_coco(tmp_path)
+    got = _all_splits(f"coco:{tmp_path}")
+    ds = open_split(f"coco:{tmp_path}", "train")
+    assert [c.name for c in ds.classes] == ["background", "car", "road"]
+    for stem, m in exp.items():
+        assert np.array_equal(got[str(tmp_path / "images" / f"{stem}.jpg")][0], m)
+    # images= names the folder explicitly (relative to the JSON's folder)
+    spec = f"coco:{tmp_path / 'annotations' / 'instances_default.json'}?images=../images"
+    assert len(open_split(spec, "train")) == len(ds)
+
+
+def test_coco_json_bad_inputs(tmp_path):
+    write_cvat_coco(tmp_path)
+    js = tmp_path / "annotations" / "instances_default.json"
+    doc = json.loads(js.read_text())
+    doc["annotations"][0]["category_id"] = 7
+    js.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"instances_default.json': annotations use category ids \[7\] that "
+                                        r"'categories' does not list"):
+        open_split(f"coco:{js}", "train")
+    js.write_text(json.dumps({"images": [], "info": {}}))
+    with pytest.raises(DataError, match=r"is not a COCO instances file"):
+        open_split(f"coco:{js}", "train")
+    with pytest.raises(DataError, match=r"images=nowhere: '.*nowhere' is not a directory"):
+        write_cvat_coco(tmp_path)
+        open_split(f"coco:{js}?images=nowhere", "train")
+    (tmp_path / "images").rename(tmp_path / "pictures")
+    with pytest.raises(DataError, match=r"cannot find the images of '.*instances_default.json' \(e.g. "
+                                        r"'frame_000.jpg'\).*give the folder with \?images=DIR"):
+        open_split(f"coco:{js}", "train")
+    with pytest.raises(UsageError, match=r"split= takes three fractions summing to 1"):
+        open_split(f"coco:{js}?split=0.5,0.5", "train")
+
+
+def test_cityscapes_val_only_download_is_checked_on_val(tmp_path):
+    import shutil
+
+    exp = write_cityscapes(tmp_path)
+    shutil.rmtree(tmp_path / "leftImg8bit" / "train")
+    shutil.rmtree(tmp_path / "gtFine" / "train")
+    rep = check_dataset(f"cityscapes:{tmp_path}")
+    assert rep["ok"], rep
+    assert "no train split" in rep["splits"]["train"]["missing"] and "val" in rep["splits"]["train"]["missing"]
+    assert rep["splits"]["val"]["samples"] == 1
+    assert np.array_equal(open_split(f"cityscapes:{tmp_path}", "val")[0][1], exp["frankfurt_000000_000019"])
+    from edgeseg.errors import MissingSplit
+
+    with pytest.raises(MissingSplit, match=r"Cityscapes '.*' has no train split: no leftImg8bit/train/ "
+                                           r"\(splits here: val\)"):
+        open_split(f"cityscapes:{tmp_path}", "train")
+
+
+def test_voc_with_val_list_only(tmp_path):
+    write_voc(tmp_path)
+    root = tmp_path / "VOCdevkit" / "VOC2012"
+    for f in ("train.txt", "trainval.txt"):
+        (root / "ImageSets" / "Segmentation" / f).unlink()
+    rep = check_dataset(f"voc:{root}")
+    assert rep["ok"] and "no ImageSets/Segmentation/train.txt" in rep["splits"]["train"]["missing"]
+    assert rep["splits"]["val"]["samples"] == 1 and rep["layout"].startswith("VOC 2012")
+
+
+def test_data_check_cli_names_the_layout(tmp_path):
+    write_labelme_voc(tmp_path)
+    code, out, err = run_cli("data", "check", f"voc:{tmp_path}", "-q")
+    assert code == 0, out + err
+    assert "layout: labelme VOC export (no ImageSets/: every mask, split by file-name hash; classes from " \
+           "class_names.txt)" in out

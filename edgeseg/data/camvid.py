@@ -21,7 +21,7 @@ import numpy as np
 
 from edgeseg.data.base import IGNORE_INDEX, ClassInfo
 from edgeseg.data.folder import _split_of, read_image, read_mask
-from edgeseg.data.layout import PairDataset, apply_lut, lookup_table, pair_by_stem
+from edgeseg.data.layout import PairDataset, apply_lut, decode_colour, lookup_table, pair_by_stem
 from edgeseg.errors import DataError, UsageError
 
 SEGNET_CLASSES = tuple(ClassInfo(n, c) for n, c in (
@@ -108,18 +108,6 @@ def _classes_from_table(table, to11: bool) -> tuple[list[ClassInfo], dict[int, i
             colour_to_class[key] = len(classes)
             classes.append(ClassInfo(name, rgb))
     return classes, colour_to_class
-
-
-def decode_colour(path: Path, colours: dict[int, int]) -> np.ndarray:
-    """RGB label -> class map; a DataError naming the file and any colour not in the table."""
-    rgb = read_image(path).astype(np.int64)
-    packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-    values, inverse = np.unique(packed, return_inverse=True)
-    mapped = np.array([colours.get(int(v), -1) for v in values], dtype=np.int64)
-    if (mapped < 0).any():
-        bad = [((int(v) >> 16) & 255, (int(v) >> 8) & 255, int(v) & 255) for v in values[mapped < 0]][:5]
-        raise DataError(f"label '{path}' has colours {bad} that are not in the colour table")
-    return mapped[inverse].reshape(packed.shape)
 
 
 def _image_key(p: Path) -> str:

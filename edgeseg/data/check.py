@@ -1,6 +1,8 @@
 """``edgeseg data check``: every split of a dataset read once, every problem listed with its file.
 
-Per split: the number of samples, the listing problems (an image without its label and the reverse, a
+The report names the layout that was recognised. A split the dataset does not have (a Cityscapes
+download of ``val`` only) is a note, not a failure, as long as one split can be read. Per split: the
+number of samples, the listing problems (an image without its label and the reverse, a
 listed id whose files are missing), every file that cannot be used (unreadable or truncated image,
 label size different from the image's, label values outside the class map, undecodable COCO
 segmentation), the class pixel histogram (ignored pixels counted apart) and the image size distribution.
@@ -15,7 +17,7 @@ import numpy as np
 
 from edgeseg.data import open_split
 from edgeseg.data.base import IGNORE_INDEX
-from edgeseg.errors import DataError
+from edgeseg.errors import DataError, MissingSplit
 
 SPLITS = ("train", "val", "test")
 
@@ -31,6 +33,9 @@ def check_dataset(spec: str, splits: tuple[str, ...] = SPLITS, limit: int | None
     for split in splits:
         try:
             ds = open_split(spec, split, strict=False)
+        except MissingSplit as e:
+            report["splits"][split] = {"missing": str(e), "samples": 0}
+            continue
         except DataError as e:
             report["splits"][split] = {"error": str(e), "samples": 0, "problems": [], "bad_files": []}
             report["ok"] = False
@@ -42,6 +47,7 @@ def check_dataset(spec: str, splits: tuple[str, ...] = SPLITS, limit: int | None
         seen[files] = split
         classes = list(ds.classes)
         report["classes"] = [c.name for c in classes]
+        report.setdefault("layout", getattr(ds, "layout", type(ds).__name__))
         n = len(ds) if limit is None else min(len(ds), limit)
         hist = np.zeros(len(classes), np.int64)
         ignored = 0
@@ -71,6 +77,8 @@ def check_dataset(spec: str, splits: tuple[str, ...] = SPLITS, limit: int | None
         }
         if problems or bad:
             report["ok"] = False
+    if not any("checked" in r for r in report["splits"].values()):
+        report["ok"] = False  # not one split could be read
     return report
 
 
@@ -78,9 +86,15 @@ def format_report(report: dict[str, Any]) -> str:
     """The text report: one block per split, every problem on its own line."""
     lines = [f"{report['spec']}: {len(report.get('classes', []))} classes"
              + (f" ({', '.join(report['classes'])})" if report.get("classes") else "")]
+    if report.get("layout"):
+        lines.append(f"  layout: {report['layout']}")
     for split, r in report["splits"].items():
         if "error" in r:
             lines.append(f"  {split}: cannot open: {r['error']}")
+            continue
+        if "missing" in r:
+            lines.append(f"  {split}: not in this dataset (a note, not a failure; commands that need it stop): "
+                         f"{r['missing']}")
             continue
         if "same_as" in r:
             lines.append(f"  {split}: the same files as {r['same_as']} (this format has no labelled {split} split)")

@@ -10,6 +10,8 @@ Layout::
 Label IDs map to the 19 official train IDs (everything else, e.g. ``parking`` or ``license plate``, is
 ignored as in ``cityscapesScripts/helpers/labels.py``). The public test labels are blank, so ``test``
 reads ``val``. ``mode=coarse`` trains on the coarse labels (``extra=true`` adds ``train_extra``).
+A root that holds only some splits (e.g. ``val`` to evaluate) reads those; asking for a missing one raises
+:class:`~edgeseg.errors.MissingSplit`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 from edgeseg.data.base import IGNORE_INDEX, ClassInfo
 from edgeseg.data.folder import read_mask
 from edgeseg.data.layout import PairDataset, apply_lut, locate_root, lookup_table, pair_by_stem
-from edgeseg.errors import DataError, UsageError
+from edgeseg.errors import DataError, MissingSplit, UsageError
 
 # (label id, name, train id, colour) for every label of cityscapesScripts' labels.py (license plate, id -1,
 # is never stored in the PNGs).
@@ -96,10 +98,12 @@ def open_cityscapes(root: Path | str, split: str, mode: str = "fine", extra: boo
     pairs, problems = [], []
     for f in folders:
         img_dir, gt_dir = root / "leftImg8bit" / f, root / gt / f
-        if not img_dir.is_dir():
-            raise DataError(f"no leftImg8bit/{f}/ under '{root}'")
-        if not gt_dir.is_dir():
-            raise DataError(f"no {gt}/{f}/ under '{root}'")
+        if not img_dir.is_dir() or not gt_dir.is_dir():
+            have = sorted(d.name for d in (root / "leftImg8bit").iterdir()
+                          if d.is_dir() and (root / gt / d.name).is_dir())
+            missing = "leftImg8bit" if not img_dir.is_dir() else gt
+            raise MissingSplit(f"Cityscapes '{root}' has no {split} split: no {missing}/{f}/ "
+                               f"(splits here: {', '.join(have) or 'none'})")
         p, q = pair_by_stem(
             img_dir.glob("*/*_leftImg8bit.png"), gt_dir.glob(f"*/*_{gt}_labelIds.png"),
             lambda x: x.parent.name + "/" + x.name[: -len("_leftImg8bit.png")],

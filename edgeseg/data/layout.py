@@ -97,13 +97,15 @@ class PairDataset:
     """One split of a format whose samples are ``(image file, label file)`` pairs.
 
     ``decode(path) -> int64 HxW`` class indices with ``IGNORE_INDEX`` for ignored pixels; it raises
-    DataError naming the file for bad values. ``problems`` holds the listing problems (strict=False).
+    DataError naming the file for bad values. ``problems`` holds the listing problems (strict=False);
+    ``layout`` says which on-disk layout was recognised (``edgeseg data check`` prints it).
     """
 
     def __init__(self, fmt: str, root: Path, split: str, pairs: list[tuple[Path, Path]],
                  classes: Sequence[ClassInfo], decode: Callable[[Path], np.ndarray],
-                 problems: Sequence[str] = (), strict: bool = True) -> None:
+                 problems: Sequence[str] = (), strict: bool = True, layout: str = "") -> None:
         self.fmt, self.root, self.split = fmt, root, split
+        self.layout = layout or fmt
         self.pairs = pairs
         self.classes = list(classes)
         self._decode = decode
@@ -130,6 +132,24 @@ class PairDataset:
             raise DataError(f"label '{lab_path}' is {mask.shape[1]}x{mask.shape[0]} but image '{img_path}' is "
                             f"{img.shape[1]}x{img.shape[0]}; labels must have the image's size")
         return img, mask
+
+
+def pack_rgb(r: int, g: int, b: int) -> int:
+    """One int per colour, the key of the colour -> class maps."""
+    return (r << 16) | (g << 8) | b
+
+
+def decode_colour(path: Path, colours: dict[int, int], table: str = "the colour table") -> np.ndarray:
+    """RGB label -> class map through ``colours`` (packed RGB -> class); a DataError naming the file
+    and the colours that ``table`` does not list."""
+    rgb = read_image(path).astype(np.int64)
+    packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    values, inverse = np.unique(packed, return_inverse=True)
+    mapped = np.array([colours.get(int(v), -1) for v in values], dtype=np.int64)
+    if (mapped < 0).any():
+        bad = [((int(v) >> 16) & 255, (int(v) >> 8) & 255, int(v) & 255) for v in values[mapped < 0]][:5]
+        raise DataError(f"label '{path}' has colours {bad} that are not in {table}")
+    return mapped[inverse].reshape(packed.shape)
 
 
 def check_class_range(mask: np.ndarray, num_classes: int, path: Path) -> np.ndarray:
