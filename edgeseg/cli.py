@@ -85,7 +85,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out unreadable/invalid data files (counted and listed in metrics.json) "
                    "instead of stopping at the first one")
-    p.add_argument("--image-size", type=int)
+    p.add_argument("--image-size", metavar="SIZE",
+                   help="model input: a side (256) or HEIGHTxWIDTH (360x480, 144x256; height first as in tensor "
+                   "shapes); default 128")
+    p.add_argument("--resize", choices=("letterbox", "stretch", "crop"),
+                   help="how frames of another aspect ratio fit the input: letterbox (default; scale to fit, pad "
+                   "black, padding ignored in loss and metrics), stretch, or crop (scale to cover, centre crop); "
+                   "recorded in the checkpoint and the bundle so the app does the same")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -382,7 +388,7 @@ def _parser() -> argparse.ArgumentParser:
     q = dsub.add_parser("show", help="classes, sizes and class pixel fractions", formatter_class=fmt)
     _common(q)
     q.add_argument("spec", help="e.g. synthetic, folder:PATH?values=0,255, voc:PATH")
-    q.add_argument("--image-size", type=int, default=128)
+    q.add_argument("--image-size", default="128", help="size of generated (synthetic) images: a side or HxW")
     q.add_argument("--json", action="store_true")
     return ap
 
@@ -408,7 +414,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from edgeseg.train.loop import train
 
     cfg = TrainConfig.from_yaml(a.config) if a.config else TrainConfig()
-    over = {"model": a.model, "data": a.data, "image_size": a.image_size, "epochs": a.epochs,
+    over = {"model": a.model, "data": a.data, "image_size": a.image_size, "resize": a.resize, "epochs": a.epochs,
             "batch_size": a.batch_size, "lr": a.lr, "schedule": a.schedule, "class_weights": a.class_weights,
             "loss": a.loss, "augment": a.augment, "num_workers": a.workers, "accumulate": a.accumulate,
             "clip_grad": a.clip_grad, "ema": a.ema, "export_weights": a.export_weights, "patience": a.patience,

@@ -20,7 +20,11 @@ class TrainConfig:
         model: registered architecture name (``edgeseg models``).
         model_kwargs: architecture options (e.g. ``{"base": 16}`` for U-Net).
         data: dataset spec (``synthetic`` or ``folder:PATH?...``).
-        image_size: square side the model is trained and exported at.
+        image_size: the model's input size: an int (square side) or ``"HxW"`` (e.g. ``"360x480"``, height
+            first as in tensor shapes); stored as an int when square.
+        resize: how a frame of another size becomes ``image_size``: ``letterbox`` (scale to fit, keep the
+            aspect ratio, pad with black; padding ignored in loss and metrics), ``stretch`` (scale each side),
+            or ``crop`` (scale to cover, centre crop). Recorded in the checkpoint and the bundle.
         epochs, batch_size, lr, weight_decay: the usual.
         warmup_epochs: linear warm-up length (fraction of an epoch allowed) before the schedule.
         schedule: ``cosine`` or ``poly`` (power 0.9) decay to zero after warm-up.
@@ -51,7 +55,8 @@ class TrainConfig:
     model: str = "lraspp"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     data: str = "synthetic"
-    image_size: int = 128
+    image_size: int | str = 128
+    resize: str = "letterbox"
     epochs: int = 12
     batch_size: int = 8
     lr: float = 3e-3
@@ -78,8 +83,11 @@ class TrainConfig:
     checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
+        h, w = parse_image_size(self.image_size, "image_size")
+        object.__setattr__(self, "image_size", h if h == w else f"{h}x{w}")
         checks = [
-            (self.image_size >= 16, "image_size", "must be at least 16 (each model also checks its own divisor)"),
+            (min(h, w) >= 16, "image_size", "must be at least 16 (each model also checks its own divisor)"),
+            (self.resize in RESIZE_MODES, "resize", f"must be one of {', '.join(RESIZE_MODES)}"),
             (self.epochs >= 1, "epochs", "must be at least 1"),
             (self.batch_size >= 1, "batch_size", "must be at least 1"),
             (self.lr > 0, "lr", "must be positive"),
@@ -101,6 +109,14 @@ class TrainConfig:
         from edgeseg.data.augment import AugmentSpec
 
         AugmentSpec.parse(self.augment)
+
+    @property
+    def height(self) -> int:
+        return parse_image_size(self.image_size)[0]
+
+    @property
+    def width(self) -> int:
+        return parse_image_size(self.image_size)[1]
 
     #: fields a resumed run may change: they do not change the trained weights
     RESUME_FREE = ("device", "num_workers", "checkpoint_every")
@@ -128,6 +144,26 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
+RESIZE_MODES = ("letterbox", "stretch", "crop")
+
+
+def parse_image_size(value: Any, name: str = "--image-size") -> tuple[int, int]:
+    """``128``, ``"128"``, ``"360x480"`` (height x width) or ``[360, 480]`` -> ``(height, width)``."""
+    if isinstance(value, bool):
+        value = None
+    if isinstance(value, int):
+        return value, value
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return int(value[0]), int(value[1])
+    if isinstance(value, str):
+        parts = value.lower().replace(" ", "").split("x")
+        if len(parts) in (1, 2) and all(p.isdigit() for p in parts):
+            h, w = int(parts[0]), int(parts[-1])
+            return h, w
+    raise UsageError(f"{name} must be a side such as 256 or HEIGHTxWIDTH such as 360x480 (height first, as in "
+                     f"tensor shapes), got {value!r}")
+
+
 _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
 
 
@@ -141,6 +177,9 @@ def _check_type(key: str, value: Any, annotation: Any, source: str) -> None:
     if text.startswith("dict"):
         if not isinstance(value, dict):
             raise UsageError(f"{source}: '{key}' must be a mapping, got {type(value).__name__}")
+        return
+    if key == "image_size":
+        parse_image_size(value, f"{source}: 'image_size'")
         return
     base = text.split("|")[0].strip()
     allowed = _TYPES.get(base)

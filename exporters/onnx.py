@@ -37,6 +37,30 @@ def write_onnx(model, example: np.ndarray, path: Path) -> None:
                           dynamo=False, do_constant_folding=True)
 
 
+def constants_as_initializers(path: Path) -> None:
+    """Rewrite ``path`` with its ``Constant`` nodes' tensors as graph initializers (same values, same graph).
+
+    onnx2tf decides whether an op's axes need the NCHW -> NHWC remapping from its inputs, and counts a
+    Constant node as an untransposed tensor: a Slice whose starts/ends/axes come from Constant nodes (what the
+    TorchScript exporter writes for ``y[:, :, :h]``) cuts the wrong NHWC axis. Initializers are remapped.
+    """
+    import onnx
+
+    m = onnx.load(str(path))
+    keep = []
+    for n in m.graph.node:
+        if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value":
+            t = onnx.TensorProto()
+            t.CopyFrom(n.attribute[0].t)
+            t.name = n.output[0]
+            m.graph.initializer.append(t)
+        else:
+            keep.append(n)
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    onnx.save(m, str(path))
+
+
 def op_counts(path: Path) -> dict[str, int]:
     """How many nodes of each (domain-qualified) type the ONNX file holds: proof of what it computes."""
     import onnx

@@ -160,10 +160,35 @@ def test_param_count():
     assert count_params(build_model("unet", 2, base=4, depth=1, batch_norm=False)) > 0
 
 
-def test_input_size_the_model_cannot_take(tmp_path):
-    cfg = TrainConfig(**{**TINY, "model_kwargs": {"base": 4, "depth": 6}, "image_size": 96, "epochs": 1})
-    with pytest.raises(UsageError, match=r"model 'unet' needs input sides divisible by 64, got 96x96; use e.g. 64, 128"):
-        train(cfg, tmp_path / "r", quiet=True, log=lambda s: None)
+@pytest.mark.parametrize("name,kw", [("unet", {"base": 4, "depth": 6}), ("lraspp", {}), ("deeplabv3plus", {}),
+                                     ("gscnn", {}), ("fastfcn", {}), ("unet", {"encoder": "mobilenet_v2"})])
+def test_sides_the_stride_does_not_divide_are_padded_inside_the_graph(name, kw):
+    """A 40x72 input runs as 64x128 / 64x96 inside and comes back 40x72; the padded rows and columns are zeros,
+    exactly what the model computes on a zero-padded input cropped by hand."""
+    import torch
+
+    from edgeseg.models import check_input_size
+
+    torch.manual_seed(0)
+    model = build_model(name, 3, **kw).eval()
+    d = model.size_divisor
+    assert check_input_size(name, model, 40, 72) == (40 + -40 % d, 72 + -72 % d)
+    x = torch.randn(1, 3, 40, 72)
+    with torch.no_grad():
+        y = model(x)
+        padded = model(torch.nn.functional.pad(x, (0, -72 % d, 0, -40 % d)))
+    assert y.shape == (1, 3, 40, 72)
+    torch.testing.assert_close(y, padded[..., :40, :72], rtol=1e-4, atol=1e-4)
+
+
+def test_models_without_input_padding_refuse_sides_they_cannot_take():
+    from edgeseg.models import check_input_size
+
+    model = build_model("unet", 2, base=4, depth=6)
+    model.pads_input = False
+    with pytest.raises(UsageError, match=r"--image-size: model 'unet' needs input sides divisible by 64, got "
+                                         r"96x100; use e.g. 128x128"):
+        check_input_size("unet", model, 96, 100)
 
 
 @pytest.mark.parametrize("name,kw,msg", [

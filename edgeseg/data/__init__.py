@@ -171,7 +171,12 @@ def with_option(spec: str, key: str, value: str) -> str:
     return f"{kind}{':' + path if path else ''}?{query}"
 
 
-def open_split(spec: str, split: str, image_size: int = 128, strict: bool = True) -> SegDataset:
-    """Open one split (train/val/test) of the dataset named by ``spec``."""
+def open_split(spec: str, split: str, image_size: int | str = 128, strict: bool = True) -> SegDataset:
+    """Open one split (train/val/test) of the dataset named by ``spec``.
+
+    ``image_size`` (a side or ``"HxW"``) only sizes generated data: the synthetic scenes are squares of the
+    longer side, fitted to the model like any camera frame."""
+    from edgeseg.config import parse_image_size
+
     kind, path, opts = parse_spec(spec)
-    return DATASETS.get(kind)(spec, path, opts, split, image_size, strict=strict)
+    return DATASETS.get(kind)(spec, path, opts, split, max(parse_image_size(image_size)), strict=strict)

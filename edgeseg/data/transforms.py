@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -16,13 +17,28 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
+class Geometry:
+    """Where a ``src_h x src_w`` frame lands in the model input: scaled to ``scaled_h x scaled_w``, placed
+    with its top-left corner at ``(top, left)`` of the ``height x width`` input (letterbox: >= 0, the rest
+    is padding; crop: <= 0, the frame overhangs and is cut)."""
+
+    scaled_h: int
+    scaled_w: int
+    top: int
+    left: int
+
+
+@dataclass(frozen=True)
 class Preprocess:
-    """Resize to ``height x width`` (bilinear image, nearest mask), then ``(x/255 - mean)/std``."""
+    """Fit a frame to ``height x width`` (``resize``: letterbox, stretch or crop; bilinear image, nearest
+    mask), then ``(x/255 - mean)/std``. Letterbox pads the image with black (0, 0, 0) and the mask with
+    ``IGNORE_INDEX``, so padding counts in neither loss nor metrics."""
 
     height: int
     width: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    resize: str = "stretch"
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -32,13 +48,41 @@ class Preprocess:
 
     @staticmethod
     def from_json(d: dict) -> "Preprocess":
-        return Preprocess(int(d["height"]), int(d["width"]), tuple(d["mean"]), tuple(d["std"]))  # type: ignore[arg-type]
+        return Preprocess(int(d["height"]), int(d["width"]), tuple(d["mean"]), tuple(d["std"]),  # type: ignore[arg-type]
+                          str(d.get("resize", "stretch")))
+
+    def geometry(self, src_h: int, src_w: int) -> Geometry:
+        """The placement of a ``src_h x src_w`` frame (rounded to whole pixels; centred)."""
+        H, W = self.height, self.width
+        if self.resize == "stretch" or (src_h, src_w) == (H, W):
+            return Geometry(H, W, 0, 0)
+        # half-up rounding and non-negative integer halves: what Kotlin's Math.round and `/` give the app
+        scale = (min if self.resize == "letterbox" else max)(H / src_h, W / src_w)
+        sh, sw = max(1, math.floor(src_h * scale + 0.5)), max(1, math.floor(src_w * scale + 0.5))
+        if self.resize == "letterbox":
+            sh, sw = min(sh, H), min(sw, W)
+            return Geometry(sh, sw, (H - sh) // 2, (W - sw) // 2)
+        sh, sw = max(sh, H), max(sw, W)
+        return Geometry(sh, sw, -((sh - H) // 2), -((sw - W) // 2))
+
+    def _place(self, arr: np.ndarray, resample, fill) -> np.ndarray:
+        g = self.geometry(*arr.shape[:2])
+        if arr.shape[:2] != (g.scaled_h, g.scaled_w):
+            arr = np.asarray(Image.fromarray(arr).resize((g.scaled_w, g.scaled_h), resample))
+        if (g.top, g.left) == (0, 0) and arr.shape[:2] == (self.height, self.width):
+            return arr
+        out = np.full((self.height, self.width, *arr.shape[2:]), fill, arr.dtype)
+        # the overlap of the scaled frame and the input, in both coordinate systems
+        y0, x0 = max(g.top, 0), max(g.left, 0)
+        y1, x1 = min(g.top + g.scaled_h, self.height), min(g.left + g.scaled_w, self.width)
+        out[y0:y1, x0:x1] = arr[y0 - g.top:y1 - g.top, x0 - g.left:x1 - g.left]
+        return out
 
     def resize_image(self, img: np.ndarray) -> np.ndarray:
-        """RGB uint8 HxWx3 at the model's size (bilinear)."""
-        if img.shape[:2] != (self.height, self.width):
-            img = np.asarray(Image.fromarray(img).resize((self.width, self.height), Image.BILINEAR))
-        return img
+        """RGB uint8 HxWx3 at the model's size (bilinear; letterbox pads black)."""
+        if img.shape[:2] == (self.height, self.width):
+            return img
+        return self._place(img, Image.BILINEAR, 0)
 
     def image(self, img: np.ndarray) -> np.ndarray:
         """RGB uint8 HxWx3 -> normalized float32 3xHxW at the model's size."""
@@ -48,11 +92,30 @@ class Preprocess:
         return x.contiguous().numpy()
 
     def mask(self, mask: np.ndarray) -> np.ndarray:
-        """Class-index mask -> int64 HxW at the model's size (nearest neighbour)."""
+        """Class-index mask -> int64 HxW at the model's size (nearest neighbour; padding = IGNORE_INDEX)."""
         if mask.shape != (self.height, self.width):
-            m = Image.fromarray(mask.astype(np.uint8 if mask.max() < 256 else np.int32))
-            mask = np.asarray(m.resize((self.width, self.height), Image.NEAREST)).astype(np.int64)
+            small = mask.max() < 256 if mask.size else True
+            m = mask.astype(np.uint8 if small else np.int32)
+            mask = self._place(m, Image.NEAREST, IGNORE_INDEX)
         return mask.astype(np.int64)
+
+    def to_label(self, pred: np.ndarray, label_h: int, label_w: int) -> np.ndarray:
+        """A class mask at the model's size -> the ``label_h x label_w`` frame it was made from, as an app
+        shows it: letterbox padding cut away, nearest-neighbour resize back; with ``crop`` the cut-off
+        border was never seen by the model and is ``IGNORE_INDEX``."""
+        g = self.geometry(label_h, label_w)
+        y0, x0 = max(g.top, 0), max(g.left, 0)
+        y1, x1 = min(g.top + g.scaled_h, self.height), min(g.left + g.scaled_w, self.width)
+        part = pred[y0:y1, x0:x1].astype(np.uint8 if pred.max(initial=0) < 256 else np.int32)
+        if self.resize != "crop" or (g.top, g.left) == (0, 0):
+            return np.asarray(Image.fromarray(part).resize((label_w, label_h), Image.NEAREST)).astype(np.int64)
+        # the seen region of the frame: the input window mapped back through the scale
+        sy, sx = label_h / g.scaled_h, label_w / g.scaled_w
+        fy0, fy1 = round(-g.top * sy), round((-g.top + self.height) * sy)
+        fx0, fx1 = round(-g.left * sx), round((-g.left + self.width) * sx)
+        out = np.full((label_h, label_w), IGNORE_INDEX, np.int64)
+        out[fy0:fy1, fx0:fx1] = np.asarray(Image.fromarray(part).resize((fx1 - fx0, fy1 - fy0), Image.NEAREST))
+        return out
 
 
 class BadSample:

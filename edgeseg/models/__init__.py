@@ -47,13 +47,24 @@ def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     return builder(num_classes=num_classes, **kwargs)
 
 
-def check_input_size(name: str, model: nn.Module, height: int, width: int) -> None:
-    """Refuse input sides the architecture cannot take, saying which sizes work."""
+def check_input_size(name: str, model: nn.Module, height: int, width: int) -> tuple[int, int]:
+    """The size ``model`` runs at inside its graph for a ``height x width`` input.
+
+    Every architecture pads its input to multiples of its total stride (``size_divisor``) and crops the
+    output back (:func:`~edgeseg.models.layers.pad_input`), so a 360x480 camera frame needs no stretching;
+    the padding costs compute, which the caller reports. A model without that padding refuses sides it
+    cannot take, naming the nearest that work.
+    """
     d = int(getattr(model, "size_divisor", 1))
-    if height % d or width % d:
-        ok = [d * k for k in range(max(1, height // d), max(1, height // d) + 3)]
-        raise UsageError(f"model '{name}' needs input sides divisible by {d}, got {height}x{width}; "
-                         f"use e.g. {', '.join(map(str, ok))}")
+    if not (height % d or width % d):
+        return height, width
+    if getattr(model, "pads_input", True):
+        return height + (-height % d), width + (-width % d)
+
+    def near(v: int) -> int:
+        return max(d, round(v / d) * d)
+    raise UsageError(f"--image-size: model '{name}' needs input sides divisible by {d}, got {height}x{width}; "
+                     f"use e.g. {near(height)}x{near(width)}")
 
 
 def count_params(model: nn.Module) -> int:

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from edgeseg.models import MODELS
 from edgeseg.models.encoders import make_encoder, require_output_stride
-from edgeseg.models.layers import ASPP, ConvBNReLU, resize, scaled_rates
+from edgeseg.models.layers import ASPP, ConvBNReLU, crop_like, pad_input, resize, scaled_rates
 
 
 class DeepLabV3(nn.Module):
@@ -32,12 +32,13 @@ class DeepLabV3(nn.Module):
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        image, x = x, pad_input(x, self.size_divisor)
         feats = self.encoder(x)
         y = self.aspp(feats[-1])
         if self.plus:
             low = self.low_level(feats[self.encoder.level(4)])
             y = torch.cat([resize(y, low.shape[-2:]), low], dim=1)
-        return resize(self.classifier(self.decoder(y)), x.shape[-2:])
+        return crop_like(resize(self.classifier(self.decoder(y)), x.shape[-2:]), image)
 
 
 @MODELS.register("deeplabv3")

@@ -15,7 +15,7 @@ import torch.nn as nn
 from edgeseg.errors import UsageError
 from edgeseg.models import MODELS
 from edgeseg.models.encoders import make_encoder
-from edgeseg.models.layers import ASPP, ConvBNReLU, SeparableConv, resize
+from edgeseg.models.layers import ASPP, ConvBNReLU, SeparableConv, crop_like, pad_input, resize
 
 
 class JPU(nn.Module):
@@ -48,9 +48,10 @@ class FastFCN(nn.Module):
                                       nn.Conv2d(width, num_classes, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        image, x = x, pad_input(x, self.size_divisor)
         feats = self.encoder(x)
         y = self.jpu([feats[i] for i in self.idx])
-        return resize(self.head(y), x.shape[-2:])
+        return crop_like(resize(self.head(y), x.shape[-2:]), image)
 
 
 @MODELS.register("fastfcn")

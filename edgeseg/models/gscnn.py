@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from edgeseg.models import MODELS
 from edgeseg.models.encoders import make_encoder, require_output_stride
-from edgeseg.models.layers import ASPP, ConvBNReLU, resize, scaled_rates
+from edgeseg.models.layers import ASPP, ConvBNReLU, crop_like, pad_input, resize, scaled_rates
 
 
 class GatedConv(nn.Module):
@@ -98,6 +98,7 @@ class GSCNN(nn.Module):
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, x: torch.Tensor):
+        image, x = x, pad_input(x, self.size_divisor)
         feats = self.encoder(x)
         low = feats[self.i4]
         s = self.shape_in(low)
@@ -108,9 +109,9 @@ class GSCNN(nn.Module):
         acts = torch.sigmoid(self.fuse(torch.cat([torch.sigmoid(edge_logits), grad], dim=1)))
         y = self.aspp(feats[-1], self.edge_branch(resize(acts, feats[-1].shape[-2:])))
         y = torch.cat([resize(y, low.shape[-2:]), self.low_level(low)], dim=1)
-        out = resize(self.classifier(self.decoder(y)), x.shape[-2:])
+        out = crop_like(resize(self.classifier(self.decoder(y)), x.shape[-2:]), image)
         if self.training:
-            return {"out": out, "edge": resize(edge_logits, x.shape[-2:])}
+            return {"out": out, "edge": crop_like(resize(edge_logits, x.shape[-2:]), image)}
         return out
 
 

@@ -34,6 +34,48 @@ def _static_resize(x: torch.Tensor, size) -> torch.Tensor:
 torch.fx.wrap("_static_resize")
 
 
+def pad_input(x: torch.Tensor, divisor: int) -> torch.Tensor:
+    """``x`` zero-padded at the bottom and right to sides that are multiples of ``divisor`` (the
+    architecture's total stride), so any input size works: ``360x480`` runs as ``384x480`` inside the
+    graph and :func:`crop_like` cuts the output back. A no-op, and no op in exported graphs, when the
+    sides already divide. Zero is the normalized mean colour."""
+    return _pad_input(x, divisor)
+
+
+def _pad_input(x: torch.Tensor, divisor: int) -> torch.Tensor:
+    ph, pw = -int(x.shape[-2]) % int(divisor), -int(x.shape[-1]) % int(divisor)
+    if not (ph or pw):
+        return x
+    if torch.onnx.is_in_onnx_export():
+        # TorchScript's ONNX Pad takes its pads from a ConstantOfShape/Slice/Transpose chain that onnx2tf 1.28
+        # lays out as NHWC (it then pads H but not W); zeros of a constant shape concatenated convert exactly.
+        # The ONNX export has a fixed input shape, so int() of the batch is that constant.
+        n, c, h, w = (int(v) for v in x.shape)
+        if pw:
+            x = torch.cat([x, x.new_zeros((n, c, h, pw))], dim=3)
+        if ph:
+            x = torch.cat([x, x.new_zeros((n, c, ph, w + pw))], dim=2)
+        return x
+    return F.pad(x, (0, pw, 0, ph))
+
+
+def crop_like(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``y`` cut to the height and width of ``x`` (undoes :func:`pad_input`)."""
+    return _crop_like(y, x)
+
+
+def _crop_like(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if tuple(y.shape[-2:]) == (h, w):
+        return y
+    return y[:, :, :h, :w]
+
+
+# leaves under symbolic tracing, like _static_resize: they run with real shapes later
+torch.fx.wrap("_pad_input")
+torch.fx.wrap("_crop_like")
+
+
 class ConvBNReLU(nn.Sequential):
     def __init__(self, cin: int, cout: int, k: int = 3, dilation: int = 1, groups: int = 1) -> None:
         super().__init__(nn.Conv2d(cin, cout, k, padding=dilation * (k - 1) // 2, dilation=dilation,

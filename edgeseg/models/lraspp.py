@@ -13,7 +13,7 @@ import torch.nn as nn
 from edgeseg.models import MODELS
 from edgeseg.errors import UsageError
 from edgeseg.models.encoders import ENCODERS, make_encoder, require_output_stride
-from edgeseg.models.layers import resize
+from edgeseg.models.layers import crop_like, pad_input, resize
 from edgeseg.registry import check_choice
 
 
@@ -30,13 +30,14 @@ class LRASPP(nn.Module):
                                inter_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        image, x = x, pad_input(x, self.size_divisor)
         feats = self.encoder(x)
         low, high = feats[self.low], feats[-1]
         h = self.head
         # torchvision's LRASPPHead.forward, with its upsampling through our static-size resize (constant
         # sizes in traced graphs: ONNX/onnx2tf and the quantized Core ML path need them)
         y = resize(h.cbr(high) * h.scale(high), low.shape[-2:])
-        return resize(h.low_classifier(low) + h.high_classifier(y), x.shape[-2:])
+        return crop_like(resize(h.low_classifier(low) + h.high_classifier(y), x.shape[-2:]), image)
 
 
 @MODELS.register("lraspp")

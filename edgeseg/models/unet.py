@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from edgeseg.errors import UsageError
 from edgeseg.models import MODELS
+from edgeseg.models.layers import crop_like, pad_input
 
 
 def _double_conv(cin: int, cout: int, batch_norm: bool) -> nn.Sequential:
@@ -54,6 +55,7 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(widths[0], num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        image, x = x, pad_input(x, self.size_divisor)
         skips = []
         for i, block in enumerate(self.down):
             if i > 0:
@@ -64,7 +66,7 @@ class UNet(nn.Module):
         skips.pop()
         for block in self.up:
             x = block(x, skips.pop())
-        return self.head(x)
+        return crop_like(self.head(x), image)
 
 
 class EncoderUNet(nn.Module):
@@ -87,12 +89,13 @@ class EncoderUNet(nn.Module):
         self.head = nn.Conv2d(widths[-1], num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        image, x = x, pad_input(x, self.size_divisor)
         feats = self.encoder(x)
         y = feats[-1]
         skips = list(reversed(feats[:-1])) + [None]
         for block, skip in zip(self.up, skips):
             y = block(y, skip)
-        return self.head(y)
+        return crop_like(self.head(y), image)
 
 
 class _UpSkip(nn.Module):

@@ -135,7 +135,8 @@ def load_checkpoint(run: Path | str) -> Checkpoint:
         )
     try:
         return Checkpoint(
-            config=TrainConfig.from_dict(d["config"], source=str(path)),
+            # runs written before the resize option was stretched to the square
+            config=TrainConfig.from_dict({"resize": "stretch", **d["config"]}, source=str(path)),
             preprocess=Preprocess.from_json(d["preprocess"]),
             classes=[ClassInfo.from_json(c) for c in d["classes"]],
             weights=d["weights"],

@@ -139,9 +139,13 @@ def _train(cfg: TrainConfig, out_dir: Path, ctx: DistContext, device: torch.devi
     val_ds = open_split(cfg.data, "val", cfg.image_size)
     classes = list(train_ds.classes)
     n_cls = len(classes)
-    pre = Preprocess(cfg.image_size, cfg.image_size)
+    pre = Preprocess(cfg.height, cfg.width, resize=cfg.resize)
     model = build_model(cfg.model, n_cls, **cfg.model_kwargs)
-    check_input_size(cfg.model, model, cfg.image_size, cfg.image_size)
+    inner = check_input_size(cfg.model, model, cfg.height, cfg.width)
+    if inner != (cfg.height, cfg.width):
+        log(f"{cfg.model} strides need multiples of {model.size_divisor}: a {cfg.height}x{cfg.width} input is padded "
+            f"to {inner[0]}x{inner[1]} inside the graph (+{100 * (inner[0] * inner[1] / (cfg.height * cfg.width) - 1):.1f} % "
+            f"compute) and the output cropped back")
     if init_from is not None and not state:
         _init_weights(model, Path(init_from), cfg, n_cls)
     if cfg.bn_momentum is not None:
@@ -213,7 +217,7 @@ def _train(cfg: TrainConfig, out_dir: Path, ctx: DistContext, device: torch.devi
 
     log(f"training {cfg.model} ({count_params(model) / 1e6:.2f}M params, {n_cls} classes) on {device}"
         + (f" x {ctx.world} processes ({ctx.backend})" if ctx.enabled else "")
-        + f", {len(train_ds)} train / {len(val_ds)} val images at {cfg.image_size}px, {cfg.epochs} epochs x "
+        + f", {len(train_ds)} train / {len(val_ds)} val images at {cfg.height}x{cfg.width} px ({cfg.resize}), {cfg.epochs} epochs x "
           f"{steps_per_epoch} steps of {cfg.batch_size * cfg.accumulate} images"
         + (f", resuming at epoch {start_epoch + 1} step {start_step}" if state else ""))
     t0, prior_seconds = time.time(), float(state.get("seconds", 0.0))
@@ -264,7 +268,7 @@ def _train(cfg: TrainConfig, out_dir: Path, ctx: DistContext, device: torch.devi
                     if _is_oom(e):
                         raise OutOfMemory(
                             f"out of memory at epoch {epoch + 1} step {step + 1} on {device} with {local_batch} "
-                            f"images per process at {cfg.image_size}px; use a smaller --batch-size, or "
+                            f"images per process at {cfg.height}x{cfg.width} px; use a smaller --batch-size, or "
                             f"--accumulate N with a batch N times smaller to keep the effective batch; the last "
                             f"good checkpoint '{ckpt_path}' is untouched (--resume continues from it)") from None
                     raise
