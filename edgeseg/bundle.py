@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgeseg.atomic import atomic_path
+from edgeseg.data.transforms import RESIZE_RULES
 from edgeseg.errors import CheckFailed, UsageError
 
 SCHEMA = "edgeseg.bundle/1"
@@ -254,7 +255,8 @@ def make_bundle(run: Path, output: Path, tflite: str = "auto", coreml: str = "au
                   "architecture_options": ckpt.config.model_kwargs, "params": count_params(ckpt.build_model()),
                   "checkpoint_sha256": sha256(ckpt.path)},
         "input": {"height": pre.height, "width": pre.width, "channels": 3, "color": "RGB",
-                  "resize": "bilinear to height x width, aspect ratio not kept",
+                  "resize": pre.resize, "resize_rule": f"H x W = {pre.height} x {pre.width}: "
+                                                        + RESIZE_RULES[pre.resize],
                   "normalization": {"mean": list(pre.mean), "std": list(pre.std),
                                     "formula": "(pixel / 255 - mean) / std"}},
         "classes": classes,

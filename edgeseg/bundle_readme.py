@@ -42,6 +42,51 @@ def _kotlin_output(plat: dict[str, Any], n: int) -> str:
             f"    }}")
 
 
+# The frame fitted to the W x H input as in training (Preprocess.geometry: half-up rounding, integer halves),
+# and the rectangle it occupies in the input (letterbox, stretch) or of the frame the input shows (crop).
+_KOTLIN_FIT = {
+    "letterbox": """/** Letterbox as in training: scale to fit, keep the aspect ratio, centre on black. */
+fun fit(frame: Bitmap): Pair<Bitmap, Rect> {
+    val s = minOf(H.toDouble() / frame.height, W.toDouble() / frame.width)
+    val h = minOf(H, maxOf(1, Math.round(frame.height * s).toInt()))
+    val w = minOf(W, maxOf(1, Math.round(frame.width * s).toInt()))
+    val top = (H - h) / 2; val left = (W - w) / 2
+    val input = Bitmap.createBitmap(W, H, Bitmap.Config.ARGB_8888).apply { eraseColor(Color.BLACK) }
+    Canvas(input).drawBitmap(Bitmap.createScaledBitmap(frame, w, h, true), left.toFloat(), top.toFloat(), null)
+    return input to Rect(left, top, left + w, top + h)
+}
+
+/** The mask of the frame: the frame's rectangle of the W x H mask, scaled back (nearest neighbour). */
+fun toFrame(mask: Bitmap, place: Rect, frameW: Int, frameH: Int): Bitmap = Bitmap.createScaledBitmap(
+    Bitmap.createBitmap(mask, place.left, place.top, place.width(), place.height()), frameW, frameH, false)
+""",
+    "stretch": """/** Stretch as in training: both sides scaled to W x H, aspect ratio not kept. */
+fun fit(frame: Bitmap): Pair<Bitmap, Rect> =
+    Bitmap.createScaledBitmap(frame, W, H, true) to Rect(0, 0, W, H)
+
+/** The mask of the frame: the W x H mask scaled back (nearest neighbour). */
+fun toFrame(mask: Bitmap, place: Rect, frameW: Int, frameH: Int): Bitmap =
+    Bitmap.createScaledBitmap(mask, frameW, frameH, false)
+""",
+    "crop": """/** Centre crop as in training: scale to cover W x H, keep the aspect ratio, cut out the centre. */
+fun fit(frame: Bitmap): Pair<Bitmap, Rect> {
+    val s = maxOf(H.toDouble() / frame.height, W.toDouble() / frame.width)
+    val h = maxOf(H, Math.round(frame.height * s).toInt()); val w = maxOf(W, Math.round(frame.width * s).toInt())
+    val top = (h - H) / 2; val left = (w - W) / 2
+    val input = Bitmap.createBitmap(Bitmap.createScaledBitmap(frame, w, h, true), left, top, W, H)
+    // the part of the frame the model sees, in frame pixels
+    val fx = frame.width.toDouble() / w; val fy = frame.height.toDouble() / h
+    return input to Rect(Math.round(left * fx).toInt(), Math.round(top * fy).toInt(),
+                         Math.round((left + W) * fx).toInt(), Math.round((top + H) * fy).toInt())
+}
+
+/** The mask of the part of the frame the model saw (`place`, in frame pixels), scaled (nearest neighbour). */
+fun toFrame(mask: Bitmap, place: Rect, frameW: Int, frameH: Int): Bitmap =
+    Bitmap.createScaledBitmap(mask, place.width(), place.height(), false)
+""",
+}
+
+
 def _kotlin(m: dict[str, Any]) -> str:
     plat = m["platforms"]["android"]
     h, w, n = m["input"]["height"], m["input"]["width"], len(m["classes"])
@@ -62,12 +107,16 @@ val result = segmenter.segment(BitmapImageBuilder(bitmap).build())
 val mask = ByteBufferExtractor.extract(result.categoryMask().get())  // one byte per pixel: the class index
 ```
 """
+    fit = _KOTLIN_FIT.get(m["input"].get("resize"), _KOTLIN_FIT["stretch"])
     return f"""```kotlin
 // app/build.gradle.kts: implementation("com.google.ai.edge.litert:litert:1.4.0")
 //                       androidResources {{ noCompress += "tflite" }}
 // copy android/model.tflite to app/src/main/assets/
 import android.content.Context
 import android.graphics.Bitmap
+import android.graphics.Canvas
+import android.graphics.Color
+import android.graphics.Rect
 import java.io.FileInputStream
 import java.nio.ByteBuffer
 import java.nio.ByteOrder
@@ -86,9 +135,10 @@ fun loadSegmenter(context: Context): Interpreter {{
     return Interpreter(model, Interpreter.Options().setNumThreads(2))
 }}
 
-/** The class mask of [bitmap] as a W x H bitmap in the class colours. */
+{fit}
+/** The class mask of [bitmap] (any size) as a bitmap of its size in the class colours. */
 fun segment(interpreter: Interpreter, bitmap: Bitmap): Bitmap {{
-    val scaled = Bitmap.createScaledBitmap(bitmap, W, H, true)  // bilinear, aspect ratio not kept
+    val (scaled, place) = fit(bitmap)
     val pixels = IntArray(W * H).also {{ scaled.getPixels(it, 0, W, 0, 0, W, H) }}
     val input = ByteBuffer.allocateDirect(W * H * 3 * {nbytes}).order(ByteOrder.nativeOrder())
     for (p in pixels) {{
@@ -96,7 +146,8 @@ fun segment(interpreter: Interpreter, bitmap: Bitmap): Bitmap {{
             {put}
     }}
     {_kotlin_output(plat, n)}
-    return Bitmap.createBitmap(IntArray(W * H) {{ COLORS[classes[it]] }}, W, H, Bitmap.Config.ARGB_8888)
+    val mask = Bitmap.createBitmap(IntArray(W * H) {{ COLORS[classes[it]] }}, W, H, Bitmap.Config.ARGB_8888)
+    return toFrame(mask, place, bitmap.width, bitmap.height)
 }}
 ```
 {mediapipe}"""
@@ -115,11 +166,14 @@ def _swift(m: dict[str, Any]) -> str:
             "                let s = out[(c * H + y) * W + x].floatValue\n"
             "                if s > best { best = s; cls = c }\n"
             "            }")
-    feed = ("""    let request = VNCoreMLRequest(model: try VNCoreMLModel(for: model.model))
-    request.imageCropAndScaleOption = .scaleFill  // resize to W x H, aspect ratio not kept (as in training)
+    option = {"letterbox": ".scaleFit  // letterbox as in training: scale to fit, keep the aspect ratio, centre",
+              "crop": ".centerCrop  // as in training: scale to cover, keep the aspect ratio, cut out the centre"}.get(
+        m["input"].get("resize"), ".scaleFill  // resize to W x H, aspect ratio not kept (as in training)")
+    feed = (f"""    let request = VNCoreMLRequest(model: try VNCoreMLModel(for: model.model))
+    request.imageCropAndScaleOption = {option}
     try VNImageRequestHandler(cgImage: image).perform([request])
     guard let obs = request.results?.first as? VNCoreMLFeatureValueObservation,
-          let out = obs.featureValue.multiArrayValue else { return nil }"""
+          let out = obs.featureValue.multiArrayValue else {{ return nil }}"""
             if image else
             f"""    // multiarray input: fill a [1, 3, {h}, {w}] Float32 MLMultiArray with (pixel / 255 - mean) / std
     let input = try MLMultiArray(shape: [1, 3, {h}, {w}], dataType: .float32)
@@ -175,7 +229,9 @@ def render_readme(m: dict[str, Any]) -> str:
              f"file with its sha256 — check them with `edgeseg bundle --verify <this folder>`.", "",
              "| class | index | colour |", "|---|---:|---|"]
     lines += [f"| {c['name']} | {c['index']} | rgb({', '.join(map(str, c['color']))}) |" for c in m["classes"]]
-    lines += ["", f"Input: an RGB image resized to {w}x{h} (bilinear, aspect ratio not kept). The model was trained "
+    rule = m["input"].get("resize_rule") or "resized to height x width (bilinear, aspect ratio not kept)"
+    lines += ["", f"Input: an RGB image of {w}x{h} (width x height). A camera frame of another size is fitted as in "
+              f"training (`{m['input'].get('resize', 'stretch')}`): {rule}. The model was trained "
               f"on `(pixel / 255 - mean) / std` with mean {norm['mean']} and std {norm['std']}.", ""]
     if "android" in m["platforms"]:
         a = m["platforms"]["android"]

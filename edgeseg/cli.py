@@ -470,7 +470,11 @@ def _print_parity(res) -> None:
                                       else f"{res.max_abs_logit_diff:.4g}"))
     drop = "" if res.miou_drop is None else (f"  drop {res.miou_drop:+.4f} (max "
                                              f"{res.thresholds.get('max_miou_drop', '—')})")
-    print(f"  dataset mIoU        reference {res.reference_miou:.4f}  exported {res.exported_miou:.4f}{drop}")
+    where = "at each label's size" if res.task_resolution == "label" else "at the model's size"
+    print(f"  dataset mIoU        reference {res.reference_miou:.4f}  exported {res.exported_miou:.4f}{drop}  ({where})")
+    if res.model_resolution_miou:
+        mr = res.model_resolution_miou
+        print(f"  at the model's size reference {mr['reference_miou']:.4f}  exported {mr['exported_miou']:.4f}")
     changes = ", ".join(f"{k} {v:+.4f}" for k, v in res.iou_change.items() if v is not None)
     print(f"  IoU change/class    {changes}")
     for f in res.failures:

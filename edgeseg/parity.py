@@ -46,6 +46,12 @@ class ParityResult:
     #: reference_miou - exported_miou: what the export costs the task (positive = worse than PyTorch)
     miou_drop: float | None = None
     iou_change: dict[str, float | None] = field(default_factory=dict)
+    #: where the dataset figures (reference/exported mIoU, drop, IoU change) are measured: ``label`` = each
+    #: label file's own size, the exported mask mapped back as an app does (published benchmarks' way);
+    #: ``model`` = the model's input size. Parity (agreement, mask mIoU) is always at the model's size.
+    task_resolution: str = "model"
+    #: the dataset mIoU at the model's size too, when the task figures are at the label's
+    model_resolution_miou: dict[str, float] | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     reason: str = ""
@@ -83,8 +89,14 @@ def thresholds_for(precision: str, min_agreement: float | None = None, min_mask_
 def compare(reference: Callable[[np.ndarray], np.ndarray], exported: Callable[[np.ndarray], np.ndarray],
             images: Sequence[np.ndarray], masks: Sequence[np.ndarray], class_names: Sequence[str],
             thresholds: dict[str, float], target: str, precision: str, runtime: str = "",
-            batch: int = 8) -> ParityResult:
+            batch: int = 8, labels: Sequence[np.ndarray] | None = None,
+            to_label: Callable[[np.ndarray, int, int], np.ndarray] | None = None) -> ParityResult:
     """Run both models over ``images`` (normalized NCHW float32, one per item) and compare.
+
+    Parity is measured at the model's size. With ``labels`` (the label maps at their own size) and
+    ``to_label(mask, h, w)`` (the model-size mask mapped back onto that frame, as an app does:
+    :meth:`~edgeseg.data.transforms.Preprocess.to_label`), the dataset figures are measured at the labels'
+    size; ``masks`` (the labels at the model's size) still give ``model_resolution_miou``.
 
     Streams in batches, so memory stays bounded by ``batch`` images whatever the split size: ``images`` and
     ``masks`` may be lazy sequences (:class:`LazySamples`) that read each sample only when asked. A sample that
@@ -97,15 +109,20 @@ def compare(reference: Callable[[np.ndarray], np.ndarray], exported: Callable[[n
     cm_pair = np.zeros((n_cls, n_cls), np.int64)     # reference mask vs exported mask
     cm_ref = np.zeros((n_cls, n_cls), np.int64)      # ground truth vs reference
     cm_exp = np.zeros((n_cls, n_cls), np.int64)      # ground truth vs exported
+    at_label = labels is not None and to_label is not None
+    cm_ref_l = np.zeros((n_cls, n_cls), np.int64)    # the same two at the labels' own size
+    cm_exp_l = np.zeros((n_cls, n_cls), np.int64)
     agree, total, max_diff = 0, 0, 0.0
     logits_compared = True
     done, stopped = 0, ""
     for start in range(0, len(images), batch):
-        xs, ys = [], []
+        xs, ys, ls = [], [], []
         for i in range(start, min(start + batch, len(images))):
             try:
                 xs.append(images[i])
                 ys.append(masks[i])
+                if at_label:
+                    ls.append(labels[i])
             except DataError as err:
                 del xs[len(ys):]  # an image read without its mask
                 stopped = f"stopped at image {i + 1} of {len(images)}: {err}"
@@ -129,8 +146,14 @@ def compare(reference: Callable[[np.ndarray], np.ndarray], exported: Callable[[n
         cm_pair += confusion(rm, em, n_cls)
         cm_ref += confusion(y, rm, n_cls)
         cm_exp += confusion(y, em, n_cls)
+        for k, lab in enumerate(ls):
+            cm_ref_l += confusion(lab, to_label(rm[k], *lab.shape), n_cls)
+            cm_exp_l += confusion(lab, to_label(em[k], *lab.shape), n_cls)
         if stopped:
             break
+    model_res = {"reference_miou": mean_iou(cm_ref), "exported_miou": mean_iou(cm_exp)} if at_label else None
+    if at_label:
+        cm_ref, cm_exp = cm_ref_l, cm_exp_l
     iou_r, iou_e = iou_per_class(cm_ref), iou_per_class(cm_exp)
     change = {name: (None if np.isnan(a) or np.isnan(b) else float(b - a))
               for name, a, b in zip(class_names, iou_r, iou_e)}
@@ -139,7 +162,8 @@ def compare(reference: Callable[[np.ndarray], np.ndarray], exported: Callable[[n
     res = ParityResult(target=target, precision=precision, status=PASSED, runtime=runtime, images=done,
                        pixel_agreement=100.0 * agree / max(total, 1), mask_miou=mean_iou(cm_pair),
                        max_abs_logit_diff=max_diff if logits_compared else None, reference_miou=ref_miou,
-                       exported_miou=exp_miou, miou_drop=drop, iou_change=change, thresholds=dict(thresholds))
+                       exported_miou=exp_miou, miou_drop=drop, iou_change=change, thresholds=dict(thresholds),
+                       task_resolution="label" if at_label else "model", model_resolution_miou=model_res)
     if "min_agreement" in thresholds and res.pixel_agreement < thresholds["min_agreement"]:
         res.failures.append(f"pixel agreement {res.pixel_agreement:.3f} % < {thresholds['min_agreement']} %")
     if "min_mask_miou" in thresholds and res.mask_miou < thresholds["min_mask_miou"]:
@@ -169,7 +193,7 @@ class LazySamples:
             raise IndexError(i)
         if i != self._index:
             img, mask = self.dataset[i]
-            self._pair, self._index = (self.image_fn(img), self.mask_fn(mask)), i
+            self._pair, self._index = (self.image_fn(img), self.mask_fn(mask), mask), i
         return self._pair
 
     @property
@@ -179,6 +203,11 @@ class LazySamples:
     @property
     def masks(self) -> "_View":
         return _View(self, 1)
+
+    @property
+    def labels(self) -> "_View":
+        """The label maps at their own size (for dataset figures at the labels' resolution)."""
+        return _View(self, 2)
 
 
 class _View:

@@ -196,5 +196,8 @@ def render_markdown(r: dict[str, Any]) -> str:
                              (r.get("baseline") or {}).get("rows") if "baseline" in r else None)
     lines += ["", "Parity: the exported model and the PyTorch model run on the same preprocessed test images; "
               "agreement = % of pixels with the same argmax class, mask mIoU = mIoU of the exported masks "
-              "against the reference masks. Latency: batch 1 on this CPU, not a phone.", ""]
+              "against the reference masks, both at the model's input size. Dataset mIoU: against the test labels "
+              "at each label file's own size (the exported mask mapped back onto the frame as an app does) where "
+              "the parity record says `task_resolution: label`, else at the model's size. Latency: batch 1 on "
+              "this CPU, not a phone.", ""]
     return "\n".join(lines)

@@ -16,6 +16,20 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+#: what each resize mode does, in words an app developer can implement (the bundle's manifest and README)
+RESIZE_RULES = {
+    "letterbox": "scale = min(H / frame_h, W / frame_w); resize the frame (bilinear) to h' = round(frame_h * scale) "
+                 "x w' = round(frame_w * scale) (halves rounded up) and draw it on a black H x W image at "
+                 "top = (H - h') / 2, left = (W - w') / 2 (integer division); the mask's rectangle at the same place, "
+                 "resized back to the frame (nearest neighbour), is the frame's mask",
+    "stretch": "resize the frame (bilinear) to H x W, aspect ratio not kept; the mask resized back to the frame "
+               "(nearest neighbour) is the frame's mask",
+    "crop": "scale = max(H / frame_h, W / frame_w); resize the frame (bilinear) to h' = round(frame_h * scale) x "
+            "w' = round(frame_w * scale) (halves rounded up) and cut out the H x W centre at top = (h' - H) / 2, "
+            "left = (w' - W) / 2 (integer division); the mask covers that centre of the frame only",
+}
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Where a ``src_h x src_w`` frame lands in the model input: scaled to ``scaled_h x scaled_w``, placed
