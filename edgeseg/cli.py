@@ -364,7 +364,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="List every registered architecture (default options) with its parameter "
                        "count and multiply-accumulates at --size.")
     _common(p)
-    p.add_argument("--size", type=int, default=128, help="input side for the parameter/MAC count")
+    p.add_argument("--size", default="128", help="input size for the MAC count: a side or HxW (e.g. 360x480)")
     p.add_argument("--classes", type=int, default=5)
     p.add_argument("--json", action="store_true")
 
@@ -653,14 +653,16 @@ def cmd_maskrcnn(a: argparse.Namespace) -> int:
 def cmd_models(a: argparse.Namespace) -> int:
     import torch
 
+    from edgeseg.config import parse_image_size
     from edgeseg.models import MODELS, build_model, count_params
     from edgeseg.models.macs import count_macs
 
+    h, w = parse_image_size(a.size, "--size")
     rows = []
     for name in MODELS:
         m = build_model(name, a.classes).eval()
         rows.append({"name": name, "params": count_params(m),
-                     "macs": count_macs(m, torch.zeros(1, 3, a.size, a.size)), "size": a.size,
+                     "macs": count_macs(m, torch.zeros(1, 3, h, w)), "size": [h, w],
                      "doc": (MODELS.get(name).__doc__ or "").strip().splitlines()[0]})
     from edgeseg.models.encoders import ENCODERS
 
@@ -669,7 +671,7 @@ def cmd_models(a: argparse.Namespace) -> int:
     else:
         for r in rows:
             print(f"{r['name']:14s} {r['params'] / 1e6:6.2f} M params  {r['macs'] / 1e9:7.3f} GMACs "
-                  f"@{a.size}x{a.size}  {r['doc']}")
+                  f"@{h}x{w}  {r['doc']}")
         print(f"\nencoders (encoder=...): {', '.join(ENCODERS)}; output_stride 8, 16 or 32 where the "
               f"architecture allows it.\nOptions: edgeseg train --model NAME --model-opt encoder=resnet18 "
               f"--model-opt output_stride=8")

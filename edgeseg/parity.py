@@ -90,13 +90,16 @@ def compare(reference: Callable[[np.ndarray], np.ndarray], exported: Callable[[n
             images: Sequence[np.ndarray], masks: Sequence[np.ndarray], class_names: Sequence[str],
             thresholds: dict[str, float], target: str, precision: str, runtime: str = "",
             batch: int = 8, labels: Sequence[np.ndarray] | None = None,
-            to_label: Callable[[np.ndarray, int, int], np.ndarray] | None = None) -> ParityResult:
+            to_label: Callable[[np.ndarray, int, int], np.ndarray] | None = None,
+            region: Callable[[int, int], np.ndarray] | None = None) -> ParityResult:
     """Run both models over ``images`` (normalized NCHW float32, one per item) and compare.
 
     Parity is measured at the model's size. With ``labels`` (the label maps at their own size) and
     ``to_label(mask, h, w)`` (the model-size mask mapped back onto that frame, as an app does:
     :meth:`~edgeseg.data.transforms.Preprocess.to_label`), the dataset figures are measured at the labels'
-    size; ``masks`` (the labels at the model's size) still give ``model_resolution_miou``.
+    size; ``masks`` (the labels at the model's size) still give ``model_resolution_miou``. With ``region(h, w)``
+    (where an ``h x w`` frame lands in the input: :meth:`~edgeseg.data.transforms.Preprocess.region`) parity
+    counts only those pixels, not letterbox padding.
 
     Streams in batches, so memory stays bounded by ``batch`` images whatever the split size: ``images`` and
     ``masks`` may be lazy sequences (:class:`LazySamples`) that read each sample only when asked. A sample that
@@ -139,11 +142,16 @@ def compare(reference: Callable[[np.ndarray], np.ndarray], exported: Callable[[n
         if class_map:
             logits_compared = False
         else:
-            max_diff = max(max_diff, float(np.abs(r - e).max()))
+            diff = np.abs(r - e)
         rm, em = r.argmax(1), (e.astype(np.int64) if class_map else e.argmax(1))
-        agree += int((rm == em).sum())
-        total += rm.size
-        cm_pair += confusion(rm, em, n_cls)
+        for k in range(len(rm)):
+            # only the frame's pixels: letterbox padding is cut away before anyone sees a mask
+            sel = region(*ls[k].shape) if at_label and region is not None else slice(None)
+            agree += int((rm[k][sel] == em[k][sel]).sum())
+            total += int(rm[k][sel].size)
+            cm_pair += confusion(rm[k][sel], em[k][sel], n_cls)
+            if not class_map:
+                max_diff = max(max_diff, float(diff[k][:, sel].max()))
         cm_ref += confusion(y, rm, n_cls)
         cm_exp += confusion(y, em, n_cls)
         for k, lab in enumerate(ls):

@@ -206,7 +206,8 @@ def check_run(run: Path, target: str, precision: str | None = None, min_agreemen
             continue
         log(f"checking {target} {precision} ({runner.runtime}) against PyTorch on {n} test images ...")
         results.append(compare(reference, runner, images, masks, ckpt.class_names, thresholds, target, precision,
-                               runtime=runner.runtime, labels=samples.labels, to_label=ckpt.preprocess.to_label))
+                               runtime=runner.runtime, labels=samples.labels, to_label=ckpt.preprocess.to_label,
+                               region=ckpt.preprocess.region))
     res = combine_results(results) if len(results) > 1 else results[0]
     write_json(d / "parity.json", {"schema": "edgeseg.parity/1", **res.to_json()})
     return res

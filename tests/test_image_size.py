@@ -74,8 +74,8 @@ def test_stretch_is_the_old_behaviour_and_old_checkpoints_read_as_stretch():
 
 def test_dataset_figures_at_the_label_size_parity_at_the_model_size():
     """Model 4x8, frames 4x4 letterboxed to columns 2..5. The export disagrees with the reference in the
-    padding (never shown to a user) and on one frame pixel: parity counts both, the dataset figures only the
-    frame pixel, and at the label's size they count it once per label pixel."""
+    padding (never shown to a user) and on one frame pixel: parity counts the padding only when it is not told
+    where the frame is; the dataset figures count the frame pixel once per label pixel."""
     from edgeseg.parity import compare
 
     pre = Preprocess(4, 8, resize="letterbox")
@@ -92,8 +92,9 @@ def test_dataset_figures_at_the_label_size_parity_at_the_model_size():
 
     x = [np.zeros((3, 4, 8), np.float32)]
     r = compare(logits(ref_mask), logits(exp_mask), x, [pre.mask(label)], ["bg", "fg"],
-                {"min_agreement": 0.0}, "tflite", "fp32", labels=[label], to_label=pre.to_label)
-    assert r.pixel_agreement == pytest.approx(100 * (32 - 9) / 32)
+                {"min_agreement": 0.0}, "tflite", "fp32", labels=[label], to_label=pre.to_label, region=pre.region)
+    assert r.pixel_agreement == pytest.approx(100 * 15 / 16)  # the frame's 16 pixels, one differs
+    assert r.mask_miou == pytest.approx((7 / 8 + 8 / 9) / 2)
     assert r.task_resolution == "label"
     assert r.reference_miou == 1.0
     # exported at the label's size: bg IoU 7/8, fg IoU 8/9
@@ -101,6 +102,8 @@ def test_dataset_figures_at_the_label_size_parity_at_the_model_size():
     assert r.model_resolution_miou == {"reference_miou": 1.0, "exported_miou": pytest.approx((7 / 8 + 8 / 9) / 2)}
     plain = compare(logits(ref_mask), logits(exp_mask), x, [pre.mask(label)], ["bg", "fg"], {}, "tflite", "fp32")
     assert plain.task_resolution == "model" and plain.model_resolution_miou is None
+    assert plain.pixel_agreement == pytest.approx(100 * (32 - 9) / 32)  # padding counted
+    assert pre.region(4, 4).sum() == 16 and pre.region(4, 4)[:, 2:6].all()
 
 
 @pytest.mark.slow

@@ -113,6 +113,13 @@ class Preprocess:
             mask = self._place(m, Image.NEAREST, IGNORE_INDEX)
         return mask.astype(np.int64)
 
+    def region(self, src_h: int, src_w: int) -> np.ndarray:
+        """Bool ``height x width``: the input pixels an ``src_h x src_w`` frame covers (False = letterbox padding)."""
+        g = self.geometry(src_h, src_w)
+        out = np.zeros((self.height, self.width), bool)
+        out[max(g.top, 0):min(g.top + g.scaled_h, self.height), max(g.left, 0):min(g.left + g.scaled_w, self.width)] = True
+        return out
+
     def to_label(self, pred: np.ndarray, label_h: int, label_w: int) -> np.ndarray:
         """A class mask at the model's size -> the ``label_h x label_w`` frame it was made from, as an app
         shows it: letterbox padding cut away, nearest-neighbour resize back; with ``crop`` the cut-off
