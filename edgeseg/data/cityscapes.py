@@ -110,4 +110,5 @@ def open_cityscapes(root: Path | str, split: str, mode: str = "fine", extra: boo
             lambda x: x.parent.name + "/" + x.name[: -len(f"_{gt}_labelIds.png")])
         pairs += p
         problems += q
-    return CityscapesDataset("Cityscapes", root, split, pairs, TRAIN_CLASSES, decode_cityscapes, problems, strict)
+    return CityscapesDataset("Cityscapes", root, split, pairs, TRAIN_CLASSES, decode_cityscapes, problems, strict,
+                             layout=f"Cityscapes (leftImg8bit/ + {gt}/, 19 train IDs)")

@@ -121,9 +121,11 @@ class FolderDataset:
         if (self.root / split / images).is_dir():
             img_dir, mask_dir = self.root / split / images, self.root / split / masks
             keep = None
+            self.layout = f"folder with split folders ({split}/{images}/ + {split}/{masks}/)"
         else:
             img_dir, mask_dir = self.root / images, self.root / masks
             keep = split
+            self.layout = f"flat folder ({images}/ + {masks}/), split by file-name hash"
         for d, what in ((img_dir, "images"), (mask_dir, "masks")):
             if not d.is_dir():
                 raise DataError(

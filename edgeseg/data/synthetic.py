@@ -45,6 +45,7 @@ class SyntheticShapes:
         if split not in _SPLIT_IDS:
             raise ValueError(f"split must be one of {sorted(_SPLIT_IDS)}, not {split!r}")
         self.split = split
+        self.layout = "synthetic scenes (generated)"
         self.size = int(size)
         self.length = DEFAULT_SIZES[split] if length is None else int(length)
         self.seed = int(seed)

@@ -116,9 +116,6 @@ def decode_index(path: Path, num_classes: int = len(VOC_CLASSES)) -> np.ndarray:
     return check_class_range(mask, num_classes, path)
 
 
-decode_voc = decode_index
-
-
 def decode_labelmap(path: Path, colours: dict[int, int], num_classes: int, table: str) -> np.ndarray:
     """A CVAT mask: RGB in the labelmap's colours, or a 1-channel PNG of labelmap indices."""
     try:
