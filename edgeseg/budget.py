@@ -99,6 +99,8 @@ def _measure(key: str, row: dict, parity: dict, lat: dict) -> tuple[float | None
         return None, parity.get("reason") or "parity not checked (run edgeseg check)"
     if key == "min_agreement":
         return float(parity["pixel_agreement"]), ""
+    if parity.get("reference_miou") is None or parity.get("exported_miou") is None:
+        return None, "no dataset mIoU: the check's images have no masks"
     return float(parity["reference_miou"] - parity["exported_miou"]), ""
 
 

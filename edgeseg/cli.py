@@ -294,6 +294,32 @@ def _parser() -> argparse.ArgumentParser:
                    help="verify an existing bundle (schema, sha256 of every file, no extra or unsafe paths)")
     p.add_argument("--json", action="store_true", help="print the manifest (or the verification) as JSON")
 
+    p = sub.add_parser("import", help="a run directory for a model edgeseg did not train", epilog=EPILOG,
+                       formatter_class=fmt,
+                       description="Write RUN/checkpoint.pt for torchvision's segmentation models or any nn.Module "
+                       "factory, so export, check, quantize, report and bundle work on it. MODEL: "
+                       "torchvision:NAME[?weights=ENUM] (e.g. torchvision:lraspp_mobilenet_v3_large?weights="
+                       "COCO_WITH_VOC_LABELS_V1; downloads when online) or python:package.module:factory.")
+    _common(p)
+    p.add_argument("model", metavar="MODEL", help="torchvision:NAME[?weights=ENUM] or python:package.module:factory")
+    p.add_argument("-o", "--output", type=Path, required=True, help="run directory to create")
+    p.add_argument("--data", required=True,
+                   help="the images int8 calibration and check use: any dataset spec, or folder:IMAGES for images "
+                   "without masks (check then measures parity only)")
+    p.add_argument("--weights", type=Path, help="a local state_dict (.pth), loaded with weights_only=True")
+    p.add_argument("--classes", type=Path, help="class names, one per line ('name' or 'name R G B')")
+    p.add_argument("--num-classes", type=int, help="output classes when neither --classes nor the weights say")
+    p.add_argument("--mean", help="normalization mean, R,G,B in 0-1 (default ImageNet's or the weights')")
+    p.add_argument("--std", help="normalization std, R,G,B (default ImageNet's or the weights')")
+    p.add_argument("--image-size", default="256", metavar="SIZE", help="export input size: a side or HxW (default 256)")
+    p.add_argument("--resize", choices=("letterbox", "stretch", "crop"), default="letterbox",
+                   help="how frames of another size fit the input (default letterbox)")
+    p.add_argument("--binary", action="store_true", help="the model has one sigmoid-logit channel (foreground > 0)")
+    p.add_argument("--upsample", action="store_true",
+                   help="add a bilinear upsampling to the input size for outputs smaller than the input")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="argument for a python: factory (repeatable; values parsed as JSON when they can be)")
+
     p = sub.add_parser("quickstart", help="the main job on the embedded data", epilog=EPILOG, formatter_class=fmt,
                        description="Train LR-ASPP MobileNetV3 on the embedded synthetic data, export TFLite "
                        "fp32/fp16/int8 (+ int8 with pixel input) and Core ML fp16/int8, check parity, write the "
@@ -393,14 +419,14 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _parse_opt(items: list[str]) -> dict[str, Any]:
+def _parse_opt(items: list[str], flag: str = "--model-opt") -> dict[str, Any]:
     from edgeseg.errors import UsageError
 
     out: dict[str, Any] = {}
     for it in items:
         k, sep, v = it.partition("=")
         if not sep or not k:
-            raise UsageError(f"--model-opt '{it}' must look like KEY=VALUE")
+            raise UsageError(f"{flag} '{it}' must look like KEY=VALUE")
         try:
             out[k] = json.loads(v)
         except json.JSONDecodeError:
@@ -471,6 +497,9 @@ def _print_parity(res) -> None:
     drop = "" if res.miou_drop is None else (f"  drop {res.miou_drop:+.4f} (max "
                                              f"{res.thresholds.get('max_miou_drop', '—')})")
     where = "at each label's size" if res.task_resolution == "label" else "at the model's size"
+    if res.reference_miou is None or res.reference_miou != res.reference_miou:  # nan: no labelled pixel
+        print("  dataset mIoU        — (the images have no masks: task figures left out)")
+        return
     print(f"  dataset mIoU        reference {res.reference_miou:.4f}  exported {res.exported_miou:.4f}{drop}  ({where})")
     if res.model_resolution_miou:
         mr = res.model_resolution_miou
@@ -584,6 +613,28 @@ def cmd_bundle(a: argparse.Namespace) -> int:
                        if par.get("pixel_agreement") is not None else f"parity {par['status']}")
             print(f"{plat:8s} {d['file']}  {d['size_bytes'] / 1e6:.2f} MB  {d['precision']}  {figures}")
         print(f"bundle: {a.output} ({len(manifest['files'])} files; edgeseg bundle --verify {a.output})")
+    return EXIT_OK
+
+
+def cmd_import(a: argparse.Namespace) -> int:
+    from edgeseg.errors import UsageError
+    from edgeseg.importer import check_data_spec, import_model
+
+    def triple(flag: str, v: str | None):
+        if v is None:
+            return None
+        try:
+            t = tuple(float(x) for x in v.split(","))
+        except ValueError:
+            t = ()
+        if len(t) != 3:
+            raise UsageError(f"{flag} takes three numbers R,G,B (0-1 scale), got '{v}'")
+        return t
+
+    import_model(a.output, a.model, data=check_data_spec(a.data), weights=a.weights, classes=a.classes,
+                 num_classes=a.num_classes, mean=triple("--mean", a.mean), std=triple("--std", a.std),
+                 image_size=a.image_size, resize=a.resize, binary=a.binary, upsample=a.upsample,
+                 model_args=_parse_opt(a.model_arg, "--model-arg"), log=(lambda s: None) if a.quiet else print)
     return EXIT_OK
 
 
@@ -779,7 +830,7 @@ def _lock(a: argparse.Namespace):
 
 COMMANDS = {"train": cmd_train, "export": cmd_export, "check": cmd_check, "report": cmd_report, "bench": cmd_bench,
             "quantize": cmd_quantize, "bundle": cmd_bundle, "quickstart": cmd_quickstart, "models": cmd_models,
-            "data": cmd_data, "maskrcnn": cmd_maskrcnn}
+            "data": cmd_data, "maskrcnn": cmd_maskrcnn, "import": cmd_import}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -166,12 +166,17 @@ def compare(reference: Callable[[np.ndarray], np.ndarray], exported: Callable[[n
     change = {name: (None if np.isnan(a) or np.isnan(b) else float(b - a))
               for name, a, b in zip(class_names, iou_r, iou_e)}
     ref_miou, exp_miou = mean_iou(cm_ref), mean_iou(cm_exp)
-    drop = None if np.isnan(ref_miou) or np.isnan(exp_miou) else float(ref_miou - exp_miou)
+    labelled = bool(cm_ref.sum())
+    if not labelled:  # images without masks: no task figure (None, not NaN, in parity.json)
+        ref_miou = exp_miou = None  # type: ignore[assignment]
+        change, model_res = {}, None
+    drop = None if ref_miou is None or np.isnan(ref_miou) or np.isnan(exp_miou) else float(ref_miou - exp_miou)
     res = ParityResult(target=target, precision=precision, status=PASSED, runtime=runtime, images=done,
                        pixel_agreement=100.0 * agree / max(total, 1), mask_miou=mean_iou(cm_pair),
                        max_abs_logit_diff=max_diff if logits_compared else None, reference_miou=ref_miou,
                        exported_miou=exp_miou, miou_drop=drop, iou_change=change, thresholds=dict(thresholds),
-                       task_resolution="label" if at_label else "model", model_resolution_miou=model_res)
+                       task_resolution=("label" if at_label else "model") if labelled else "none (no masks)",
+                       model_resolution_miou=model_res)
     if "min_agreement" in thresholds and res.pixel_agreement < thresholds["min_agreement"]:
         res.failures.append(f"pixel agreement {res.pixel_agreement:.3f} % < {thresholds['min_agreement']} %")
     if "min_mask_miou" in thresholds and res.mask_miou < thresholds["min_mask_miou"]:

@@ -188,7 +188,7 @@ def check_run(run: Path, target: str, precision: str | None = None, min_agreemen
     from edgeseg.bench import torch_runner
 
     test = open_split(data or ckpt.config.data, "test", ckpt.config.image_size)
-    if data and len(test.classes) != ckpt.num_classes:
+    if data and getattr(test, "labelled", True) and len(test.classes) != ckpt.num_classes:
         raise UsageError(f"--data '{data}' has {len(test.classes)} classes but the model has {ckpt.num_classes}")
     n = len(test) if limit is None else min(limit, len(test))
     samples = LazySamples(test, n, ckpt.preprocess.image, ckpt.preprocess.mask)  # streamed: bounded memory

@@ -15,6 +15,10 @@ Options (in the data spec, ``folder:ROOT?images=image&masks=label&values=0,255&c
 * ``ignore``: a mask value to ignore (e.g. ``255`` for VOC-style borders) when ``values`` is not given.
 * ``split``: train/val/test fractions for a flat folder (default ``0.7,0.15,0.15``).
 
+A folder with images but no masks folder (or just images) is **unlabelled**: ``edgeseg check --data
+folder:IMAGES`` measures parity on it (agreement, mask mIoU vs the reference) and leaves the task figures out;
+every image is in every split, and training refuses it.
+
 Every bad file raises :class:`DataError` naming the file and what is wrong.
 """
 
@@ -126,7 +130,15 @@ class FolderDataset:
             img_dir, mask_dir = self.root / images, self.root / masks
             keep = split
             self.layout = f"flat folder ({images}/ + {masks}/), split by file-name hash"
-        for d, what in ((img_dir, "images"), (mask_dir, "masks")):
+        if not img_dir.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in self.root.iterdir()):
+            img_dir = self.root  # a folder of images, as an app team has them
+        #: False for images without masks (``edgeseg check --data`` on what an app sees): every image is in
+        #: every split, masks are all ignored, and the task figures are left out
+        self.labelled = mask_dir.is_dir()
+        if not self.labelled and img_dir.is_dir():
+            keep = None
+            self.layout = f"images without masks ({img_dir}): every image in every split, no task figures"
+        for d, what in ((img_dir, "images"), (mask_dir if self.labelled else img_dir, "masks")):
             if not d.is_dir():
                 raise DataError(
                     f"dataset folder '{self.root}' has no {what} folder '{d.relative_to(self.root)}'; "
@@ -134,13 +146,16 @@ class FolderDataset:
                 )
         self.pairs: list[tuple[Path, Path]] = []
         self.problems: list[str] = []
-        mask_by_stem = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() == ".png"}
+        mask_by_stem = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() == ".png"} if self.labelled else {}
         for p in sorted(img_dir.iterdir(), key=lambda q: (len(q.stem), q.stem)):
             if p.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             if keep is not None and _split_of(p.stem, split_fractions) != keep:
                 continue
             m = mask_by_stem.get(p.stem)
+            if not self.labelled:
+                self.pairs.append((p, None))  # type: ignore[arg-type]
+                continue
             if m is None:
                 self.problems.append(f"image '{p}' has no mask '{mask_dir / (p.stem + '.png')}'")
                 continue
@@ -156,6 +171,8 @@ class FolderDataset:
         infos: list[ClassInfo] | None = None
         if names is None and (self.root / "classes.txt").is_file():
             infos = _parse_classes_txt(self.root / "classes.txt")
+        if infos is None and names is None and not self.labelled:
+            infos = []  # no masks to count classes in: the model's classes are used
         if infos is None:
             if names is None:
                 n = len(self.values) if self.values is not None else self._max_value() + 1
@@ -189,6 +206,8 @@ class FolderDataset:
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         img_path, mask_path = self.pairs[i]
         img = read_image(img_path)
+        if not self.labelled:
+            return img, np.full(img.shape[:2], IGNORE_INDEX, np.int64)
         raw = read_mask(mask_path)
         if raw.shape != img.shape[:2]:
             raise DataError(

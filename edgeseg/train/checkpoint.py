@@ -67,8 +67,12 @@ class Checkpoint:
     def build_model(self, which: str | None = None) -> nn.Module:
         """Rebuild the architecture and load the (EMA or raw, see :meth:`weights_choice`) weights, eval, CPU."""
         from edgeseg.models import build_model
+        from edgeseg.models.imported import IMPORTED, build_imported
 
-        model = build_model(self.config.model, self.num_classes, **self.config.model_kwargs)
+        if self.config.model == IMPORTED:  # edgeseg import: the source rebuilds the architecture
+            model = build_imported(self.num_classes, **self.config.model_kwargs)
+        else:
+            model = build_model(self.config.model, self.num_classes, **self.config.model_kwargs)
         weights = self.ema_weights if self.weights_choice(which) == "ema" else self.weights
         try:
             model.load_state_dict(weights)

@@ -137,6 +137,9 @@ def _train(cfg: TrainConfig, out_dir: Path, ctx: DistContext, device: torch.devi
     _seed_all(cfg.seed)
     train_ds = open_split(cfg.data, "train", cfg.image_size)
     val_ds = open_split(cfg.data, "val", cfg.image_size)
+    if not getattr(train_ds, "labelled", True):
+        raise UsageError(f"--data '{cfg.data}' has images but no masks: it can be checked against "
+                         f"(edgeseg check RUN --data ...), not trained on")
     classes = list(train_ds.classes)
     n_cls = len(classes)
     pre = Preprocess(cfg.height, cfg.width, resize=cfg.resize)

@@ -1,0 +1,209 @@
+"""``edgeseg import``: a run directory for a model edgeseg did not train.
+
+The run holds an ordinary checkpoint (``model = "imported"``, the source that rebuilds the architecture in
+``model_kwargs``, the weights, classes, preprocessing and provenance), so ``export``, ``check``,
+``quantize``, ``report`` and ``bundle`` work on it unchanged. Sources:
+
+* ``torchvision:NAME[?weights=ENUM]`` -- torchvision's segmentation models; ``weights=`` names a weights enum
+  (``COCO_WITH_VOC_LABELS_V1``: downloads when online; its categories and normalization are used), or
+  ``--weights FILE.pth`` a local state_dict; neither = random weights (said in the provenance).
+* ``python:package.module:factory`` -- any function returning an ``nn.Module`` (``--model-arg k=v`` passes
+  arguments), with an optional ``--weights`` state_dict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from edgeseg.config import TrainConfig, parse_image_size
+from edgeseg.data.base import ClassInfo, default_colors
+from edgeseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from edgeseg.errors import CheckpointError, UsageError
+from edgeseg.models.imported import IMPORTED, build_imported
+
+SOURCES = ("torchvision", "python")
+
+
+def _state_dict(path: Path) -> dict[str, torch.Tensor]:
+    import pickle
+
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UsageError(f"--weights '{path}' does not exist") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"--weights '{path}' is not a state_dict the safe loader (weights_only=True) reads: "
+                              f"{str(e).splitlines()[0][:200]}") from None
+    if isinstance(d, dict) and isinstance(d.get("state_dict"), dict):
+        d = d["state_dict"]  # Lightning-style wrappers
+    if not isinstance(d, dict) or not all(isinstance(v, torch.Tensor) for v in d.values()):
+        raise CheckpointError(f"--weights '{path}' does not hold a state_dict (a mapping of names to tensors)")
+    return d
+
+
+def _load(net: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Strict load; a mismatch names the missing, unexpected and misshapen keys."""
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in own
+              if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        for name, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+            if keys:
+                parts.append(f"{name}: {', '.join(keys[:5])}" + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""))
+        raise CheckpointError(f"{what} does not fit the model: " + "; ".join(parts))
+    net.load_state_dict(state)
+
+
+def _classes(path: Path | None, names: list[str] | None, n: int | None) -> list[ClassInfo] | None:
+    if path is not None:
+        from edgeseg.data.folder import _parse_classes_txt
+
+        if not Path(path).is_file():
+            raise UsageError(f"--classes '{path}' does not exist")
+        return _parse_classes_txt(Path(path))
+    if names is not None:
+        return [ClassInfo(c, col) for c, col in zip(names, default_colors(len(names)))]
+    if n is not None:
+        return [ClassInfo(f"class{i}", col) for i, col in enumerate(default_colors(n))]
+    return None
+
+
+def _torchvision_weights(name: str, enum: str):
+    import torchvision.models as tvm
+
+    try:
+        weights_enum = tvm.get_model_weights(name)
+    except (ValueError, KeyError):
+        raise UsageError(f"torchvision model '{name}' has no weights enum") from None
+    try:
+        return weights_enum[enum]
+    except KeyError:
+        from edgeseg.registry import suggest
+
+        have = [w.name for w in weights_enum]
+        raise UsageError(f"torchvision:{name}: no weights '{enum}'{suggest(enum, have)}; it has {', '.join(have)}") \
+            from None
+
+
+def import_model(output: Path, spec: str, *, data: str, weights: Path | None = None, classes: Path | None = None,
+                 num_classes: int | None = None, mean: tuple[float, float, float] | None = None,
+                 std: tuple[float, float, float] | None = None, image_size: str | int = 256,
+                 resize: str = "letterbox", binary: bool = False, upsample: bool = False,
+                 model_args: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> Path:
+    """Write ``output/checkpoint.pt`` for the model named by ``spec``; returns its path."""
+    from edgeseg.atomic import atomic_path
+    from edgeseg.data import parse_spec
+    from edgeseg.train.checkpoint import CHECKPOINT_NAME, Checkpoint, save_checkpoint
+
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"-o '{output}' is a file; give a directory for the run")
+    if (output / CHECKPOINT_NAME).exists():
+        raise UsageError(f"run directory '{output}' already holds a checkpoint; import into a new -o directory")
+    source, _, rest = spec.partition(":")
+    if source not in SOURCES or not rest:
+        raise UsageError(f"MODEL '{spec}': give torchvision:NAME[?weights=ENUM] or python:package.module:factory")
+    h, w = parse_image_size(image_size)
+    provenance: dict[str, Any] = {"source": spec}
+    state = None
+    cls = _classes(classes, None, None)
+    if source == "torchvision":
+        _, name, opts = parse_spec(f"x:{rest}")
+        kw: dict[str, Any] = {"source": "torchvision", "name": name}
+        enum = opts.pop("weights", None)
+        if opts:
+            raise UsageError(f"MODEL '{spec}': unknown option(s) {', '.join(opts)}; torchvision takes weights=ENUM")
+        if enum and weights:
+            raise UsageError("give the weights as torchvision:NAME?weights=ENUM or as --weights FILE, not both")
+        if enum:
+            wts = _torchvision_weights(name, enum)
+            cls = cls or _classes(None, list(wts.meta["categories"]), None)
+            t = wts.transforms()
+            mean, std = mean or tuple(t.mean), std or tuple(t.std)
+            try:
+                state = wts.get_state_dict(progress=False, check_hash=True)
+            except Exception as e:  # noqa: BLE001 - urllib/ssl/http errors all mean: no download
+                raise UsageError(f"torchvision:{name}?weights={enum} needs to download {wts.url} and could not "
+                                 f"({type(e).__name__}); download it where you are online and pass --weights FILE.pth") \
+                    from None
+            provenance["weights"] = f"torchvision {name} {enum} ({wts.url})"
+        elif weights:
+            state = _state_dict(weights)
+        kw["aux"] = bool(state) and any(k.startswith("aux_classifier.") for k in state)
+        if state is not None:  # the class count the weights were trained for
+            heads = [v for k, v in state.items() if k.startswith("classifier.") and k.endswith("weight") and v.ndim == 4]
+            num_classes = num_classes or (int(heads[-1].shape[0]) if heads else None)
+        if state is not None:
+            state = {f"net.{k}": v for k, v in state.items()}
+    else:
+        kw = {"source": "python", "factory": rest, "kwargs": dict(model_args or {})}
+        if weights:
+            state = _state_dict(weights)
+    n = len(cls) if cls else (num_classes or (2 if binary else None))
+    if n is None and source == "torchvision":
+        raise UsageError(f"torchvision:{rest}: say how many classes: --classes FILE, --num-classes N or "
+                         f"?weights=ENUM")
+    if binary:
+        kw["binary"] = True
+        n = 2
+        cls = cls or [ClassInfo("background", (0, 0, 0)), ClassInfo("foreground", (230, 25, 75))]
+    if upsample:
+        kw["upsample"] = True
+    model = build_imported(n or 1, **kw)
+    if state is not None:
+        if source == "python":
+            state = {f"net.{k}": v for k, v in state.items()}
+        _load(model, state, f"--weights '{weights}'" if weights else spec)
+        provenance.setdefault("weights", f"{weights} (sha256 {hashlib.sha256(Path(weights).read_bytes()).hexdigest()})"
+                              if weights else spec)
+    else:
+        provenance["weights"] = "random initialization (no weights given)"
+        log(f"{spec}: no weights given; the run holds randomly initialized weights")
+    model.eval()
+    with torch.no_grad():
+        try:
+            y = model(torch.zeros(1, 3, h, w))
+        except Exception as e:  # noqa: BLE001 - the user's module: report whatever it raises
+            raise UsageError(f"{spec} does not run on a 1x3x{h}x{w} input: {type(e).__name__}: {e}") from None
+    if not isinstance(y, torch.Tensor) or y.ndim != 4:
+        raise UsageError(f"{spec} returns {type(y).__name__}{tuple(y.shape) if isinstance(y, torch.Tensor) else ''}; "
+                         f"edgeseg needs [N, classes, H, W] logits (or a dict with 'out')")
+    if tuple(y.shape[-2:]) != (h, w):
+        raise UsageError(f"{spec} returns {tuple(y.shape[-2:])} masks for a {h}x{w} input; pass --upsample to add a "
+                         f"bilinear upsampling to the input size in the graph")
+    if y.shape[1] == 1 and not binary:
+        raise UsageError(f"{spec} has one output channel: pass --binary (a sigmoid logit: foreground where > 0)")
+    n = int(y.shape[1])
+    cls = cls or _classes(None, None, n)
+    if len(cls) != n:
+        raise UsageError(f"the model outputs {n} classes but the class list has {len(cls)} "
+                         f"({', '.join(c.name for c in cls[:6])}...)")
+    cfg = TrainConfig(model=IMPORTED, model_kwargs=kw, data=data, image_size=f"{h}x{w}", resize=resize, epochs=1)
+    pre = Preprocess(h, w, tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD), resize)  # type: ignore[arg-type]
+    ckpt = Checkpoint(config=cfg, preprocess=pre, classes=cls, weights={k: v.detach().clone()
+                                                                        for k, v in model.state_dict().items()},
+                      metrics={"imported": provenance}, state={"finished": True})
+    output.mkdir(parents=True, exist_ok=True)
+    path = save_checkpoint(ckpt, output / CHECKPOINT_NAME)
+    with atomic_path(output / "imported.txt") as tmp:
+        tmp.write_text("".join(f"{k}: {v}\n" for k, v in provenance.items()))
+    log(f"imported {spec} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, {n} classes, "
+        f"{h}x{w} {resize}) -> {path}")
+    return path
+
+
+def check_data_spec(data: str) -> str:
+    """The run's dataset spec must name a real format (it feeds int8 calibration and check)."""
+    from edgeseg.data import DATASETS, parse_spec
+
+    kind = parse_spec(data)[0]
+    DATASETS.get(kind)
+    return data
+

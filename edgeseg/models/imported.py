@@ -1,0 +1,99 @@
+"""Models that edgeseg did not train: torchvision's segmentation models and any ``nn.Module`` factory.
+
+An imported run stores ``model = "imported"`` and, in ``model_kwargs``, the source that rebuilds the
+architecture (the weights are in the checkpoint like any run's):
+
+* ``{"source": "torchvision", "name": "lraspp_mobilenet_v3_large", "aux": false}``: torchvision's
+  ``torchvision.models.segmentation.<name>``; its ``{"out", "aux"}`` dict output becomes the ``out`` tensor.
+* ``{"source": "python", "factory": "package.module:function", "kwargs": {...}}``: any importable factory
+  that returns an ``nn.Module`` (the module must be importable wherever the run is exported or checked).
+
+``binary: true`` marks a model with one sigmoid-logit channel: it becomes two class logits ``[0, z]``,
+whose argmax is ``z > 0`` = ``sigmoid(z) > 0.5``. ``upsample: true`` resizes outputs smaller than the
+input (bilinear) in the graph. Every wrapper keeps the export contract: one NCHW float tensor in, one
+``[N, classes, H, W]`` logits tensor out.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edgeseg.errors import UsageError
+from edgeseg.registry import suggest
+
+IMPORTED = "imported"
+
+
+def torchvision_names() -> list[str]:
+    """torchvision's segmentation builders (``torchvision.models.list_models``)."""
+    import torchvision.models as tvm
+
+    return sorted(tvm.list_models(module=tvm.segmentation))
+
+
+class Imported(nn.Module):
+    """The wrapper every imported model runs in: dict outputs, binary logits and upsampling handled."""
+
+    def __init__(self, net: nn.Module, binary: bool = False, upsample: bool = False) -> None:
+        super().__init__()
+        self.net, self.binary, self.upsample = net, bool(binary), bool(upsample)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x)
+        if isinstance(y, dict):
+            y = y["out"]
+        elif isinstance(y, (tuple, list)):
+            y = y[0]
+        if self.upsample and tuple(y.shape[-2:]) != tuple(x.shape[-2:]):
+            y = F.interpolate(y, size=(int(x.shape[-2]), int(x.shape[-1])), mode="bilinear", align_corners=False)
+        if self.binary:
+            y = torch.cat([torch.zeros_like(y), y], dim=1)
+        return y
+
+
+def _torchvision(name: str, num_classes: int, aux: bool = False) -> nn.Module:
+    import torchvision.models as tvm
+
+    names = torchvision_names()
+    if name not in names:
+        raise UsageError(f"torchvision has no segmentation model '{name}'{suggest(name, names)}; "
+                         f"its segmentation models: {', '.join(names)}")
+    # weights are loaded by the importer (or from the checkpoint), never downloaded here
+    return tvm.get_model(name, weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=aux)
+
+
+def _python(factory: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    mod_name, sep, fn_name = factory.partition(":")
+    if not sep or not mod_name or not fn_name:
+        raise UsageError(f"python:{factory}: give the factory as package.module:function")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise UsageError(f"python:{factory}: cannot import '{mod_name}' ({e}); is it on PYTHONPATH?") from None
+    fn = getattr(mod, fn_name, None)
+    if not callable(fn):
+        raise UsageError(f"python:{factory}: '{mod_name}' has no callable '{fn_name}'")
+    try:
+        net = fn(**(kwargs or {}))
+    except TypeError as e:
+        raise UsageError(f"python:{factory}: calling it with {kwargs or {}} failed: {e}") from None
+    if not isinstance(net, nn.Module):
+        raise UsageError(f"python:{factory} returned {type(net).__name__}, not a torch.nn.Module")
+    return net
+
+
+def build_imported(num_classes: int, source: str, binary: bool = False, upsample: bool = False,
+                   **kw: Any) -> nn.Module:
+    """The architecture of an imported run, untrained (weights come from the checkpoint)."""
+    if source == "torchvision":
+        net = _torchvision(kw["name"], 1 if binary else num_classes, kw.get("aux", False))
+    elif source == "python":
+        net = _python(kw["factory"], kw.get("kwargs"))
+    else:
+        raise UsageError(f"unknown import source '{source}'; sources: torchvision, python")
+    return Imported(net, binary=binary, upsample=upsample)

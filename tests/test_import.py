@@ -1,0 +1,139 @@
+"""``edgeseg import``: models edgeseg did not train, through export, check, report and bundle (issue 20)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edgeseg.cli import main
+from edgeseg.errors import CheckpointError, UsageError
+from edgeseg.importer import import_model
+
+CUSTOM = '''
+import torch.nn as nn
+
+
+class TinyBinary(nn.Module):
+    """A user's own binary segmenter: stride-2 output, one sigmoid-logit channel."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                                  nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, 1, 1))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def make(width=8):
+    return TinyBinary(width)
+'''
+
+
+@pytest.fixture()
+def images(tmp_path):
+    """Six camera-shaped frames without masks, as an app team has them."""
+    d = tmp_path / "frames"
+    d.mkdir()
+    for i in range(6):
+        rng = np.random.default_rng(i)
+        img = rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)
+        img[10:30, 20 + 5 * i:50 + 5 * i] = (230, 40, 40)  # something to segment
+        Image.fromarray(img).save(d / f"frame{i}.jpg")
+    return d
+
+
+@pytest.fixture()
+def custom_module(tmp_path, monkeypatch):
+    (tmp_path / "usermodels.py").write_text(CUSTOM)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("usermodels", None)
+    return "usermodels"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large"])
+def test_torchvision_models_import_export_and_check_on_images_without_masks(tmp_path, images, name):
+    """torchvision's own classes (random weights: offline) keep the export contract in TFLite and Core ML and
+    pass the fp32/fp16 gates on unlabelled frames; the task figures are left out and say so."""
+    run = tmp_path / "run"
+    assert main(["import", f"torchvision:{name}", "-o", str(run), "--data", f"folder:{images}",
+                 "--num-classes", "4", "--image-size", "64", "-q"]) == 0
+    assert "random initialization" in (run / "imported.txt").read_text()
+    for target, precision in (("tflite", "fp32"), ("coreml", "fp16")):
+        assert main(["export", str(run), "--target", target, "--precision", precision, "-q"]) == 0
+        assert main(["check", str(run), "--target", target, "--precision", precision, "-q"]) == 0
+        p = json.loads((run / "export" / f"{target}-{precision}" / "parity.json").read_text())
+        assert p["status"] == "passed" and p["images"] == 6
+        assert p["reference_miou"] is None and p["task_resolution"] == "none (no masks)"
+
+
+@pytest.mark.slow
+def test_own_module_with_a_state_dict_through_export_check_report_and_bundle(tmp_path, images, custom_module):
+    """python:module:factory + a state_dict, one sigmoid channel at half resolution (--binary --upsample):
+    the whole chain import -> export -> check -> report -> bundle --verify."""
+    from usermodels import make
+
+    torch.manual_seed(0)
+    net = make(width=8)
+    with torch.no_grad():  # a bias so the mask is not all one class
+        net.body[-1].bias.fill_(0.1)
+    torch.save(net.state_dict(), tmp_path / "weights.pth")
+    run = tmp_path / "run"
+    assert main(["import", f"python:{custom_module}:make", "--model-arg", "width=8", "--weights",
+                 str(tmp_path / "weights.pth"), "--binary", "--upsample", "-o", str(run),
+                 "--data", f"folder:{images}", "--image-size", "48x80", "-q"]) == 0
+    from edgeseg.train.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(run)
+    assert ck.class_names == ("background", "foreground") and (ck.preprocess.height, ck.preprocess.width) == (48, 80)
+    x = torch.randn(1, 3, 48, 80)
+    with torch.no_grad():
+        y = ck.build_model()(x)
+        z = torch.nn.functional.interpolate(net.eval()(x), size=(48, 80), mode="bilinear", align_corners=False)
+    # two logits [0, z]: argmax is sigmoid(z) > 0.5, exactly
+    assert y.shape == (1, 2, 48, 80) and torch.equal(y.argmax(1), (z[:, 0] > 0).long())
+    for target, precision in (("tflite", "fp32"), ("coreml", "fp16")):
+        assert main(["export", str(run), "--target", target, "--precision", precision, "-q"]) == 0
+        assert main(["check", str(run), "--target", target, "--precision", precision, "-q"]) == 0
+    assert main(["report", str(run), "--runs", "2", "-q", "--json"]) == 0
+    dist = tmp_path / "dist"
+    assert main(["bundle", str(run), "-o", str(dist), "-q"]) == 0
+    assert main(["bundle", "--verify", str(dist), "-q"]) == 0
+    m = json.loads((dist / "manifest.json").read_text())
+    assert [c["name"] for c in m["classes"]] == ["background", "foreground"]
+    assert m["platforms"]["android"]["input"]["shape"] == [1, 48, 80, 3]
+
+
+def test_import_refusals_name_the_problem(tmp_path, images, custom_module):
+    data = f"folder:{images}"
+    with pytest.raises(UsageError, match=r"torchvision has no segmentation model 'lraspp_mobilenet_v3_larg' "
+                                         r"\(did you mean 'lraspp_mobilenet_v3_large'\?\)"):
+        import_model(tmp_path / "a", "torchvision:lraspp_mobilenet_v3_larg", data=data, num_classes=3)
+    from usermodels import make
+
+    torch.save({"body.0.weight": torch.zeros(8, 3, 3, 3), "head.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match=r"does not fit the model: missing: net.body.0.bias, net.body.1.weight"
+                                              r".*unexpected: net.head.weight"):
+        import_model(tmp_path / "b", f"python:{custom_module}:make", data=data, weights=tmp_path / "bad.pth",
+                     binary=True, upsample=True)
+    torch.save(make(4).state_dict(), tmp_path / "narrow.pth")
+    with pytest.raises(CheckpointError, match=r"wrong shape: net.body.0.weight \(4, 3, 3, 3\) vs model \(8, 3, 3, 3\)"):
+        import_model(tmp_path / "c", f"python:{custom_module}:make", data=data, weights=tmp_path / "narrow.pth",
+                     binary=True, upsample=True)
+    with pytest.raises(UsageError, match=r"returns \(32, 32\) masks for a 64x64 input; pass --upsample"):
+        import_model(tmp_path / "d", f"python:{custom_module}:make", data=data, image_size=64, binary=True)
+    with pytest.raises(UsageError, match=r"has one output channel: pass --binary"):
+        import_model(tmp_path / "e", f"python:{custom_module}:make", data=data, image_size=64, upsample=True)
+    with pytest.raises(UsageError, match=r"python:nosuchpkg.mod:make: cannot import 'nosuchpkg.mod' \(No module named 'nosuchpkg'\)"):
+        import_model(tmp_path / "f", "python:nosuchpkg.mod:make", data=data)
+    with pytest.raises(UsageError, match=r"give torchvision:NAME\[\?weights=ENUM\] or python:package.module:factory"):
+        import_model(tmp_path / "g", "timm:resnet18", data=data)
+    with pytest.raises(UsageError, match=r"no weights 'COCO_V9'.*COCO_WITH_VOC_LABELS_V1"):
+        import_model(tmp_path / "h", "torchvision:lraspp_mobilenet_v3_large?weights=COCO_V9", data=data)
+    assert not any((tmp_path / d).exists() for d in "abcdefgh")  # nothing half-written
