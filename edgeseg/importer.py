@@ -7,6 +7,9 @@ The run holds an ordinary checkpoint (``model = "imported"``, the source that re
 * ``torchvision:NAME[?weights=ENUM]`` -- torchvision's segmentation models; ``weights=`` names a weights enum
   (``COCO_WITH_VOC_LABELS_V1``: downloads when online; its categories and normalization are used), or
   ``--weights FILE.pth`` a local state_dict; neither = random weights (said in the provenance).
+* ``smp:ARCH?encoder=NAME[&option=value...]`` -- segmentation_models_pytorch (``Unet``, ``FPN``,
+  ``DeepLabV3Plus``, ...; options such as ``decoder_channels=64,32,16,8,4``) with ``--weights`` the
+  state_dict of the model you trained with it (``--classes``/``--num-classes`` say how many classes).
 * ``python:package.module:factory`` -- any function returning an ``nn.Module`` (``--model-arg k=v`` passes
   arguments), with an optional ``--weights`` state_dict.
 """
@@ -25,7 +28,7 @@ from edgeseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from edgeseg.errors import CheckpointError, UsageError
 from edgeseg.models.imported import IMPORTED, build_imported
 
-SOURCES = ("torchvision", "python")
+SOURCES = ("torchvision", "smp", "python")
 
 
 def _state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -59,6 +62,18 @@ def _load(net: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> No
                 parts.append(f"{name}: {', '.join(keys[:5])}" + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""))
         raise CheckpointError(f"{what} does not fit the model: " + "; ".join(parts))
     net.load_state_dict(state)
+
+
+def _value(v: str) -> Any:
+    """An option value: an int, a float, a comma-separated list of those, true/false, or the string."""
+    def one(x: str) -> Any:
+        for conv in (int, float):
+            try:
+                return conv(x)
+            except ValueError:
+                pass
+        return {"true": True, "false": False}.get(x.lower(), x)
+    return [one(x) for x in v.split(",")] if "," in v else one(v)
 
 
 def _classes(path: Path | None, names: list[str] | None, n: int | None) -> list[ClassInfo] | None:
@@ -142,14 +157,22 @@ def import_model(output: Path, spec: str, *, data: str, weights: Path | None = N
             num_classes = num_classes or (int(heads[-1].shape[0]) if heads else None)
         if state is not None:
             state = {f"net.{k}": v for k, v in state.items()}
+    elif source == "smp":
+        _, arch, opts = parse_spec(f"x:{rest}")
+        encoder = opts.pop("encoder", "resnet34")  # smp's default encoder
+        kw = {"source": "smp", "arch": arch, "encoder": encoder, "options": {k: _value(v) for k, v in opts.items()}}
+        if weights:
+            state = {f"net.{k}": v for k, v in _state_dict(weights).items()}
+            heads = [v for k, v in state.items() if k.startswith("net.segmentation_head.") and v.ndim == 4]
+            num_classes = num_classes or (int(heads[-1].shape[0]) if heads else None)
     else:
         kw = {"source": "python", "factory": rest, "kwargs": dict(model_args or {})}
         if weights:
-            state = _state_dict(weights)
+            state = {f"net.{k}": v for k, v in _state_dict(weights).items()}
     n = len(cls) if cls else (num_classes or (2 if binary else None))
-    if n is None and source == "torchvision":
-        raise UsageError(f"torchvision:{rest}: say how many classes: --classes FILE, --num-classes N or "
-                         f"?weights=ENUM")
+    if n is None and source in ("torchvision", "smp"):
+        raise UsageError(f"{spec}: say how many classes: --classes FILE or --num-classes N"
+                         + (" (or ?weights=ENUM)" if source == "torchvision" else ""))
     if binary:
         kw["binary"] = True
         n = 2
@@ -158,8 +181,6 @@ def import_model(output: Path, spec: str, *, data: str, weights: Path | None = N
         kw["upsample"] = True
     model = build_imported(n or 1, **kw)
     if state is not None:
-        if source == "python":
-            state = {f"net.{k}": v for k, v in state.items()}
         _load(model, state, f"--weights '{weights}'" if weights else spec)
         provenance.setdefault("weights", f"{weights} (sha256 {hashlib.sha256(Path(weights).read_bytes()).hexdigest()})"
                               if weights else spec)

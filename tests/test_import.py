@@ -57,14 +57,26 @@ def custom_module(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large"])
-def test_torchvision_models_import_export_and_check_on_images_without_masks(tmp_path, images, name):
-    """torchvision's own classes (random weights: offline) keep the export contract in TFLite and Core ML and
-    pass the fp32/fp16 gates on unlabelled frames; the task figures are left out and say so."""
+@pytest.mark.parametrize("spec", ["torchvision:lraspp_mobilenet_v3_large", "torchvision:deeplabv3_mobilenet_v3_large",
+                                  "smp:Unet?encoder=mobilenet_v2&decoder_channels=64,32,16,8,4"])
+def test_third_party_models_import_export_and_check_on_images_without_masks(tmp_path, images, spec):
+    """torchvision's and segmentation_models_pytorch's own classes (random weights: offline; the SMP U-Net's
+    from a state_dict saved by SMP itself) keep the export contract in TFLite and Core ML and pass the fp32/fp16
+    gates on unlabelled frames; the task figures are left out and say so."""
     run = tmp_path / "run"
-    assert main(["import", f"torchvision:{name}", "-o", str(run), "--data", f"folder:{images}",
-                 "--num-classes", "4", "--image-size", "64", "-q"]) == 0
-    assert "random initialization" in (run / "imported.txt").read_text()
+    args = ["--num-classes", "4"]
+    if spec.startswith("smp:"):
+        import segmentation_models_pytorch as smp
+
+        torch.manual_seed(0)
+        torch.save(smp.Unet("mobilenet_v2", encoder_weights=None, classes=4,
+                            decoder_channels=[64, 32, 16, 8, 4]).state_dict(), tmp_path / "smp.pth")
+        args = ["--weights", str(tmp_path / "smp.pth")]  # the class count comes from the weights
+    assert main(["import", spec, "-o", str(run), "--data", f"folder:{images}", *args, "--image-size", "64", "-q"]) == 0
+    from edgeseg.train.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run).num_classes == 4
+    assert ("random initialization" in (run / "imported.txt").read_text()) == (not spec.startswith("smp:"))
     for target, precision in (("tflite", "fp32"), ("coreml", "fp16")):
         assert main(["export", str(run), "--target", target, "--precision", precision, "-q"]) == 0
         assert main(["check", str(run), "--target", target, "--precision", precision, "-q"]) == 0
@@ -136,4 +148,26 @@ def test_import_refusals_name_the_problem(tmp_path, images, custom_module):
         import_model(tmp_path / "g", "timm:resnet18", data=data)
     with pytest.raises(UsageError, match=r"no weights 'COCO_V9'.*COCO_WITH_VOC_LABELS_V1"):
         import_model(tmp_path / "h", "torchvision:lraspp_mobilenet_v3_large?weights=COCO_V9", data=data)
-    assert not any((tmp_path / d).exists() for d in "abcdefgh")  # nothing half-written
+    with pytest.raises(UsageError, match=r"smp has no architecture 'Unett' \(did you mean 'Unet'\?\)"):
+        import_model(tmp_path / "i", "smp:Unett?encoder=mobilenet_v2", data=data, num_classes=3)
+    assert not any((tmp_path / d).exists() for d in "abcdefghi")  # nothing half-written
+
+
+def test_torchvision_state_dict_gives_classes_and_aux_head(tmp_path, images):
+    """A torchvision state_dict saved by the user's own fine-tuning: the class count comes from its classifier,
+    the aux head it was trained with is rebuilt, and the imported model computes what the original does."""
+    import torchvision.models as tvm
+
+    from edgeseg.train.checkpoint import load_checkpoint
+
+    torch.manual_seed(0)
+    net = tvm.segmentation.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=5,
+                                                         aux_loss=True).eval()
+    torch.save(net.state_dict(), tmp_path / "ft.pth")
+    import_model(tmp_path / "run", "torchvision:deeplabv3_mobilenet_v3_large", data=f"folder:{images}",
+                 weights=tmp_path / "ft.pth", image_size="48x80", log=lambda s: None)
+    ck = load_checkpoint(tmp_path / "run")
+    assert ck.num_classes == 5 and ck.config.model_kwargs["aux"] is True
+    x = torch.randn(2, 3, 48, 80)
+    with torch.no_grad():
+        assert torch.equal(ck.build_model()(x), net(x)["out"])

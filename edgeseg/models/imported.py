@@ -5,6 +5,8 @@ architecture (the weights are in the checkpoint like any run's):
 
 * ``{"source": "torchvision", "name": "lraspp_mobilenet_v3_large", "aux": false}``: torchvision's
   ``torchvision.models.segmentation.<name>``; its ``{"out", "aux"}`` dict output becomes the ``out`` tensor.
+* ``{"source": "smp", "arch": "Unet", "encoder": "mobilenet_v2", "options": {...}}``:
+  segmentation_models_pytorch's ``create_model`` (encoder weights from the checkpoint, never downloaded).
 * ``{"source": "python", "factory": "package.module:function", "kwargs": {...}}``: any importable factory
   that returns an ``nn.Module`` (the module must be importable wherever the run is exported or checked).
 
@@ -67,6 +69,23 @@ def _torchvision(name: str, num_classes: int, aux: bool = False) -> nn.Module:
     return tvm.get_model(name, weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=aux)
 
 
+def _smp(arch: str, encoder: str, num_classes: int, options: dict[str, Any] | None = None) -> nn.Module:
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError:
+        raise UsageError("smp: models need segmentation_models_pytorch: pip install -e '.[import]'") from None
+    archs = sorted(a.__name__ for a in smp.__dict__.values() if isinstance(a, type) and issubclass(a, nn.Module)
+                   and hasattr(a, "__module__") and a.__module__.startswith("segmentation_models_pytorch.decoders"))
+    if arch.lower() not in {a.lower() for a in archs}:
+        raise UsageError(f"smp has no architecture '{arch}'{suggest(arch, archs)}; it has {', '.join(archs)}")
+    try:
+        return smp.create_model(arch, encoder_name=encoder, encoder_weights=None, classes=num_classes,
+                                **(options or {}))
+    except (KeyError, ValueError, TypeError) as e:
+        msg = str(e).splitlines()[0][:300]
+        raise UsageError(f"smp:{arch}?encoder={encoder} {options or ''}: {msg}") from None
+
+
 def _python(factory: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     mod_name, sep, fn_name = factory.partition(":")
     if not sep or not mod_name or not fn_name:
@@ -92,8 +111,10 @@ def build_imported(num_classes: int, source: str, binary: bool = False, upsample
     """The architecture of an imported run, untrained (weights come from the checkpoint)."""
     if source == "torchvision":
         net = _torchvision(kw["name"], 1 if binary else num_classes, kw.get("aux", False))
+    elif source == "smp":
+        net = _smp(kw["arch"], kw["encoder"], 1 if binary else num_classes, kw.get("options"))
     elif source == "python":
         net = _python(kw["factory"], kw.get("kwargs"))
     else:
-        raise UsageError(f"unknown import source '{source}'; sources: torchvision, python")
+        raise UsageError(f"unknown import source '{source}'; sources: torchvision, smp, python")
     return Imported(net, binary=binary, upsample=upsample)
