@@ -297,11 +297,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="a run directory for a model edgeseg did not train", epilog=EPILOG,
                        formatter_class=fmt,
                        description="Write RUN/checkpoint.pt for torchvision's segmentation models or any nn.Module "
-                       "factory, so export, check, quantize, report and bundle work on it. MODEL: "
+                       "factory or TorchScript file, so export, check, quantize, report and bundle work on it. MODEL: "
                        "torchvision:NAME[?weights=ENUM] (e.g. torchvision:lraspp_mobilenet_v3_large?weights="
-                       "COCO_WITH_VOC_LABELS_V1; downloads when online) or python:package.module:factory.")
+                       "COCO_WITH_VOC_LABELS_V1; downloads when online), smp:ARCH?encoder=NAME (segmentation_models_"
+                       "pytorch, with --weights), python:package.module:factory or torchscript:FILE.")
     _common(p)
-    p.add_argument("model", metavar="MODEL", help="torchvision:NAME[?weights=ENUM] or python:package.module:factory")
+    p.add_argument("model", metavar="MODEL", help="torchvision:NAME[?weights=ENUM], smp:ARCH?encoder=NAME, "
+                   "python:package.module:factory or torchscript:FILE")
     p.add_argument("-o", "--output", type=Path, required=True, help="run directory to create")
     p.add_argument("--data", required=True,
                    help="the images int8 calibration and check use: any dataset spec, or folder:IMAGES for images "

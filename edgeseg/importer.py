@@ -12,6 +12,8 @@ The run holds an ordinary checkpoint (``model = "imported"``, the source that re
   state_dict of the model you trained with it (``--classes``/``--num-classes`` say how many classes).
 * ``python:package.module:factory`` -- any function returning an ``nn.Module`` (``--model-arg k=v`` passes
   arguments), with an optional ``--weights`` state_dict.
+* ``torchscript:FILE`` -- a ``torch.jit.script``/``trace`` archive; it is copied into the run (the graph lives
+  there) and exported through ONNX (TFLite, OpenVINO) and ``torch.jit.trace`` (Core ML) like any run.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from edgeseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from edgeseg.errors import CheckpointError, UsageError
 from edgeseg.models.imported import IMPORTED, build_imported
 
-SOURCES = ("torchvision", "smp", "python")
+SOURCES = ("torchvision", "smp", "python", "torchscript")
+TORCHSCRIPT_FILE = "model.torchscript.pt"
 
 
 def _state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -124,7 +127,8 @@ def import_model(output: Path, spec: str, *, data: str, weights: Path | None = N
         raise UsageError(f"run directory '{output}' already holds a checkpoint; import into a new -o directory")
     source, _, rest = spec.partition(":")
     if source not in SOURCES or not rest:
-        raise UsageError(f"MODEL '{spec}': give torchvision:NAME[?weights=ENUM] or python:package.module:factory")
+        raise UsageError(f"MODEL '{spec}': give torchvision:NAME[?weights=ENUM], smp:ARCH?encoder=NAME, "
+                         f"python:package.module:factory or torchscript:FILE")
     h, w = parse_image_size(image_size)
     provenance: dict[str, Any] = {"source": spec}
     state = None
@@ -165,6 +169,15 @@ def import_model(output: Path, spec: str, *, data: str, weights: Path | None = N
             state = {f"net.{k}": v for k, v in _state_dict(weights).items()}
             heads = [v for k, v in state.items() if k.startswith("net.segmentation_head.") and v.ndim == 4]
             num_classes = num_classes or (int(heads[-1].shape[0]) if heads else None)
+    elif source == "torchscript":
+        src = Path(rest).expanduser()
+        if not src.is_file():
+            raise UsageError(f"torchscript:{rest}: no such file")
+        if weights:
+            raise UsageError("a TorchScript file holds its weights; drop --weights")
+        kw = {"source": "torchscript", "file": TORCHSCRIPT_FILE,
+              "sha256": hashlib.sha256(src.read_bytes()).hexdigest()}
+        provenance["weights"] = f"{src} (TorchScript, sha256 {kw['sha256']})"
     else:
         kw = {"source": "python", "factory": rest, "kwargs": dict(model_args or {})}
         if weights:
@@ -179,12 +192,13 @@ def import_model(output: Path, spec: str, *, data: str, weights: Path | None = N
         cls = cls or [ClassInfo("background", (0, 0, 0)), ClassInfo("foreground", (230, 25, 75))]
     if upsample:
         kw["upsample"] = True
-    model = build_imported(n or 1, **kw)
+    model = build_imported(n or 1, base=Path(rest).expanduser().parent, **{**kw, "file": Path(rest).name}) \
+        if source == "torchscript" else build_imported(n or 1, **kw)
     if state is not None:
         _load(model, state, f"--weights '{weights}'" if weights else spec)
         provenance.setdefault("weights", f"{weights} (sha256 {hashlib.sha256(Path(weights).read_bytes()).hexdigest()})"
                               if weights else spec)
-    else:
+    elif source != "torchscript":
         provenance["weights"] = "random initialization (no weights given)"
         log(f"{spec}: no weights given; the run holds randomly initialized weights")
     model.eval()
@@ -212,6 +226,9 @@ def import_model(output: Path, spec: str, *, data: str, weights: Path | None = N
                                                                         for k, v in model.state_dict().items()},
                       metrics={"imported": provenance}, state={"finished": True})
     output.mkdir(parents=True, exist_ok=True)
+    if source == "torchscript":
+        with atomic_path(output / TORCHSCRIPT_FILE) as tmp:
+            tmp.write_bytes(Path(rest).expanduser().read_bytes())
     path = save_checkpoint(ckpt, output / CHECKPOINT_NAME)
     with atomic_path(output / "imported.txt") as tmp:
         tmp.write_text("".join(f"{k}: {v}\n" for k, v in provenance.items()))

@@ -30,9 +30,14 @@ def write_onnx(model, example: np.ndarray, path: Path) -> None:
     import torch
 
     model = model.eval().cpu()
+    x = torch.from_numpy(np.asarray(example, np.float32))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.from_numpy(np.asarray(example, np.float32)),), str(path),
+        if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+            # a TorchScript module inside the model (edgeseg import torchscript:...): the exporter's own trace
+            # refuses it ("not part of the active trace"); a trace of the whole model exports
+            model = torch.jit.trace(model, x)
+        torch.onnx.export(model, (x,), str(path),
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=OPSET,
                           dynamo=False, do_constant_folding=True)
 

@@ -144,7 +144,8 @@ def test_import_refusals_name_the_problem(tmp_path, images, custom_module):
         import_model(tmp_path / "e", f"python:{custom_module}:make", data=data, image_size=64, upsample=True)
     with pytest.raises(UsageError, match=r"python:nosuchpkg.mod:make: cannot import 'nosuchpkg.mod' \(No module named 'nosuchpkg'\)"):
         import_model(tmp_path / "f", "python:nosuchpkg.mod:make", data=data)
-    with pytest.raises(UsageError, match=r"give torchvision:NAME\[\?weights=ENUM\] or python:package.module:factory"):
+    with pytest.raises(UsageError, match=r"give torchvision:NAME\[\?weights=ENUM\], smp:ARCH\?encoder=NAME, "
+                                         r"python:package.module:factory or torchscript:FILE"):
         import_model(tmp_path / "g", "timm:resnet18", data=data)
     with pytest.raises(UsageError, match=r"no weights 'COCO_V9'.*COCO_WITH_VOC_LABELS_V1"):
         import_model(tmp_path / "h", "torchvision:lraspp_mobilenet_v3_large?weights=COCO_V9", data=data)
@@ -171,3 +172,29 @@ def test_torchvision_state_dict_gives_classes_and_aux_head(tmp_path, images):
     x = torch.randn(2, 3, 48, 80)
     with torch.no_grad():
         assert torch.equal(ck.build_model()(x), net(x)["out"])
+
+
+@pytest.mark.slow
+def test_torchscript_file_is_copied_into_the_run_and_exports(tmp_path, images, custom_module):
+    """A traced TorchScript archive: the run keeps its own copy (a changed copy is refused), and TFLite (through
+    ONNX) and Core ML (through torch.jit.trace) pass their gates."""
+    from usermodels import make
+
+    from edgeseg.train.checkpoint import load_checkpoint
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(make(width=8), torch.nn.Upsample(scale_factor=2, mode="bilinear")).eval()
+    torch.jit.trace(net, torch.zeros(1, 3, 48, 80)).save(str(tmp_path / "model.pt"))
+    run = tmp_path / "run"
+    assert main(["import", f"torchscript:{tmp_path / 'model.pt'}", "--binary", "-o", str(run), "--data",
+                 f"folder:{images}", "--image-size", "48x80", "-q"]) == 0
+    (tmp_path / "model.pt").unlink()  # the run does not depend on the original
+    x = torch.randn(1, 3, 48, 80)
+    with torch.no_grad():
+        assert torch.equal(load_checkpoint(run).build_model()(x).argmax(1), (net(x)[:, 0] > 0).long())
+    for target, precision in (("tflite", "fp32"), ("coreml", "fp16")):
+        assert main(["export", str(run), "--target", target, "--precision", precision, "-q"]) == 0
+        assert main(["check", str(run), "--target", target, "--precision", precision, "-q"]) == 0
+    (run / "model.torchscript.pt").write_bytes(b"changed")
+    with pytest.raises(CheckpointError, match=r"model.torchscript.pt' changed since the import"):
+        load_checkpoint(run).build_model()

@@ -185,7 +185,7 @@ def test_out_of_memory_step_says_what_to_do_and_keeps_the_last_checkpoint(tmp_pa
 
     monkeypatch.setattr(loop, "_optimizer_step", oom_on_third)
     with pytest.raises(OutOfMemory, match=r"out of memory at epoch 1 step 3 on cpu with 8 images per process at "
-                                          r"32px; use a smaller --batch-size, or --accumulate N"):
+                                          r"32x32 px; use a smaller --batch-size, or --accumulate N"):
         train(_cfg(checkpoint_every=1), tmp_path / "r", quiet=True, log=lambda s: None)
     monkeypatch.setattr(loop, "_optimizer_step", real)
     assert load_checkpoint(tmp_path / "r").state["global_step"] == 2

@@ -9,6 +9,8 @@ architecture (the weights are in the checkpoint like any run's):
   segmentation_models_pytorch's ``create_model`` (encoder weights from the checkpoint, never downloaded).
 * ``{"source": "python", "factory": "package.module:function", "kwargs": {...}}``: any importable factory
   that returns an ``nn.Module`` (the module must be importable wherever the run is exported or checked).
+* ``{"source": "torchscript", "file": "model.torchscript.pt", "sha256": ...}``: a TorchScript archive copied
+  into the run directory (the graph lives there; a changed file is refused).
 
 ``binary: true`` marks a model with one sigmoid-logit channel: it becomes two class logits ``[0, z]``,
 whose argmax is ``z > 0`` = ``sigmoid(z) > 0.5``. ``upsample: true`` resizes outputs smaller than the
@@ -19,6 +21,7 @@ input (bilinear) in the graph. Every wrapper keeps the export contract: one NCHW
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,7 +49,9 @@ class Imported(nn.Module):
         self.net, self.binary, self.upsample = net, bool(binary), bool(upsample)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.net(x)
+        # a TorchScript module's method is called directly: called as a module under torch.jit.trace (ONNX and
+        # Core ML export) it is refused as "not part of the active trace"
+        y = self.net.forward(x) if isinstance(self.net, torch.jit.ScriptModule) else self.net(x)
         if isinstance(y, dict):
             y = y["out"]
         elif isinstance(y, (tuple, list)):
@@ -106,15 +111,35 @@ def _python(factory: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     return net
 
 
+def _torchscript(path: Path, sha256: str | None = None) -> nn.Module:
+    import hashlib
+
+    from edgeseg.errors import CheckpointError
+
+    if not path.is_file():
+        raise CheckpointError(f"TorchScript file '{path}' of this imported run is missing")
+    data = path.read_bytes()
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        raise CheckpointError(f"TorchScript file '{path}' changed since the import (sha256 differs); import again")
+    try:
+        # TorchScript's own archive loader (code + tensors), not pickle: the user's model file
+        return torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError) as e:
+        raise CheckpointError(f"'{path}' is not a TorchScript archive ({str(e).splitlines()[0][:200]})") from None
+
+
 def build_imported(num_classes: int, source: str, binary: bool = False, upsample: bool = False,
-                   **kw: Any) -> nn.Module:
-    """The architecture of an imported run, untrained (weights come from the checkpoint)."""
+                   base: Path | None = None, **kw: Any) -> nn.Module:
+    """The architecture of an imported run, untrained (weights come from the checkpoint); ``base`` is the run
+    directory (where a TorchScript source keeps its file)."""
     if source == "torchvision":
         net = _torchvision(kw["name"], 1 if binary else num_classes, kw.get("aux", False))
     elif source == "smp":
         net = _smp(kw["arch"], kw["encoder"], 1 if binary else num_classes, kw.get("options"))
     elif source == "python":
         net = _python(kw["factory"], kw.get("kwargs"))
+    elif source == "torchscript":
+        net = _torchscript(Path(base or ".") / kw["file"], kw.get("sha256"))
     else:
-        raise UsageError(f"unknown import source '{source}'; sources: torchvision, smp, python")
+        raise UsageError(f"unknown import source '{source}'; sources: torchvision, smp, python, torchscript")
     return Imported(net, binary=binary, upsample=upsample)

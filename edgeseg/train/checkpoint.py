@@ -70,7 +70,8 @@ class Checkpoint:
         from edgeseg.models.imported import IMPORTED, build_imported
 
         if self.config.model == IMPORTED:  # edgeseg import: the source rebuilds the architecture
-            model = build_imported(self.num_classes, **self.config.model_kwargs)
+            base = Path(self.path).parent if self.path is not None else None
+            model = build_imported(self.num_classes, base=base, **self.config.model_kwargs)
         else:
             model = build_model(self.config.model, self.num_classes, **self.config.model_kwargs)
         weights = self.ema_weights if self.weights_choice(which) == "ema" else self.weights
