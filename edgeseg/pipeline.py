@@ -111,7 +111,9 @@ def export_run(run: Path, target: str, precision: str | None = None, calibration
         if not stale.name.startswith(digest):
             shutil.rmtree(stale, ignore_errors=True)
     work = ensure_dir(cache / key)
-    out = ensure_dir(export_dir(run, target, precision, output, input_kind))
+    out = export_dir(run, target, precision, output, input_kind)
+    fresh = not out.exists()
+    ensure_dir(out)
     opts = ExportOptions(precision=precision, calibration=calib,
                          class_names=ckpt.class_names,
                          normalization=Normalization(tuple(pre.mean), tuple(pre.std)),
@@ -123,6 +125,8 @@ def export_run(run: Path, target: str, precision: str | None = None, calibration
     try:
         res = t.export(model, example, opts, out)
     except ExporterError as e:
+        if fresh and not any(out.iterdir()):
+            out.rmdir()  # a failed first export leaves no empty export directory behind
         raise ExportError(f"export to {target} {precision} failed: {e}") from None
     record = {"schema": "edgeseg.export/1", **res.to_json(),
               "path": str(res.path.relative_to(run)), "checkpoint": ckpt.path.name,

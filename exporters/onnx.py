@@ -33,13 +33,16 @@ def write_onnx(model, example: np.ndarray, path: Path) -> None:
     x = torch.from_numpy(np.asarray(example, np.float32))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
-            # a TorchScript module inside the model (edgeseg import torchscript:...): the exporter's own trace
-            # refuses it ("not part of the active trace"); a trace of the whole model exports
-            model = torch.jit.trace(model, x)
-        torch.onnx.export(model, (x,), str(path),
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=OPSET,
-                          dynamo=False, do_constant_folding=True)
+        try:
+            if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+                # a TorchScript module inside the model (edgeseg import torchscript:...): the exporter's own trace
+                # refuses it ("not part of the active trace"); a trace of the whole model exports
+                model = torch.jit.trace(model, x)
+            torch.onnx.export(model, (x,), str(path),
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=OPSET,
+                              dynamo=False, do_constant_folding=True)
+        except Exception as e:  # noqa: BLE001 - torch raises many types; name the step and keep the text (the op)
+            raise ExporterError(f"PyTorch -> ONNX export failed: {str(e)[:500]}") from e
 
 
 def constants_as_initializers(path: Path) -> None:
@@ -147,10 +150,7 @@ def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) ->
         model = int8_model(model, example, options, details)
     final = Path(out_dir) / "model.onnx"
     with atomic_path(final) as tmp:
-        try:
-            write_onnx(model, example, tmp)
-        except Exception as e:  # noqa: BLE001 - torch raises many types; name the step and keep the text
-            raise ExporterError(f"PyTorch -> ONNX export failed: {str(e)[:500]}") from e
+        write_onnx(model, example, tmp)
         if options.precision == "int8":
             details["int8_weights"] = fold_weight_quantization(tmp)
         details["ops"] = op_counts(tmp)

@@ -32,6 +32,22 @@ class TinyBinary(nn.Module):
 
 def make(width=8):
     return TinyBinary(width)
+
+
+class FFTSeg(nn.Module):
+    """Runs in PyTorch, exports nowhere: rfft2 has no ONNX opset 17 or Core ML conversion."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        import torch
+        return self.c(torch.fft.irfft2(torch.fft.rfft2(x).abs(), s=x.shape[-2:]))
+
+
+def fft():
+    return FFTSeg()
 '''
 
 
@@ -198,3 +214,17 @@ def test_torchscript_file_is_copied_into_the_run_and_exports(tmp_path, images, c
     (run / "model.torchscript.pt").write_bytes(b"changed")
     with pytest.raises(CheckpointError, match=r"model.torchscript.pt' changed since the import"):
         load_checkpoint(run).build_model()
+
+
+def test_a_module_that_does_not_export_names_the_op(tmp_path, images, custom_module, capsys):
+    """Imports fine (it runs in PyTorch); each export fails with exit 1 naming the operator and the step, and
+    leaves no export directory behind."""
+    run = tmp_path / "run"
+    assert main(["import", f"python:{custom_module}:fft", "-o", str(run), "--data", f"folder:{images}",
+                 "--image-size", "32", "-q"]) == 0
+    capsys.readouterr()
+    for target, op in (("tflite", "'aten::fft_rfft2'"), ("onnx", "'aten::fft_rfft2'"), ("coreml", "'fft_rfft2'")):
+        assert main(["export", str(run), "--target", target, "-q"]) == 1
+        err = capsys.readouterr().err
+        assert f"export to {target}" in err and op in err and "not" in err, err
+    assert not any((run / "export").glob("*-*"))
