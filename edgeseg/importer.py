@@ -159,7 +159,6 @@ def import_model(output: Path, spec: str, *, data: str, weights: Path | None = N
         if state is not None:  # the class count the weights were trained for
             heads = [v for k, v in state.items() if k.startswith("classifier.") and k.endswith("weight") and v.ndim == 4]
             num_classes = num_classes or (int(heads[-1].shape[0]) if heads else None)
-        if state is not None:
             state = {f"net.{k}": v for k, v in state.items()}
     elif source == "smp":
         _, arch, opts = parse_spec(f"x:{rest}")
