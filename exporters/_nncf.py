@@ -25,9 +25,24 @@ def _nncf():
     import logging
     import os
 
+    # NNCF compiles its C++ fake-quantize kernels on first use (62 s on 2 idle cores; `make install` builds them
+    # ahead) and gives up after 60 s by default: on a busy machine the first quantization failed with
+    # ExtensionLoaderTimeoutException. Wait for the compiler instead; the user's own setting wins.
+    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")
     if not os.environ.get("EDGESEG_DEBUG"):  # NNCF logs INFO lines to stdout, which --json output owns
         nncf.set_log_level(logging.WARNING)
     return nncf
+
+
+def build_extensions() -> None:
+    """Compile NNCF's CPU kernels into torch's extension cache now (``make install`` calls this) so that the
+    first ``edgeseg quantize`` does not pay a minute of C++ compilation; without a compiler NNCF falls back to
+    plain torch operations, which is what it would do at run time too."""
+    _nncf()
+    import nncf.torch
+    import nncf.torch.quantization.extensions  # noqa: F401  (registers the loaders force_build walks)
+
+    nncf.torch.force_build_cpu_extensions()
 
 
 def ptq(model, calibration: Sequence[np.ndarray], preset: str = "performance",
