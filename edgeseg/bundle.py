@@ -120,7 +120,9 @@ def _parity_evidence(parity: dict | None) -> dict[str, Any]:
         return {"status": "unchecked"}
     keys = ("status", "runtime", "images", "pixel_agreement", "mask_miou", "reference_miou", "exported_miou",
             "miou_drop", "thresholds")
-    return {k: parity.get(k) for k in keys}
+    out = {k: parity.get(k) for k in keys}
+    out["reference"] = parity.get("reference", "PyTorch")  # parity.json written before the field: PyTorch
+    return out
 
 
 def _write_android(src: Path, dst: Path, rec: dict, info: dict) -> dict[str, Any]:

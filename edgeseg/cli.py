@@ -297,13 +297,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="a run directory for a model edgeseg did not train", epilog=EPILOG,
                        formatter_class=fmt,
                        description="Write RUN/checkpoint.pt for torchvision's segmentation models or any nn.Module "
-                       "factory or TorchScript file, so export, check, quantize, report and bundle work on it. MODEL: "
+                       "factory, TorchScript or ONNX file, so export, check, quantize, report and bundle work on it. MODEL: "
                        "torchvision:NAME[?weights=ENUM] (e.g. torchvision:lraspp_mobilenet_v3_large?weights="
                        "COCO_WITH_VOC_LABELS_V1; downloads when online), smp:ARCH?encoder=NAME (segmentation_models_"
-                       "pytorch, with --weights), python:package.module:factory or torchscript:FILE.")
+                       "pytorch, with --weights), python:package.module:factory, torchscript:FILE or onnx:FILE (translated to "
+                       "PyTorch by onnx2torch for the targets; check compares with the file in onnxruntime).")
     _common(p)
     p.add_argument("model", metavar="MODEL", help="torchvision:NAME[?weights=ENUM], smp:ARCH?encoder=NAME, "
-                   "python:package.module:factory or torchscript:FILE")
+                   "python:package.module:factory, torchscript:FILE or onnx:FILE")
     p.add_argument("-o", "--output", type=Path, required=True, help="run directory to create")
     p.add_argument("--data", required=True,
                    help="the images int8 calibration and check use: any dataset spec, or folder:IMAGES for images "
@@ -313,7 +314,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, help="output classes when neither --classes nor the weights say")
     p.add_argument("--mean", help="normalization mean, R,G,B in 0-1 (default ImageNet's or the weights')")
     p.add_argument("--std", help="normalization std, R,G,B (default ImageNet's or the weights')")
-    p.add_argument("--image-size", default="256", metavar="SIZE", help="export input size: a side or HxW (default 256)")
+    p.add_argument("--image-size", metavar="SIZE",
+                   help="export input size: a side or HxW (default 256; an ONNX file's fixed size)")
     p.add_argument("--resize", choices=("letterbox", "stretch", "crop"), default="letterbox",
                    help="how frames of another size fit the input (default letterbox)")
     p.add_argument("--binary", action="store_true", help="the model has one sigmoid-logit channel (foreground > 0)")
@@ -492,6 +494,8 @@ def _print_parity(res) -> None:
         print(f"  {runtime}: {r['status'].upper()}, agreement {r['pixel_agreement'] or 0:.3f} %, "
               f"mask mIoU {r['mask_miou'] or 0:.4f}")
     print(f"  images              {res.images}")
+    if res.reference != "PyTorch":
+        print(f"  reference           {res.reference}")
     print(f"  pixel agreement     {res.pixel_agreement:.3f} %   (min {res.thresholds.get('min_agreement', '—')})")
     print(f"  mask mIoU vs ref    {res.mask_miou:.4f}     (min {res.thresholds.get('min_mask_miou', '—')})")
     print("  max |Δlogit|        " + ("— (the export outputs the class map)" if res.max_abs_logit_diff is None

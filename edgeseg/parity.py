@@ -37,6 +37,8 @@ class ParityResult:
     precision: str
     status: str
     runtime: str = ""
+    #: what the export was compared with: PyTorch, or onnxruntime on the original file of an ONNX import
+    reference: str = "PyTorch"
     images: int = 0
     pixel_agreement: float | None = None
     mask_miou: float | None = None
@@ -91,7 +93,8 @@ def compare(reference: Callable[[np.ndarray], np.ndarray], exported: Callable[[n
             thresholds: dict[str, float], target: str, precision: str, runtime: str = "",
             batch: int = 8, labels: Sequence[np.ndarray] | None = None,
             to_label: Callable[[np.ndarray, int, int], np.ndarray] | None = None,
-            region: Callable[[int, int], np.ndarray] | None = None) -> ParityResult:
+            region: Callable[[int, int], np.ndarray] | None = None,
+            reference_runtime: str = "PyTorch") -> ParityResult:
     """Run both models over ``images`` (normalized NCHW float32, one per item) and compare.
 
     Parity is measured at the model's size. With ``labels`` (the label maps at their own size) and
@@ -171,7 +174,8 @@ def compare(reference: Callable[[np.ndarray], np.ndarray], exported: Callable[[n
         ref_miou = exp_miou = None  # type: ignore[assignment]
         change, model_res = {}, None
     drop = None if ref_miou is None or np.isnan(ref_miou) or np.isnan(exp_miou) else float(ref_miou - exp_miou)
-    res = ParityResult(target=target, precision=precision, status=PASSED, runtime=runtime, images=done,
+    res = ParityResult(target=target, precision=precision, status=PASSED, runtime=runtime, reference=reference_runtime,
+                       images=done,
                        pixel_agreement=100.0 * agree / max(total, 1), mask_miou=mean_iou(cm_pair),
                        max_abs_logit_diff=max_diff if logits_compared else None, reference_miou=ref_miou,
                        exported_miou=exp_miou, miou_drop=drop, iou_change=change, thresholds=dict(thresholds),

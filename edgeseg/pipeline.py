@@ -197,7 +197,8 @@ def check_run(run: Path, target: str, precision: str | None = None, min_agreemen
     n = len(test) if limit is None else min(limit, len(test))
     samples = LazySamples(test, n, ckpt.preprocess.image, ckpt.preprocess.mask)  # streamed: bounded memory
     images, masks = samples.images, samples.masks
-    reference = torch_runner(ckpt.build_model(rec.get("weights", "raw")), threads)
+    ref_model, ref_name = ckpt.reference_model(rec.get("weights", "raw"))
+    reference = torch_runner(ref_model, threads)
     results = []
     for unit in units:
         try:
@@ -208,10 +209,10 @@ def check_run(run: Path, target: str, precision: str | None = None, min_agreemen
                 raise ExportError(str(e)) from None
             results.append(not_verified(target, precision, str(e), thresholds))
             continue
-        log(f"checking {target} {precision} ({runner.runtime}) against PyTorch on {n} test images ...")
+        log(f"checking {target} {precision} ({runner.runtime}) against {ref_name} on {n} test images ...")
         results.append(compare(reference, runner, images, masks, ckpt.class_names, thresholds, target, precision,
                                runtime=runner.runtime, labels=samples.labels, to_label=ckpt.preprocess.to_label,
-                               region=ckpt.preprocess.region))
+                               region=ckpt.preprocess.region, reference_runtime=ref_name))
     res = combine_results(results) if len(results) > 1 else results[0]
     write_json(d / "parity.json", {"schema": "edgeseg.parity/1", **res.to_json()})
     return res

@@ -194,7 +194,10 @@ def render_markdown(r: dict[str, Any]) -> str:
 
     lines += render_verdicts((r.get("budget") or {}).get("lines") if "budget" in r else None,
                              (r.get("baseline") or {}).get("rows") if "baseline" in r else None)
-    lines += ["", "Parity: the exported model and the PyTorch model run on the same preprocessed test images; "
+    refs = sorted({(row.get("parity") or {}).get("reference", "PyTorch") for row in r["results"]
+                   if row.get("parity")} - {"PyTorch"})
+    reference = f"the reference ({', '.join(refs)}: the imported ONNX file itself)" if refs else "the PyTorch model"
+    lines += ["", f"Parity: the exported model and {reference} run on the same preprocessed test images; "
               "agreement = % of pixels with the same argmax class, mask mIoU = mIoU of the exported masks "
               "against the reference masks, both at the model's input size. Dataset mIoU: against the test labels "
               "at each label file's own size (the exported mask mapped back onto the frame as an app does) where "

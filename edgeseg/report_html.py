@@ -92,7 +92,9 @@ def _overlays(report: dict[str, Any], run: Path, ckpt, count: int, threads: int)
     x = np.stack([pre.image(img) for img in raw])
     shown = [pre.resize_image(img) for img in raw]
     colors = np.array([c.color for c in ckpt.classes], np.uint8)
-    ref = torch_runner(ckpt.build_model(), threads)(x).argmax(1)
+    ref_model, ref_name = ckpt.reference_model()
+    ref = torch_runner(ref_model, threads)(x).argmax(1)
+    ref_name = "PyTorch" if ref_name == "PyTorch" else "reference (ONNX)"
     out = []
     for row in report["results"]:
         if row["target"] == "pytorch" or (row.get("parity") or {}).get("status") not in ("passed", "failed"):
@@ -107,7 +109,7 @@ def _overlays(report: dict[str, Any], run: Path, ckpt, count: int, threads: int)
             diff = np.repeat((0.6 * shown[i].mean(-1, keepdims=True)).astype(np.uint8), 3, -1)
             diff[ref[i] != em[i]] = (230, 25, 25)
             for ax, im, title in zip(axes[i], (shown[i], _colorize(ref[i], colors), _colorize(em[i], colors), diff),
-                                     ("input", "PyTorch", row["name"], f"disagree {(ref[i] != em[i]).mean():.2%}")):
+                                     ("input", ref_name, row["name"], f"disagree {(ref[i] != em[i]).mean():.2%}")):
                 ax.imshow(im)
                 ax.set_title(title, fontsize=8)
                 ax.axis("off")

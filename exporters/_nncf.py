@@ -52,7 +52,8 @@ def ptq(model, calibration: Sequence[np.ndarray], preset: str = "performance",
     import torch
 
     nncf = _nncf()
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+    from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters, OverflowFix,
+                                                         QuantizationParameters)
 
     samples = [torch.from_numpy(np.ascontiguousarray(b)) for b in batches(calibration)]
     if not samples:
@@ -65,7 +66,12 @@ def ptq(model, calibration: Sequence[np.ndarray], preset: str = "performance",
             return nncf.quantize(model.eval().cpu(), nncf.Dataset(samples), preset=nncf.QuantizationPreset(preset),
                              subset_size=len(samples), fast_bias_correction=fast_bias_correction,
                              ignored_scope=scope,
-                             advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.DISABLE))
+                             advanced_parameters=AdvancedQuantizationParameters(
+                                 overflow_fix=OverflowFix.DISABLE,
+                                 # per tensor, as the module docstring says: left unset, NNCF gave a ReLU that
+                                 # feeds a depthwise conv a per-channel quantizer in onnx2torch-translated
+                                 # graphs, and onnxruntime's QLinearConv refuses a per-channel input zero point
+                                 activations_quantization_params=QuantizationParameters(per_channel=False)))
     except nncf.ValidationError as e:  # an ignored-scope name that is not in the graph, among others
         raise ExporterError(f"NNCF rejected the quantization settings: {e}") from None
 

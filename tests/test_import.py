@@ -161,7 +161,7 @@ def test_import_refusals_name_the_problem(tmp_path, images, custom_module):
     with pytest.raises(UsageError, match=r"python:nosuchpkg.mod:make: cannot import 'nosuchpkg.mod' \(No module named 'nosuchpkg'\)"):
         import_model(tmp_path / "f", "python:nosuchpkg.mod:make", data=data)
     with pytest.raises(UsageError, match=r"give torchvision:NAME\[\?weights=ENUM\], smp:ARCH\?encoder=NAME, "
-                                         r"python:package.module:factory or torchscript:FILE"):
+                                         r"python:package.module:factory, torchscript:FILE or onnx:FILE"):
         import_model(tmp_path / "g", "timm:resnet18", data=data)
     with pytest.raises(UsageError, match=r"no weights 'COCO_V9'.*COCO_WITH_VOC_LABELS_V1"):
         import_model(tmp_path / "h", "torchvision:lraspp_mobilenet_v3_large?weights=COCO_V9", data=data)
@@ -228,3 +228,112 @@ def test_a_module_that_does_not_export_names_the_op(tmp_path, images, custom_mod
         err = capsys.readouterr().err
         assert f"export to {target}" in err and op in err and "not" in err, err
     assert not any((run / "export").glob("*-*"))
+
+
+def _onnx_file(path, net, shape, opset=18):
+    """``net`` written as a user's ONNX file: TorchScript exporter, fixed batch of 1, constants folded (shared
+    weights become Identity nodes, which onnx2torch cannot read without the importer's cleaning)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.eval(), (torch.randn(*shape),), str(path), dynamo=False, opset_version=opset,
+                          input_names=["input"], output_names=["out"])
+    return path
+
+
+class _Out(torch.nn.Module):
+    """torchvision's dict output as the single tensor an ONNX file of it holds."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)["out"]
+
+
+@pytest.mark.slow
+def test_onnx_file_is_translated_for_every_target_and_checked_against_onnxruntime(tmp_path, images):
+    """An opset-18 ONNX file of torchvision's LR-ASPP (SE blocks, hard-swish, resize): the input size comes from
+    the file, the run keeps its own copy, the PyTorch translation computes what onnxruntime does, and TFLite
+    fp32/int8, Core ML fp16 and ONNX int8 (NNCF on the translation) pass their gates against the original file
+    in onnxruntime -- the reference every parity record names."""
+    import torchvision.models as tvm
+
+    from edgeseg.models.from_onnx import OnnxRuntimeNet
+    from edgeseg.train.checkpoint import load_checkpoint
+
+    torch.manual_seed(0)
+    net = _Out(tvm.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=3))
+    src = _onnx_file(tmp_path / "user.onnx", net, (1, 3, 48, 80))
+    run = tmp_path / "run"
+    assert main(["import", f"onnx:{src}", "-o", str(run), "--data", f"folder:{images}", "-q"]) == 0
+    src.unlink()  # the run does not depend on the original
+    ck = load_checkpoint(run)
+    assert (ck.preprocess.height, ck.preprocess.width) == (48, 80) and ck.num_classes == 3
+    assert f"vs onnxruntime on 4 test images of folder:{images}: agreement 100.000 %" in (run / "imported.txt").read_text()
+    ref, name = ck.reference_model()
+    assert isinstance(ref.net, OnnxRuntimeNet) and name.startswith("onnxruntime") and name.endswith("model.source.onnx")
+    x = torch.randn(3, 3, 48, 80)  # a batch, although the file's batch is fixed at 1
+    with torch.no_grad():
+        a, b, c = ck.build_model()(x), ref(x), net.eval()(x)
+    assert a.shape == (3, 3, 48, 80)
+    assert float((a - b).abs().max()) < 1e-4 and float((b - c).abs().max()) < 1e-4
+    gates = {"fp32": (99.9, None), "int8": (98.0, 0.95), "fp16": (99.5, None)}
+    for target, precision in (("tflite", "fp32"), ("tflite", "int8"), ("coreml", "fp16"), ("onnx", "int8")):
+        assert main(["export", str(run), "--target", target, "--precision", precision, "-q"]) == 0
+        assert main(["check", str(run), "--target", target, "--precision", precision, "-q"]) == 0, (target, precision)
+        p = json.loads((run / "export" / f"{target}-{precision}" / "parity.json").read_text())
+        assert p["reference"] == name and p["images"] == 6
+        assert p["pixel_agreement"] >= gates[precision][0] and p["mask_miou"] >= (gates[precision][1] or 0)
+        if precision == "fp32":
+            assert p["max_abs_logit_diff"] < 1e-3
+    (run / "model.source.onnx").write_bytes(b"changed")
+    with pytest.raises(CheckpointError, match=r"model.source.onnx' changed since the import"):
+        load_checkpoint(run).build_model()
+
+
+class _GridSampled(torch.nn.Module):
+    """Exports to ONNX (GridSample, opset 16) but onnx2torch 1.5 has no translation for it."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = torch.nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        theta = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+        grid = torch.nn.functional.affine_grid(theta, [1, 3, 32, 32], align_corners=False)
+        return self.c(torch.nn.functional.grid_sample(x, grid, align_corners=False))
+
+
+class _ChannelsLast(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = torch.nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        return self.c(x.permute(0, 3, 1, 2))
+
+
+def test_onnx_refusals_name_the_file_and_the_fix(tmp_path, images):
+    data = f"folder:{images}"
+    src = _onnx_file(tmp_path / "grid.onnx", _GridSampled(), (1, 3, 32, 32), opset=17)
+    with pytest.raises(UsageError, match=r"grid.onnx' uses an op onnx2torch cannot translate.*GridSample"):
+        import_model(tmp_path / "a", f"onnx:{src}", data=data)
+    with pytest.raises(UsageError, match=r"--image-size 64 does not match the ONNX file's fixed input 32x32"):
+        import_model(tmp_path / "b", f"onnx:{src}", data=data, image_size=64)
+    nhwc = _onnx_file(tmp_path / "nhwc.onnx", _ChannelsLast(), (1, 32, 32, 3))
+    with pytest.raises(UsageError, match=r"the input is \[1, 32, 32, 3\] \(channels last.*NCHW"):
+        import_model(tmp_path / "c", f"onnx:{nhwc}", data=data)
+    (tmp_path / "junk.onnx").write_bytes(b"not a protobuf")
+    with pytest.raises(UsageError, match=r"junk.onnx' is not a valid ONNX model"):
+        import_model(tmp_path / "d", f"onnx:{tmp_path / 'junk.onnx'}", data=data)
+    with pytest.raises(UsageError, match=r"an ONNX file holds its weights; drop --weights"):
+        import_model(tmp_path / "e", f"onnx:{src}", data=data, weights=tmp_path / "w.pth")
+    with pytest.raises(UsageError, match=r"onnx:.*missing.onnx: no such file"):
+        import_model(tmp_path / "f", f"onnx:{tmp_path / 'missing.onnx'}", data=data)
+    with pytest.raises(UsageError, match=r"--data 'synthetic' has 5 classes but the model outputs 2"):
+        import_model(tmp_path / "g", f"onnx:{_onnx_file(tmp_path / 'two.onnx', torch.nn.Conv2d(3, 2, 1), (1, 3, 32, 32))}",
+                     data="synthetic")
+    assert not any((tmp_path / d).exists() for d in "abcdefg")

@@ -11,6 +11,9 @@ architecture (the weights are in the checkpoint like any run's):
   that returns an ``nn.Module`` (the module must be importable wherever the run is exported or checked).
 * ``{"source": "torchscript", "file": "model.torchscript.pt", "sha256": ...}``: a TorchScript archive copied
   into the run directory (the graph lives there; a changed file is refused).
+* ``{"source": "onnx", "file": "model.source.onnx", "sha256": ...}``: an ONNX file copied into the run,
+  translated to PyTorch by onnx2torch for the targets; ``check``'s reference runs the file itself in
+  onnxruntime (:func:`reference_imported`, :mod:`edgeseg.models.from_onnx`).
 
 ``binary: true`` marks a model with one sigmoid-logit channel: it becomes two class logits ``[0, z]``,
 whose argmax is ``z > 0`` = ``sigmoid(z) > 0.5``. ``upsample: true`` resizes outputs smaller than the
@@ -140,6 +143,22 @@ def build_imported(num_classes: int, source: str, binary: bool = False, upsample
         net = _python(kw["factory"], kw.get("kwargs"))
     elif source == "torchscript":
         net = _torchscript(Path(base or ".") / kw["file"], kw.get("sha256"))
+    elif source == "onnx":
+        from edgeseg.models.from_onnx import translate
+
+        net = translate(Path(base or ".") / kw["file"], kw.get("sha256"))
     else:
-        raise UsageError(f"unknown import source '{source}'; sources: torchvision, smp, python, torchscript")
+        raise UsageError(f"unknown import source '{source}'; sources: torchvision, smp, python, torchscript, onnx")
     return Imported(net, binary=binary, upsample=upsample)
+
+
+def reference_imported(source: str, binary: bool = False, upsample: bool = False, base: Path | None = None,
+                       **kw: Any) -> nn.Module | None:
+    """What ``check`` compares exports with when it is not the PyTorch model: for an ONNX source, the original
+    file in onnxruntime (wrapped like the translation, so binary/upsample apply the same). None otherwise."""
+    if source != "onnx":
+        return None
+    from edgeseg.models.from_onnx import OnnxRuntimeNet
+
+    return Imported(OnnxRuntimeNet(Path(base or ".") / kw["file"], kw.get("sha256")), binary=binary,
+                    upsample=upsample).eval()

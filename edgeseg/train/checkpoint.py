@@ -85,6 +85,19 @@ class Checkpoint:
             ) from None
         return model.eval()
 
+    def reference_model(self, which: str | None = None) -> tuple[nn.Module, str]:
+        """What exports are checked against, and its name: the PyTorch model, except for a run imported from
+        ONNX, whose reference is the original file in onnxruntime (the PyTorch translation is only the
+        exporters' input)."""
+        from edgeseg.models.imported import IMPORTED, reference_imported
+
+        if self.config.model == IMPORTED:
+            base = Path(self.path).parent if self.path is not None else None
+            ref = reference_imported(base=base, **self.config.model_kwargs)
+            if ref is not None:
+                return ref, ref.net.runtime
+        return self.build_model(which), "PyTorch"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
