@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -129,10 +130,14 @@ def _parser() -> argparse.ArgumentParser:
                        description="Export RUN's checkpoint to RUN/export/<target>-<precision>/.")
     _common(p)
     p.add_argument("run", type=Path, help="run directory or checkpoint.pt")
-    p.add_argument("--target", required=True, help="tflite, coreml, onnx or openvino")
+    p.add_argument("--target", required=True, help="tflite, coreml, onnx or openvino; several comma-separated, "
+                   "or all: one process exports them all (model, calibration images, ONNX/SavedModel and each "
+                   "toolchain's import shared); TARGET:PRECISION names one pair whatever --precision says "
+                   "(e.g. --target tflite,coreml:fp16 --precision all)")
     p.add_argument("--precision", help="tflite: fp32|fp16|int8; coreml: fp32|fp16|int8|palettize4|palettize6|"
                    "palettize8 (k-means; add -uniform for uniform palettes)|w8a8; onnx: fp32|int8 (QDQ, NNCF "
-                   "PTQ); openvino: fp32|int8 (NNCF PTQ)")
+                   "PTQ); openvino: fp32|int8 (NNCF PTQ). Several comma-separated (each target takes those it "
+                   "has), or all (every precision of each target); default: each target's first")
     p.add_argument("--output", default="logits", choices=("logits", "argmax"),
                    help="logits (default) or an in-graph argmax class map (tflite: uint8, coreml: int32)")
     p.add_argument("--input", dest="input_kind", default="image", choices=("image", "multiarray", "pixels"),
@@ -146,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
                    help="for runs trained with --ema: export the EMA or the raw weights (default: the run's "
                    "--export-weights)")
-    p.add_argument("--json", action="store_true", help="print the export record as JSON")
+    p.add_argument("--json", action="store_true", help="print the export record as JSON (a list for several)")
 
     p = sub.add_parser("check", help="mask parity of an export vs PyTorch", epilog=EPILOG, formatter_class=fmt,
                        description="Run the exported model and the PyTorch reference on the test split and "
@@ -155,8 +160,9 @@ def _parser() -> argparse.ArgumentParser:
                        "mIoU (vs the labels) drops by at most 0.01 (one point) from PyTorch to the export.")
     _common(p)
     p.add_argument("run", type=Path)
-    p.add_argument("--target", required=True)
-    p.add_argument("--precision")
+    p.add_argument("--target", required=True, help="as for export: one, several comma-separated, or all (the "
+                   "test images and the reference are read once for every export)")
+    p.add_argument("--precision", help="as for export: one, several comma-separated, or all")
     p.add_argument("--min-agreement", type=float, help="minimum pixel agreement in %%")
     p.add_argument("--min-mask-miou", type=float, help="minimum mIoU of exported vs reference masks")
     p.add_argument("--max-miou-drop", type=float, help="largest allowed drop of the dataset mIoU from PyTorch to "
@@ -175,7 +181,7 @@ def _parser() -> argparse.ArgumentParser:
                    "CPU_AND_GPU, CPU_AND_NE, ALL (default CPU_ONLY,ALL; the check passes only if every one does). "
                    "Elsewhere Core ML is checked by reference execution of the saved program; asking for "
                    "compute units there is NOT VERIFIED (exit 3)")
-    p.add_argument("--json", action="store_true", help="print parity.json to stdout")
+    p.add_argument("--json", action="store_true", help="print parity.json to stdout (a list for several exports)")
 
     p = sub.add_parser("report", help="size/latency/parity report of a run", epilog=EPILOG, formatter_class=fmt,
                        description="Time every export of RUN and join sizes, latency and parity into "
@@ -476,12 +482,19 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from edgeseg.pipeline import export_run
+    from edgeseg.pipeline import export_pairs, export_runs
 
-    rec = export_run(a.run, a.target, a.precision, a.calibration, log=_log(a), weights=a.weights, output=a.output,
-                     input_kind=a.input_kind, deployment_target=a.deployment_target)
+    pairs, skipped = export_pairs(a.target, a.precision)
+    log = _log(a)
+    for note in skipped:
+        log(f"note: {note}")
+    t0 = time.time()
+    recs = export_runs(a.run, pairs, a.calibration, log=log, weights=a.weights, output=a.output,
+                       input_kind=a.input_kind, deployment_target=a.deployment_target)
+    if len(recs) > 1:
+        log(f"{len(recs)} exports in {time.time() - t0:.1f} s")
     if a.json:
-        print(json.dumps(rec, indent=2))
+        print(json.dumps(recs[0] if len(recs) == 1 else recs, indent=2))
     return EXIT_OK
 
 
@@ -525,17 +538,22 @@ def _status_code(results) -> int:
 
 
 def cmd_check(a: argparse.Namespace) -> int:
-    from edgeseg.pipeline import check_run
+    from edgeseg.pipeline import check_runs, export_pairs
 
-    res = check_run(a.run, a.target, a.precision, a.min_agreement, a.min_mask_miou, a.limit, a.threads,
-                    max_miou_drop=a.max_miou_drop,
-                    log=_log(a) if not a.json else (lambda s: None), compute_units=a.compute_units,
-                    output=a.output, input_kind=a.input_kind, data=a.data)
+    pairs, skipped = export_pairs(a.target, a.precision)
+    log = _log(a) if not a.json else (lambda s: None)
+    for note in skipped:
+        log(f"note: {note}")
+    results = check_runs(a.run, pairs, a.min_agreement, a.min_mask_miou, a.limit, a.threads,
+                         max_miou_drop=a.max_miou_drop, log=log, compute_units=a.compute_units,
+                         output=a.output, input_kind=a.input_kind, data=a.data)
     if a.json:
-        print(json.dumps(res.to_json(), indent=2))
+        out = [r.to_json() for r in results]
+        print(json.dumps(out[0] if len(out) == 1 else out, indent=2))
     else:
-        _print_parity(res)
-    return _status_code([res])
+        for res in results:
+            _print_parity(res)
+    return _status_code(results)
 
 
 def cmd_report(a: argparse.Namespace) -> int:

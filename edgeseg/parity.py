@@ -213,6 +213,10 @@ class LazySamples:
             self._pair, self._index = (self.image_fn(img), self.mask_fn(mask), mask), i
         return self._pair
 
+    def kept(self) -> "LazySamples":
+        """The same samples, each read once and kept in memory (for several checks in one process)."""
+        return _KeptSamples([self._get(i) for i in range(self.count)])
+
     @property
     def images(self) -> "_View":
         return _View(self, 0)
@@ -225,6 +229,16 @@ class LazySamples:
     def labels(self) -> "_View":
         """The label maps at their own size (for dataset figures at the labels' resolution)."""
         return _View(self, 2)
+
+
+class _KeptSamples(LazySamples):
+    def __init__(self, samples: list) -> None:
+        self.count, self._samples = len(samples), samples
+
+    def _get(self, i: int):
+        if not 0 <= i < self.count:
+            raise IndexError(i)
+        return self._samples[i]
 
 
 class _View:

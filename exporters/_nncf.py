@@ -74,6 +74,12 @@ def ptq(model, calibration: Sequence[np.ndarray], preset: str = "performance",
                                  activations_quantization_params=QuantizationParameters(per_channel=False)))
     except nncf.ValidationError as e:  # an ignored-scope name that is not in the graph, among others
         raise ExporterError(f"NNCF rejected the quantization settings: {e}") from None
+    except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as e:
+        # e.g. a graph translated from ONNX whose constant tensors feed ops directly: NNCF's graph builder finds no
+        # node for them ("None cannot be a node")
+        raise ExporterError(f"NNCF post-training quantization could not handle this model ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:300] if str(e) else ''}); int8 that does not use NNCF: "
+                            f"TFLite int8 (TF converter) and Core ML int8 weights") from None
 
 
 def is_quantized(model) -> bool:

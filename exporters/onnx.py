@@ -69,6 +69,23 @@ def constants_as_initializers(path: Path) -> None:
     onnx.save(m, str(path))
 
 
+def fold_constants(path: Path) -> None:
+    """Rewrite ``path`` with the subgraphs that compute constants (``Unsqueeze`` of a constant, ``Cast``,
+    arithmetic on initializers) replaced by their values: onnxscript's constant folder, nothing else.
+
+    Same reason as :func:`constants_as_initializers`, one step further: a Slice whose starts/ends are computed
+    from constants (what a graph translated from ONNX by onnx2torch exports, edgeseg import onnx:) is also
+    cut on the wrong NHWC axis by onnx2tf unless its inputs are initializers.
+    """
+    import onnx
+    import onnxscript.optimizer
+
+    m = onnx.load(str(path))
+    onnxscript.optimizer.fold_constants(m)
+    onnxscript.optimizer.remove_unused_nodes(m)
+    onnx.save(m, str(path))
+
+
 def op_counts(path: Path) -> dict[str, int]:
     """How many nodes of each (domain-qualified) type the ONNX file holds: proof of what it computes."""
     import onnx

@@ -96,7 +96,7 @@ def to_pixels(x: np.ndarray, mean, std) -> np.ndarray:
 
 def saved_model(model, example: np.ndarray, options: ExportOptions) -> tuple[Path, float]:
     """Return the NHWC SavedModel directory for ``model`` (converted once per input kind, cached in work_dir)."""
-    from exporters.onnx import constants_as_initializers, write_onnx
+    from exporters.onnx import constants_as_initializers, fold_constants, write_onnx
 
     work = Path(options.work_dir) if options.work_dir else Path(tempfile.mkdtemp(prefix="edgeseg-tf-"))
     pixels = options.input == "pixels"
@@ -124,6 +124,7 @@ def saved_model(model, example: np.ndarray, options: ExportOptions) -> tuple[Pat
         onnx_path = scratch / "model.onnx"
         write_onnx(model, example, onnx_path)
         constants_as_initializers(onnx_path)
+        fold_constants(onnx_path)
         np.save(scratch / ONNX2TF_SAMPLE, _onnx2tf_sample(options.calibration, options.normalization.mean,
                                                           options.normalization.std))
         with _in_dir(scratch), quiet_native() as log, _stop_after_saved_model(tf):

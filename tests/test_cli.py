@@ -170,3 +170,52 @@ def test_coreml_argmax_export_and_check_through_the_cli(tiny_run, tmp_path, caps
     assert code == 0 and res["status"] == "passed" and res["pixel_agreement"] >= 98
     assert main(["export", str(run), "--target", "tflite", "--input", "multiarray"]) == 2
     assert "--input multiarray does not apply to --target tflite; it takes image or pixels" in capsys.readouterr().err
+
+
+def test_export_pairs_expand_lists_and_all():
+    from exporters import TARGETS
+
+    from edgeseg.errors import UsageError
+    from edgeseg.pipeline import export_pairs
+
+    assert export_pairs("tflite,coreml", "fp32,fp16,int8") == (
+        [("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8"), ("coreml", "fp32"), ("coreml", "fp16"),
+         ("coreml", "int8")], [])
+    pairs, skipped = export_pairs("onnx,tflite", "fp16")
+    assert pairs == [("tflite", "fp16")] and skipped == ["onnx has no fp16 (it has fp32, int8): skipped"]
+    assert export_pairs("tflite,onnx", None) == ([("tflite", "fp32"), ("onnx", "fp32")], [])
+    assert export_pairs("onnx", "all")[0] == [("onnx", p) for p in TARGETS["onnx"].precisions]
+    assert len(export_pairs("all", "all")[0]) == sum(len(t.precisions) for t in TARGETS.values())
+    assert export_pairs("tflite,coreml:fp16", "all") == (
+        [("tflite", p) for p in TARGETS["tflite"].precisions] + [("coreml", "fp16")], [])
+    assert export_pairs("coreml:fp16,onnx:int8", None) == ([("coreml", "fp16"), ("onnx", "int8")], [])
+    with pytest.raises(UsageError, match=r"unknown precision for target 'coreml' 'fp61' \(did you mean 'fp16'\?\)"):
+        export_pairs("tflite,coreml:fp61", "all")
+    with pytest.raises(UsageError, match=r"unknown precision for target 'onnx' 'fp16' \(did you mean 'fp32'\?\)"):
+        export_pairs("onnx", "fp16")
+    with pytest.raises(UsageError, match=r"unknown target 'tflit' \(did you mean 'tflite'\?\)"):
+        export_pairs("coreml,tflit", "fp16")
+
+
+@pytest.mark.slow
+def test_several_targets_and_precisions_export_and_check_in_one_call(tiny_run, tmp_path, capsys):
+    """One export call writes every pair (a precision a target lacks is a note), one check call checks them
+    all on test images read once, with the same figures as one check per export."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "report.*"))
+    assert main(["export", str(run), "--target", "onnx,tflite", "--precision", "fp32,fp16", "--json"]) == 0
+    out, err = capsys.readouterr()
+    recs = json.loads(out)
+    assert [(r["target"], r["precision"]) for r in recs] == [("onnx", "fp32"), ("tflite", "fp32"), ("tflite", "fp16")]
+    assert "note: onnx has no fp16 (it has fp32, int8): skipped" in err and "3 exports in" in err
+    assert main(["check", str(run), "--target", "onnx,tflite", "--precision", "fp32,fp16", "--json"]) == 0
+    together = json.loads(capsys.readouterr().out)
+    assert [(p["target"], p["precision"], p["status"]) for p in together] == [
+        ("onnx", "fp32", "passed"), ("tflite", "fp32", "passed"), ("tflite", "fp16", "passed")]
+    for p in together:
+        assert main(["check", str(run), "--target", p["target"], "--precision", p["precision"], "--json"]) == 0
+        alone = json.loads(capsys.readouterr().out)
+        for k in ("images", "pixel_agreement", "mask_miou", "max_abs_logit_diff", "reference_miou", "exported_miou"):
+            assert alone[k] == p[k], (p["target"], p["precision"], k)

@@ -143,3 +143,12 @@ def test_camera_shaped_run_trains_exports_checks_reports_and_bundles(tmp_path):
     assert "const val W = 60" in readme and "const val H = 44" in readme
     assert "Math.round(frame.height * s)" in readme and "eraseColor(Color.BLACK)" in readme
     assert "imageCropAndScaleOption = .scaleFit" in readme and "{{" not in readme
+    # that ONNX file as a user's model (edgeseg import onnx:): its in-graph pad (Concat) and crop (Slice) come back
+    # through onnx2torch; the crop's bounds, computed from constants there, are folded before onnx2tf, which
+    # otherwise cut the wrong NHWC axis (a 48x44 output)
+    imp = tmp_path / "imported"
+    assert main(["import", f"onnx:{run / 'export' / 'onnx-fp32' / 'model.onnx'}", "-o", str(imp), "--data",
+                 "synthetic?train=48&val=8&test=8", "-q"]) == 0
+    assert main(["export", str(imp), "--target", "tflite", "-q"]) == 0
+    assert TARGETS["tflite"].load(imp / "export" / "tflite-fp32" / "model.tflite")(x).shape == (1, 5, 44, 60)
+    assert main(["check", str(imp), "--target", "tflite", "-q"]) == 0

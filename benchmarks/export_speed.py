@@ -1,0 +1,157 @@
+"""Export speed: edgeseg's one-call export vs the converter CLI users would otherwise run, on the same model.
+
+For each input size (default 256 and 512 px), on torchvision's LR-ASPP MobileNetV3-Large (random weights, 11
+classes: conversion speed does not depend on the weights):
+
+* edgeseg: ``edgeseg export RUN --target tflite,coreml:fp16 --precision fp32,fp16,int8`` -- every TFLite precision
+  and Core ML fp16 in one process, cold cache (wall time and peak RSS of that process);
+* ``onnx2tf -i model.onnx -oiqt`` on the ONNX file edgeseg exports of the same model (what it writes: float32,
+  float16, dynamic-range, integer and full-integer variants), with the sample-data file it would otherwise
+  download already in its working directory;
+* the litert-torch direct route (PyTorch -> TFLite, no ONNX or SavedModel) for fp32 with the same NHWC contract:
+  conversion time, agreement with PyTorch and its latency;
+* latency (LiteRT + XNNPACK vs onnxruntime, 2 threads, batch 1) of the TFLite fp32 file and the ONNX file.
+
+    python benchmarks/export_speed.py [--sizes 256 512] [--runs 30] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def timed(cmd: list[str], cwd: Path | None = None) -> tuple[float, float, int, str]:
+    """Run ``cmd``; its wall seconds, peak RSS in GB (of that process, from ``/usr/bin/time``; NaN without it),
+    exit code and output tail."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as f:
+        measure = ["/usr/bin/time", "-f", "%M", "-o", f.name] if Path("/usr/bin/time").exists() else []
+        t0 = time.perf_counter()
+        p = subprocess.run([*measure, *cmd], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=env)
+        wall = time.perf_counter() - t0
+        try:
+            rss = int(f.read().strip().splitlines()[-1]) / 1e6  # KB
+        except (ValueError, IndexError):
+            rss = float("nan")
+    return wall, rss, p.returncode, p.stdout[-1500:]
+
+
+def litert_direct(ck, x: np.ndarray, runs: int) -> dict:
+    """fp32 TFLite straight from PyTorch with litert-torch (NHWC in and out, like the onnx2tf route)."""
+    import torch
+
+    from edgeseg.bench import measure_latency
+    from exporters.tflite import TFLiteRunner
+    from exporters.tflite_pt2e import nhwc
+
+    from exporters._tf import preload_triton
+
+    preload_triton()
+    import litert_torch
+
+    model = ck.build_model()
+    h, w = x.shape[2:]
+    t0 = time.perf_counter()
+    edge = litert_torch.convert(nhwc(model).eval(), (torch.zeros(1, h, w, 3),))
+    seconds = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "direct.tflite"
+        path.write_bytes(bytes(edge.model_content()))
+        runner = TFLiteRunner(path, threads=2)
+        y = runner(x)
+        with torch.no_grad():
+            r = model(torch.from_numpy(x)).numpy()
+        lat = measure_latency(runner, x, runs, 5)
+        size = path.stat().st_size
+    return {"seconds": round(seconds, 1), "size_mb": round(size / 1e6, 2),
+            "agreement_pct": round(100.0 * float((y.argmax(1) == r.argmax(1)).mean()), 3),
+            "max_abs_diff": float(np.abs(y - r).max()), "latency_ms": round(lat["median_ms"], 2)}
+
+
+def one_size(size: int, runs: int, work: Path) -> dict:
+    from edgeseg.bench import measure_latency
+    from edgeseg.importer import import_model
+    from edgeseg.pipeline import calibration_images
+    from edgeseg.train.checkpoint import load_checkpoint
+    from exporters.onnx import OnnxRunner
+    from exporters.tflite import ONNX2TF_SAMPLE, TFLiteRunner, _onnx2tf_sample
+
+    run = work / f"lraspp{size}"
+    import_model(run, "torchvision:lraspp_mobilenet_v3_large", data="synthetic", num_classes=5, image_size=size,
+                 log=lambda s: None)
+    ck = load_checkpoint(run)
+    edgeseg = [sys.executable, "-m", "edgeseg", "export", str(run), "--target", "tflite,coreml:fp16",
+               "--precision", "fp32,fp16,int8", "-q"]
+    wall, rss, code, out = timed(edgeseg)
+    if code != 0:
+        raise SystemExit(f"edgeseg export failed:\n{out}")
+    # the same model as ONNX, for onnx2tf and onnxruntime (not timed)
+    subprocess.run([sys.executable, "-m", "edgeseg", "export", str(run), "--target", "onnx", "-q"], check=True)
+    onnx_file = run / "export" / "onnx-fp32" / "model.onnx"
+    scratch = work / f"onnx2tf{size}"
+    scratch.mkdir()
+    (scratch / "model.onnx").write_bytes(onnx_file.read_bytes())
+    pre = ck.preprocess
+    np.save(scratch / ONNX2TF_SAMPLE, _onnx2tf_sample(calibration_images(ck, 20), pre.mean, pre.std))
+    cli = Path(sys.executable).with_name("onnx2tf")
+    o_wall, o_rss, o_code, o_out = timed([str(cli), "-i", "model.onnx", "-o", "out", "-oiqt"], scratch)
+    written = sorted(p.name for p in (scratch / "out").glob("*.tflite"))
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    tfl = measure_latency(TFLiteRunner(run / "export" / "tflite-fp32" / "model.tflite", threads=2), x, runs, 5)
+    ort = measure_latency(OnnxRunner(onnx_file, threads=2), x, runs, 5)
+    try:
+        direct = litert_direct(ck, x, runs)
+    except Exception as e:  # noqa: BLE001 - report the route's failure as a figure, not a crash
+        direct = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+    return {"size": size, "edgeseg_s": round(wall, 1), "edgeseg_rss_gb": round(rss, 2),
+            "edgeseg_files": ["tflite fp32", "tflite fp16", "tflite int8", "coreml fp16"],
+            "onnx2tf_s": round(o_wall, 1), "onnx2tf_rss_gb": round(o_rss, 2), "onnx2tf_exit": o_code,
+            "onnx2tf_files": written, "speedup": round(o_wall / wall, 2),
+            "tflite_fp32_ms": round(tfl["median_ms"], 2), "onnxruntime_ms": round(ort["median_ms"], 2),
+            "latency_ratio": round(tfl["median_ms"] / ort["median_ms"], 2), "litert_direct": direct}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    ap.add_argument("--runs", type=int, default=30, help="timed runs per latency figure")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    from edgeseg.versions import hardware
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="edgeseg-export-speed-") as d:
+        for size in a.sizes:
+            print(f"{size} px ...", file=sys.stderr)
+            rows.append(one_size(size, a.runs, Path(d)))
+    hw = hardware()
+    if a.json:
+        print(json.dumps({"hardware": hw, "rows": rows}, indent=2))
+        return 0
+    print(f"LR-ASPP MobileNetV3-L, {hw['cpu']} ({hw['cores']} cores)")
+    print("| px | edgeseg 3 TFLite + Core ML fp16, one call | onnx2tf -oiqt | speed ratio | peak RSS edgeseg / onnx2tf "
+          "| TFLite fp32 / onnxruntime ms | litert-torch direct fp32 |")
+    print("|---:|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        dct = r["litert_direct"]
+        direct = dct.get("error") or (f"{dct['seconds']} s, {dct['agreement_pct']} % agreement, "
+                                      f"max |Δ| {dct['max_abs_diff']:.2g}, {dct['latency_ms']} ms")
+        print(f"| {r['size']} | {r['edgeseg_s']} s | {r['onnx2tf_s']} s ({len(r['onnx2tf_files'])} files"
+              f"{'' if r['onnx2tf_exit'] == 0 else ', exit ' + str(r['onnx2tf_exit'])}) | {r['speedup']}x | "
+              f"{r['edgeseg_rss_gb']} / {r['onnx2tf_rss_gb']} GB | {r['tflite_fp32_ms']} / {r['onnxruntime_ms']} "
+              f"({r['latency_ratio']}x) | {direct} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
