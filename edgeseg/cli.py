@@ -73,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("-o", "--output", type=Path, default=Path("runs/train"), help="run directory (default: %(default)s)")
     p.add_argument("--config", type=Path, help="YAML file of TrainConfig keys; flags override it")
-    p.add_argument("--model", help="architecture (see 'edgeseg models'; default lraspp)")
+    p.add_argument("--model", help="architecture (see 'edgeseg models'; default lraspp; maskrcnn trains instance "
+                   "segmentation, like 'edgeseg maskrcnn train')")
     p.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="architecture option, e.g. base=16 (repeatable)")
     p.add_argument("--data", help="dataset spec FORMAT[:PATH][?opt=v&..]: synthetic (default), "
@@ -151,6 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
                    help="for runs trained with --ema: export the EMA or the raw weights (default: the run's "
                    "--export-weights)")
+    p.add_argument("--score-threshold", type=float, default=0.3,
+                   help="Mask R-CNN runs: detections scoring below it are not compared (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the export record as JSON (a list for several)")
 
     p = sub.add_parser("check", help="mask parity of an export vs PyTorch", epilog=EPILOG, formatter_class=fmt,
@@ -181,6 +184,8 @@ def _parser() -> argparse.ArgumentParser:
                    "CPU_AND_GPU, CPU_AND_NE, ALL (default CPU_ONLY,ALL; the check passes only if every one does). "
                    "Elsewhere Core ML is checked by reference execution of the saved program; asking for "
                    "compute units there is NOT VERIFIED (exit 3)")
+    p.add_argument("--score-threshold", type=float, default=0.3,
+                   help="Mask R-CNN runs: detections scoring below it are not compared (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print parity.json to stdout (a list for several exports)")
 
     p = sub.add_parser("report", help="size/latency/parity report of a run", epilog=EPILOG, formatter_class=fmt,
@@ -449,6 +454,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     from edgeseg.errors import UsageError
     from edgeseg.train.loop import train
 
+    if a.model == "maskrcnn":
+        return _train_instance(a)
     cfg = TrainConfig.from_yaml(a.config) if a.config else TrainConfig()
     over = {"model": a.model, "data": a.data, "image_size": a.image_size, "resize": a.resize, "epochs": a.epochs,
             "batch_size": a.batch_size, "lr": a.lr, "schedule": a.schedule, "class_weights": a.class_weights,
@@ -484,6 +491,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from edgeseg.pipeline import export_pairs, export_runs
 
+    if _is_instance_run(a.run):
+        return _instance_command(a, "export")
     pairs, skipped = export_pairs(a.target, a.precision)
     log = _log(a)
     for note in skipped:
@@ -540,6 +549,8 @@ def _status_code(results) -> int:
 def cmd_check(a: argparse.Namespace) -> int:
     from edgeseg.pipeline import check_runs, export_pairs
 
+    if _is_instance_run(a.run):
+        return _instance_command(a, "check")
     pairs, skipped = export_pairs(a.target, a.precision)
     log = _log(a) if not a.json else (lambda s: None)
     for note in skipped:
@@ -559,6 +570,16 @@ def cmd_check(a: argparse.Namespace) -> int:
 def cmd_report(a: argparse.Namespace) -> int:
     from edgeseg.report import build_report
 
+    if _is_instance_run(a.run):
+        from edgeseg.errors import UsageError
+        from edgeseg.instance.report import build_instance_report
+
+        if a.budget or a.baseline or a.max_miou_drop is not None:
+            raise UsageError("--budget, --baseline and --max-miou-drop apply to semantic runs; "
+                             f"'{a.run}' is a Mask R-CNN run")
+        rep = build_instance_report(a.run, a.runs, a.warmup, a.threads, log=_log(a) if not a.json else (lambda s: None))
+        print(json.dumps(rep, indent=2) if a.json else (Path(a.run) / "report.md").read_text())
+        return {"failed": EXIT_FAILURE, "not-verified": EXIT_NOT_VERIFIED}.get(rep["status"], EXIT_OK)
     rep = build_report(a.run, a.runs, a.warmup, a.threads, log=_log(a) if not a.json else (lambda s: None),
                        budget=a.budget, baseline=a.baseline, max_miou_drop=a.max_miou_drop)
     if a.json:
@@ -705,24 +726,131 @@ def cmd_maskrcnn(a: argparse.Namespace) -> int:
                                           overrides, log=log)
         else:
             rec = instance_run.check_run(a.run, a.target, a.precision, a.limit, a.score_threshold, overrides, log=log)
-        p = rec["parity"]
         if a.json:
             print(json.dumps(rec, indent=2, default=str))
         else:
-            if a.maskrcnn_command == "export":
-                print(f"{rec['path']}: {rec['size_bytes'] / 1e6:.2f} MB in {rec['export_seconds']} s")
-            fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-            print(f"parity {p['status'].upper()} ({p['runtime']}, {p['images']} images): "
-                  f"{p['matched']} matched, {p['missed']} missed, {p['extra']} extra of {p['reference_detections']}; "
-                  f"mask IoU {fmt(p['mask_iou_mean'])} (min {fmt(p['mask_iou_min'])}), box IoU "
-                  f"{fmt(p['box_iou_mean'])}, max score diff {fmt(p['max_score_diff'])}; mask AP "
-                  f"{fmt(p['exported_ap'].get('mask'))} vs reference {fmt(p['reference_ap'].get('mask'))}")
-            for f in p["failures"]:
-                print(f"  FAILED: {f}")
-            if p["reason"]:
-                print(f"  {p['reason']}")
-        return {"passed": EXIT_OK, "not-verified": EXIT_NOT_VERIFIED}.get(p["status"], EXIT_FAILURE)
+            _print_instance(rec, a.maskrcnn_command == "export")
+        return _instance_code(rec)
     raise UsageError("edgeseg maskrcnn needs an action: train, export or check (see edgeseg maskrcnn --help)")
+
+
+def _print_instance(rec: dict, exported: bool) -> None:
+    p = rec["parity"]
+    if exported:
+        print(f"{rec['path']}: {rec['size_bytes'] / 1e6:.2f} MB in {rec['export_seconds']} s")
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    print(f"{rec['target']} {rec['precision']} parity {p['status'].upper()} ({p['runtime']}, {p['images']} images): "
+          f"{p['matched']} matched, {p['missed']} missed, {p['extra']} extra of {p['reference_detections']}; "
+          f"mask IoU {fmt(p['mask_iou_mean'])} (min {fmt(p['mask_iou_min'])}), box IoU "
+          f"{fmt(p['box_iou_mean'])}, max score diff {fmt(p['max_score_diff'])}; mask AP "
+          f"{fmt(p['exported_ap'].get('mask'))} vs reference {fmt(p['reference_ap'].get('mask'))}")
+    for f in p["failures"]:
+        print(f"  FAILED: {f}")
+    if p["reason"]:
+        print(f"  {p['reason']}")
+
+
+def _instance_code(rec: dict) -> int:
+    return {"passed": EXIT_OK, "not-verified": EXIT_NOT_VERIFIED}.get(rec["parity"]["status"], EXIT_FAILURE)
+
+
+def _is_instance_run(run: Path) -> bool:
+    """A Mask R-CNN run directory (``RUN/maskrcnn.pt``, written by ``train --model maskrcnn``)."""
+    from edgeseg.instance.run import CHECKPOINT
+    from edgeseg.train.checkpoint import CHECKPOINT_NAME
+
+    run = Path(run)
+    return run.is_dir() and (run / CHECKPOINT).is_file() and not (run / CHECKPOINT_NAME).is_file()
+
+
+# export/check options of semantic runs, and their defaults: on a Mask R-CNN run a changed one is refused
+_SEMANTIC_ONLY = {"calibration": 100, "weights": "auto", "output": "logits", "input_kind": "image",
+                  "deployment_target": None, "min_agreement": None, "min_mask_miou": None, "max_miou_drop": None,
+                  "data": None, "compute_units": None}
+
+
+def _instance_command(a: argparse.Namespace, action: str) -> int:
+    """``export``/``check`` on a Mask R-CNN run: every (target, precision) pair through the instance exporter
+    (static graph, instance parity) with its default graph counts and thresholds (``edgeseg maskrcnn export``
+    sets those)."""
+    from edgeseg.errors import UsageError
+    from edgeseg.instance import run as instance_run
+    from edgeseg.instance.export import PRECISIONS
+    from edgeseg.pipeline import export_pairs
+
+    for k, default in _SEMANTIC_ONLY.items():
+        if hasattr(a, k) and getattr(a, k) != default:
+            flag = "--" + {"input_kind": "input"}.get(k, k).replace("_", "-")
+            raise UsageError(f"{flag} applies to semantic runs; '{a.run}' is a Mask R-CNN run (graph counts and "
+                             f"instance thresholds: edgeseg maskrcnn {action} --help)")
+    pairs, skipped = export_pairs(a.target, a.precision, {n: (p, p[0]) for n, p in PRECISIONS.items()})
+    log = _log(a) if not a.json else (lambda s: None)
+    for note in skipped:
+        log(f"note: {note}")
+    limit = getattr(a, "limit", None) or 8
+    recs = []
+    for target, precision in pairs:
+        if action == "export":
+            rec = instance_run.export_run(a.run, target, precision, limit=limit, score_threshold=a.score_threshold,
+                                          log=log)
+        else:
+            rec = instance_run.check_run(a.run, target, precision, limit=limit, score_threshold=a.score_threshold,
+                                         log=log)
+        recs.append(rec)
+        if not a.json:
+            _print_instance(rec, action == "export")
+    if a.json:
+        print(json.dumps(recs[0] if len(recs) == 1 else recs, indent=2, default=str))
+    codes = [_instance_code(r) for r in recs]
+    return EXIT_FAILURE if EXIT_FAILURE in codes else max(codes)
+
+
+def _train_instance(a: argparse.Namespace) -> int:
+    """``train --model maskrcnn``: the instance trainer (``edgeseg maskrcnn train``) with the common flags."""
+    from edgeseg.config import parse_image_size
+    from edgeseg.errors import UsageError
+    from edgeseg.instance.run import train_run
+
+    if a.config:
+        raise UsageError("--config describes semantic runs; for Mask R-CNN give the flags (edgeseg train --model "
+                         "maskrcnn --data ... --image-size ... --epochs ...)")
+    opts = _parse_opt(a.model_opt) if a.model_opt else {}
+    unknown = set(opts) - {"backbone"}
+    if unknown:
+        raise UsageError(f"--model-opt {', '.join(sorted(unknown))}: Mask R-CNN takes backbone=mobilenet_v3_large|"
+                         f"resnet50 (more in: edgeseg maskrcnn train --help)")
+    size = 64
+    if a.image_size is not None:
+        h, w = parse_image_size(a.image_size)
+        if h != w:
+            raise UsageError(f"--image-size {a.image_size}: the Mask R-CNN export graph is square; give one side")
+        size = h
+    kw = {k: v for k, v in (("epochs", a.epochs), ("batch_size", a.batch_size), ("lr", a.lr)) if v is not None}
+    rec = train_run(a.output, a.data or "synthetic", str(opts.get("backbone", "mobilenet_v3_large")), size,
+                    seed=a.seed if a.seed is not None else 0, log=_log(a), **kw)
+    print(f"trained {rec['steps']} steps on {rec['train_images']} images in {rec['seconds']} s "
+          f"(skipped: {rec['skipped']}); loss {rec['first_loss']:.3f} -> {rec['last_loss']:.3f}; "
+          f"test mask AP {rec['ap']['mask']['AP']:.4f}, box AP {rec['ap']['box']['AP']:.4f}")
+    return EXIT_OK
+
+
+def _maskrcnn_row(classes: int, h: int, w: int) -> dict[str, Any]:
+    """Mask R-CNN (MobileNetV3-Large FPN) as ``train --model maskrcnn`` builds it: MACs of its export graph
+    (fixed counts: 100 proposals, 20 detections) at a square side (the longer of ``h``, ``w``, rounded up to 32)."""
+    import torch
+
+    from edgeseg.instance.model import build_maskrcnn
+    from edgeseg.instance.static_graph import build_static
+    from edgeseg.models import count_params
+    from edgeseg.models.macs import count_macs
+
+    side = -(-max(h, w) // 32) * 32
+    model = build_maskrcnn(classes + 1, min_size=side, max_size=side).eval()
+    with torch.no_grad():
+        macs = count_macs(build_static(model, side), torch.zeros(1, 3, side, side))
+    return {"name": "maskrcnn", "params": count_params(model), "macs": macs, "size": [side, side], "task": "instance",
+            "doc": f"Mask R-CNN, MobileNetV3-Large FPN (instance segmentation; square input, {classes} classes + "
+                   f"background; train --model maskrcnn)"}
 
 
 def cmd_models(a: argparse.Namespace) -> int:
@@ -736,9 +864,10 @@ def cmd_models(a: argparse.Namespace) -> int:
     rows = []
     for name in MODELS:
         m = build_model(name, a.classes).eval()
-        rows.append({"name": name, "params": count_params(m),
+        rows.append({"name": name, "params": count_params(m), "task": "semantic",
                      "macs": count_macs(m, torch.zeros(1, 3, h, w)), "size": [h, w],
                      "doc": (MODELS.get(name).__doc__ or "").strip().splitlines()[0]})
+    rows.append(_maskrcnn_row(a.classes, h, w))
     from edgeseg.models.encoders import ENCODERS
 
     if a.json:

@@ -42,12 +42,18 @@ def target_and_precision(target: str, precision: str | None) -> tuple[Any, str]:
     return t, p
 
 
-def export_pairs(targets: str, precisions: str | None) -> tuple[list[tuple[str, str]], list[str]]:
+def export_pairs(targets: str, precisions: str | None, table: dict[str, tuple[tuple[str, ...], str]] | None = None
+                 ) -> tuple[list[tuple[str, str]], list[str]]:
     """The (target, precision) pairs of ``--target a,b --precision x,y`` (``all`` = every target / every
     precision of each target; no precision = each target's default), then the ``TARGET:PRECISION`` items of
     ``--target`` (that pair alone, e.g. ``tflite,coreml:fp16 --precision all``), and a note for each listed
-    precision a listed target does not have (skipped). A precision no listed target has is an error."""
-    from exporters import TARGETS
+    precision a listed target does not have (skipped). A precision no listed target has is an error.
+    ``table``: target -> (precisions, default precision); default: the semantic exporters' table."""
+    if table is None:
+        from exporters import TARGETS as _TARGETS
+
+        table = {n: (t.precisions, t.default_precision) for n, t in _TARGETS.items()}
+    TARGETS = {n: _Precisions(*v) for n, v in table.items()}
 
     items = list(TARGETS) if targets.strip() == "all" else [t.strip() for t in targets.split(",") if t.strip()]
     if not items:
@@ -83,6 +89,11 @@ def export_pairs(targets: str, precisions: str | None) -> tuple[list[tuple[str, 
             every = sorted({q for n in names for q in TARGETS[n].precisions})
             check_choice(p, every, f"precision for target{'s' if len(names) > 1 else ''} '{','.join(names)}'")
     return list(dict.fromkeys(pairs + fixed)), skipped
+
+
+class _Precisions:
+    def __init__(self, precisions: tuple[str, ...], default: str) -> None:
+        self.precisions, self.default_precision = tuple(precisions), default
 
 
 def export_dir(run: Path, target: str, precision: str, output: str = "logits", input_kind: str = "image") -> Path:

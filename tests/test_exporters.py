@@ -179,3 +179,25 @@ def test_tflite_pixel_input_metadata_and_mediapipe(setup, precision):
         assert labels == list(ck.class_names) and mask.shape == (64, 64)
         same.append((mask == y[i].argmax(0)).mean())
     assert 100 * np.mean(same) >= 99.9, same
+
+
+def test_core_ml_export_does_not_import_tensorflow(tiny_run, tmp_path):
+    """coremltools imports TensorFlow whenever it is installed (7-8 s, ~600 MB) for a frontend edgeseg never uses:
+    a Core ML export in a fresh process leaves it unloaded, and a TFLite export after it in the same process
+    still gets it."""
+    import shutil
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "report.*"))
+    code = ("import sys\nfrom edgeseg.pipeline import export_runs\n"
+            f"export_runs({str(run)!r}, [('coreml', 'fp16')], log=lambda s: None)\n"
+            "print('after coreml', 'tensorflow' in sys.modules)\n"
+            f"export_runs({str(run)!r}, [('tflite', 'fp16')], log=lambda s: None)\n"
+            "print('after tflite', 'tensorflow' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "after coreml False" in out.stdout and "after tflite True" in out.stdout, out.stdout
+    assert (run / "export" / "coreml-fp16" / "model.mlpackage").is_dir()
+    assert (run / "export" / "tflite-fp16" / "model.tflite").is_file()

@@ -211,3 +211,36 @@ def test_cli_export_check_and_refusals(run, tmp_path):
     torch.save({"config": {}, "state_dict": Evil()}, bad / "maskrcnn.pt")
     r = subprocess.run(cmd + ["export", str(bad), "--target", "onnx"], capture_output=True, text=True)
     assert r.returncode == 1 and "cannot be loaded safely" in r.stderr and "pwned" not in r.stdout
+
+
+@pytest.mark.slow
+def test_instance_run_through_the_ordinary_commands(tmp_path, capsys):
+    """train --model maskrcnn -> export -> check -> report with the same commands as a semantic run; models lists
+    it; semantic-only flags are refused naming the flag."""
+    from edgeseg.cli import main
+    from edgeseg.schemas import problems
+
+    run = tmp_path / "run"
+    assert main(["train", "--model", "maskrcnn", "-o", str(run), "--data", "synthetic?train=64&test=8",
+                 "--image-size", "64", "--epochs", "1", "-q"]) == 0
+    assert (run / "maskrcnn.pt").is_file() and not (run / "checkpoint.pt").exists()
+    capsys.readouterr()
+    assert main(["export", str(run), "--target", "onnx", "--score-threshold", "0.05", "--json", "-q"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["target"] == "onnx" and rec["parity"]["status"] == "passed"
+    assert rec["parity"]["reference_detections"] == 160 and rec["parity"]["matched"] >= 0.98 * 160
+    assert main(["check", str(run), "--target", "onnx", "--score-threshold", "0.05", "-q"]) == 0
+    assert "onnx fp32 parity PASSED" in capsys.readouterr().out
+    assert main(["export", str(run), "--target", "onnx", "--calibration", "50"]) == 2
+    assert "--calibration applies to semantic runs; " in capsys.readouterr().err
+    assert main(["export", str(run), "--target", "openvino"]) == 2
+    assert "unknown target 'openvino'" in capsys.readouterr().err
+    assert main(["report", str(run), "--runs", "2", "--json", "-q"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert problems(rep, "report-1") == [] and rep["task"] == "instance" and rep["status"] == "passed"
+    row = next(r for r in rep["results"] if r["target"] == "onnx")
+    assert row["instance_parity"]["matched"] == rec["parity"]["matched"] and row["latency"]["median_ms"] > 0
+    assert "| onnx | fp32 |" in (run / "report.md").read_text()
+    assert main(["models", "--size", "64", "--json"]) == 0
+    m = next(r for r in json.loads(capsys.readouterr().out) if r["name"] == "maskrcnn")
+    assert m["task"] == "instance" and m["params"] > 10_000_000 and m["macs"] > 0 and m["size"] == [64, 64]
