@@ -145,6 +145,10 @@ def export_runs(run: Path, pairs: Sequence[tuple[str, str]], calibration: int = 
     precisions share (ONNX, the TF SavedModel) are made once, in ``RUN/export/.cache``. Returns the export
     records in order; the first failure stops (the exports before it are kept).
 
+    Serial on purpose: exporting Core ML in a worker process while this one made the TFLite files was measured
+    no faster on 2 cores (55.7 s vs 55.4 s wall for 3 TFLite + Core ML fp16, LR-ASPP 256 px): TensorFlow's
+    converter and calibration already keep both cores busy.
+
     ``weights``: ``ema`` or ``raw`` for a run trained with ``--ema`` (default: the run's export_weights);
     the choice is recorded, and ``check`` compares against the same weights.
     """

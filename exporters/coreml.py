@@ -21,6 +21,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import platform
 import time
@@ -38,11 +40,31 @@ OUTPUT_NAME = "logits"
 
 
 def _import_ct():
-    preload_triton()  # coremltools imports TensorFlow when it is installed (see exporters/_tf.py)
-    with quiet_native(), warnings.catch_warnings():
+    preload_triton()  # in case TensorFlow is imported anyway (see exporters/_tf.py)
+    with quiet_native(), warnings.catch_warnings(), _without_tensorflow():
         warnings.simplefilter("ignore")
         import coremltools as ct
     return ct
+
+
+@contextlib.contextmanager
+def _without_tensorflow():
+    """Import coremltools without TensorFlow: coremltools imports TensorFlow whenever it is installed (its
+    ``_deps`` probe), 7-8 s and ~600 MB here, only to offer a TensorFlow frontend that edgeseg never uses
+    (every Core ML export converts from PyTorch). A ``None`` entry in ``sys.modules`` makes that probe's
+    ``import tensorflow`` fail as if it were absent; it is removed again, so TFLite exports later in the same
+    process import TensorFlow as usual. Once TensorFlow is loaded (a TFLite export ran first) this does nothing."""
+    import sys
+
+    if "tensorflow" in sys.modules:
+        yield
+        return
+    sys.modules["tensorflow"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if sys.modules.get("tensorflow", 0) is None:
+            del sys.modules["tensorflow"]
 
 
 def _wrapped(model, std: tuple[float, float, float]):
