@@ -186,16 +186,7 @@ def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) ->
             ml = ct.convert(traced, inputs=inputs, outputs=[ct.TensorType(name=OUTPUT_NAME)],
                             convert_to="mlprogram", compute_precision=compute,
                             minimum_deployment_target=getattr(ct.target, target))
-            from coremltools.optimize.coreml import (OpLinearQuantizerConfig, OpPalettizerConfig, OptimizationConfig,
-                                                     linear_quantize_weights, palettize_weights)
-
-            if precision == "int8":
-                ml = linear_quantize_weights(ml, config=OptimizationConfig(global_config=OpLinearQuantizerConfig(
-                    mode="linear_symmetric", granularity="per_channel")))
-            elif precision.startswith("palettize"):
-                base, _, mode = precision.partition("-")
-                ml = palettize_weights(ml, config=OptimizationConfig(global_config=OpPalettizerConfig(
-                    mode=mode or "kmeans", nbits=PALETTE_BITS[base])))
+            ml = _compress_weights(ml, precision)
         except Exception as e:  # noqa: BLE001 - coremltools raises many types
             raise ExporterError(f"coremltools conversion failed ({precision}, {target}): {e}\n"
                                 f"{log.getvalue()[-2000:]}") from e
@@ -322,14 +313,36 @@ TARGET = Target(name="coreml", suffix=".mlpackage",
                 default_precision="fp16", requires=("coremltools",), export=export, load=load, can_run=can_run)
 
 
+def _compress_weights(ml, precision: str):
+    """The weight storage of ``precision`` on a converted fp16 program: int8 = per-channel symmetric linear
+    quantization; palettizeN[-uniform] = N-bit palettes (k-means or uniform). Other precisions unchanged."""
+    from coremltools.optimize.coreml import (OpLinearQuantizerConfig, OpPalettizerConfig, OptimizationConfig,
+                                             linear_quantize_weights, palettize_weights)
+
+    if precision == "int8":
+        return linear_quantize_weights(ml, config=OptimizationConfig(global_config=OpLinearQuantizerConfig(
+            mode="linear_symmetric", granularity="per_channel")))
+    if precision.startswith("palettize"):
+        base, _, mode = precision.partition("-")
+        return palettize_weights(ml, config=OptimizationConfig(global_config=OpPalettizerConfig(
+            mode=mode or "kmeans", nbits=PALETTE_BITS[base])))
+    return ml
+
+
+#: precisions of a multi-output graph (weights compressed after an fp16 conversion; activations stay fp16)
+GRAPH_PRECISIONS = ("fp16", "fp32", "int8", "palettize6", "palettize8")
+
+
 def export_graph(module, example: np.ndarray, path: Path, output_names: tuple[str, ...], precision: str = "fp16",
                  metadata: dict[str, str] | None = None, description: str = "") -> dict:
     """A multi-output graph (Mask R-CNN's export graph, input RGB in [0, 1]) as an ML Program whose input is an
-    RGB image (``scale = 1/255`` in the model, so apps pass a ``CVPixelBuffer``); fp16 or fp32 compute."""
+    RGB image (``scale = 1/255`` in the model, so apps pass a ``CVPixelBuffer``); fp16 or fp32 compute; int8 and
+    palettize6/8 store the weights compressed (fp16 compute)."""
     import torch
 
-    if precision not in ("fp32", "fp16"):
-        raise ExporterError(f"target 'coreml' has no precision '{precision}' for this graph (fp32, fp16)")
+    if precision not in GRAPH_PRECISIONS:
+        raise ExporterError(f"target 'coreml' has no precision '{precision}' for this graph "
+                            f"({', '.join(GRAPH_PRECISIONS)})")
     ct = _import_ct()
     t0 = time.time()
     x = torch.from_numpy(np.asarray(example, np.float32))
@@ -344,6 +357,7 @@ def export_graph(module, example: np.ndarray, path: Path, output_names: tuple[st
             ml = ct.convert(traced, inputs=inputs, outputs=[ct.TensorType(name=n) for n in output_names],
                             convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
                             compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16)
+            ml = _compress_weights(ml, precision)
         except Exception as e:  # noqa: BLE001 - coremltools raises many types
             raise ExporterError(f"coremltools conversion of the graph failed ({precision}): {e}\n"
                                 f"{log.getvalue()[-2000:]}") from e

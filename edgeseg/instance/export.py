@@ -22,7 +22,7 @@ from edgeseg.instance.parity import InstanceParity, compare_instances, instance_
 from edgeseg.instance.static_graph import (OUTPUTS, build_static, configure_eager, paste_masks, valid_detections)
 
 PRECISIONS: dict[str, tuple[str, ...]] = {"onnx": ("fp32",), "tflite": ("fp32", "fp16", "int8", "int8-weights"),
-                                          "coreml": ("fp16", "fp32")}
+                                          "coreml": ("fp16", "fp32", "int8", "palettize6", "palettize8")}
 FILES = {"onnx": "model.onnx", "tflite": "model.tflite", "coreml": "model.mlpackage"}
 
 
