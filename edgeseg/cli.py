@@ -381,7 +381,8 @@ def _parser() -> argparse.ArgumentParser:
     _common(q)
     q.add_argument("run", type=Path)
     q.add_argument("--target", required=True, choices=("onnx", "tflite", "coreml"))
-    q.add_argument("--precision", help="onnx: fp32; tflite: fp32, fp16, int8, int8-weights; coreml: fp16, fp32")
+    q.add_argument("--precision", help="onnx: fp32; tflite: fp32, fp16, int8, int8-weights; coreml: fp16, fp32, int8, "
+                   "palettize6, palettize8 (compressed weights, fp16 compute)")
     q.add_argument("--pre-nms", type=int, default=200, help="RPN proposals per FPN level before NMS")
     q.add_argument("--proposals", type=int, default=100, help="proposals after the RPN's NMS")
     q.add_argument("--candidates", type=int, default=300, help="(box, class) pairs entering the detection NMS")
