@@ -50,21 +50,19 @@ def export_pairs(targets: str, precisions: str | None, table: dict[str, tuple[tu
     precision a listed target does not have (skipped). A precision no listed target has is an error.
     ``table``: target -> (precisions, default precision); default: the semantic exporters' table."""
     if table is None:
-        from exporters import TARGETS as _TARGETS
+        from exporters import TARGETS
 
-        table = {n: (t.precisions, t.default_precision) for n, t in _TARGETS.items()}
-    TARGETS = {n: _Precisions(*v) for n, v in table.items()}
-
-    items = list(TARGETS) if targets.strip() == "all" else [t.strip() for t in targets.split(",") if t.strip()]
+        table = {n: (t.precisions, t.default_precision) for n, t in TARGETS.items()}
+    items = list(table) if targets.strip() == "all" else [t.strip() for t in targets.split(",") if t.strip()]
     if not items:
-        raise UsageError("--target is empty; give one or more of " + ", ".join(TARGETS))
+        raise UsageError("--target is empty; give one or more of " + ", ".join(table))
     fixed: list[tuple[str, str]] = []  # TARGET:PRECISION items: that pair only, whatever --precision says
     names = []
     for item in items:
         n, _, p = item.partition(":")
-        check_choice(n, list(TARGETS), "target")
+        check_choice(n, list(table), "target")
         if p:
-            check_choice(p, list(TARGETS[n].precisions), f"precision for target '{n}'")
+            check_choice(p, list(table[n][0]), f"precision for target '{n}'")
             fixed.append((n, p))
         else:
             names.append(n)
@@ -75,25 +73,20 @@ def export_pairs(targets: str, precisions: str | None, table: dict[str, tuple[tu
     pairs: list[tuple[str, str]] = []
     skipped: list[str] = []
     for n in dict.fromkeys(names):
-        t = TARGETS[n]
+        have, default = table[n]
         if precisions is None:
-            pairs.append((n, t.default_precision))
+            pairs.append((n, default))
         elif wanted is None:
-            pairs += [(n, p) for p in t.precisions]
+            pairs += [(n, p) for p in have]
         else:
-            pairs += [(n, p) for p in dict.fromkeys(wanted) if p in t.precisions]
-            skipped += [f"{n} has no {p} (it has {', '.join(t.precisions)}): skipped" for p in dict.fromkeys(wanted)
-                        if p not in t.precisions]
+            pairs += [(n, p) for p in dict.fromkeys(wanted) if p in have]
+            skipped += [f"{n} has no {p} (it has {', '.join(have)}): skipped" for p in dict.fromkeys(wanted)
+                        if p not in have]
     for p in wanted or ():
         if not any(p == q for _, q in pairs):
-            every = sorted({q for n in names for q in TARGETS[n].precisions})
+            every = sorted({q for n in names for q in table[n][0]})
             check_choice(p, every, f"precision for target{'s' if len(names) > 1 else ''} '{','.join(names)}'")
     return list(dict.fromkeys(pairs + fixed)), skipped
-
-
-class _Precisions:
-    def __init__(self, precisions: tuple[str, ...], default: str) -> None:
-        self.precisions, self.default_precision = tuple(precisions), default
 
 
 def export_dir(run: Path, target: str, precision: str, output: str = "logits", input_kind: str = "image") -> Path:
@@ -263,19 +256,19 @@ def check_runs(run: Path, pairs: Sequence[tuple[str, str]], min_agreement: float
     """
     from exporters import TARGETS, ExporterError
 
-    checked = [(target_and_precision(tg, pr)[0], tg, pr) for tg, pr in pairs]
-    for _, _, precision in checked:  # bad threshold values fail first
-        thresholds_for(precision, min_agreement, min_mask_miou, max_miou_drop)
+    # bad target, precision or threshold values fail first
+    checked = [(target_and_precision(tg, pr)[0], tg, pr, thresholds_for(pr, min_agreement, min_mask_miou,
+                                                                        max_miou_drop)) for tg, pr in pairs]
     ckpt = load_checkpoint(run)
     run = Path(ckpt.path).parent
     if compute_units is not None and not any(tg == "coreml" for tg, _ in pairs):
         raise UsageError(f"--compute-units applies to --target coreml only, not {','.join(tg for tg, _ in pairs)}")
+    digest = _digest(ckpt.path)
     found = []
-    for t, target, precision in checked:  # every export present and current before any work
-        thresholds = thresholds_for(precision, min_agreement, min_mask_miou, max_miou_drop)
+    for t, target, precision, thresholds in checked:  # every export present and current before any work
         _check_variant(target, output, input_kind)
         d, rec = _load_export(run, target, precision, output, input_kind)
-        if rec.get("checkpoint_digest") != _digest(ckpt.path):
+        if rec.get("checkpoint_digest") != digest:
             raise UsageError(f"the {target} {precision} export in '{d}' was made from another checkpoint; "
                              f"export again: edgeseg export {run} --target {target} --precision {precision}")
         found.append((t, target, precision, thresholds, d, rec))

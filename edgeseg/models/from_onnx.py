@@ -17,14 +17,13 @@ default).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from edgeseg.errors import CheckpointError, UsageError
+from edgeseg.errors import UsageError
 
 #: the opset onnx2torch 1.5 translates completely for the ops segmentation models use
 TRANSLATE_OPSET = 17
@@ -33,11 +32,9 @@ TRANSLATE_OPSET = 17
 def _read(path: Path, sha256: str | None = None):
     import onnx
 
-    if not path.is_file():
-        raise CheckpointError(f"ONNX file '{path}' of this imported run is missing")
-    data = path.read_bytes()
-    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
-        raise CheckpointError(f"ONNX file '{path}' changed since the import (sha256 differs); import again")
+    from edgeseg.models.imported import run_file_bytes
+
+    data = run_file_bytes(path, sha256, "ONNX")
     try:
         model = onnx.load_from_string(data)
         onnx.checker.check_model(model)
@@ -48,7 +45,10 @@ def _read(path: Path, sha256: str | None = None):
 
 def input_shape(path: Path) -> tuple[int | str, ...]:
     """The first graph input's dimensions (ints, or the symbolic names of dynamic ones)."""
-    model = _read(Path(path))
+    return _input_dims(_read(Path(path)), path)
+
+
+def _input_dims(model, path: Path) -> tuple[int | str, ...]:
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1:
@@ -68,6 +68,7 @@ def translate(path: Path, sha256: str | None = None) -> nn.Module:
     import onnxscript.optimizer
 
     model = _read(Path(path), sha256)
+    fixed_batch = _input_dims(model, path)[0] == 1
     try:
         model = onnxscript.optimizer.optimize(model)
         opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=TRANSLATE_OPSET)
@@ -84,7 +85,7 @@ def translate(path: Path, sha256: str | None = None) -> nn.Module:
     except Exception as e:  # noqa: BLE001 - onnx2torch raises KeyError/ValueError on graphs it misreads
         raise UsageError(f"'{path}': onnx2torch could not translate the graph: {type(e).__name__}: "
                          f"{str(e).splitlines()[0][:300] if str(e) else ''}") from None
-    return Translated(net, fixed_batch=input_shape(Path(path))[0] == 1)
+    return Translated(net, fixed_batch=fixed_batch)
 
 
 class Translated(nn.Module):

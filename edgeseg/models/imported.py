@@ -114,16 +114,25 @@ def _python(factory: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     return net
 
 
-def _torchscript(path: Path, sha256: str | None = None) -> nn.Module:
+def run_file_bytes(path: Path, sha256: str | None, kind: str) -> bytes:
+    """The bytes of a model file an imported run keeps (TorchScript, ONNX), refused when missing or changed
+    since the import (``sha256``; None for a file not yet imported)."""
     import hashlib
 
     from edgeseg.errors import CheckpointError
 
     if not path.is_file():
-        raise CheckpointError(f"TorchScript file '{path}' of this imported run is missing")
+        raise CheckpointError(f"{kind} file '{path}' of this imported run is missing")
     data = path.read_bytes()
     if sha256 and hashlib.sha256(data).hexdigest() != sha256:
-        raise CheckpointError(f"TorchScript file '{path}' changed since the import (sha256 differs); import again")
+        raise CheckpointError(f"{kind} file '{path}' changed since the import (sha256 differs); import again")
+    return data
+
+
+def _torchscript(path: Path, sha256: str | None = None) -> nn.Module:
+    from edgeseg.errors import CheckpointError
+
+    run_file_bytes(path, sha256, "TorchScript")
     try:
         # TorchScript's own archive loader (code + tensors), not pickle: the user's model file
         return torch.jit.load(str(path), map_location="cpu")
