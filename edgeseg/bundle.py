@@ -166,8 +166,10 @@ def _normalize_mlpackage(pkg: Path) -> None:
     manifest.write_text(json.dumps(data, indent=4, sort_keys=True) + "\n")
 
 
-def _write_ios(src: Path, dst: Path, rec: dict, info: dict) -> dict[str, Any]:
-    from exporters.coreml import INPUT_NAME, OUTPUT_NAME, _import_ct
+def save_mlpackage(src: Path, dst: Path, info: dict) -> None:
+    """The Core ML package with the bundle's metadata (author, licence, version, classes and colours), saved
+    reproducibly (no conversion date, item identifiers derived from paths)."""
+    from exporters.coreml import _import_ct
     from exporters._tf import quiet_native
 
     ct = _import_ct()
@@ -188,6 +190,12 @@ def _write_ios(src: Path, dst: Path, rec: dict, info: dict) -> dict[str, Any]:
     with quiet_native():
         ml.save(str(dst))
     _normalize_mlpackage(dst)
+
+
+def _write_ios(src: Path, dst: Path, rec: dict, info: dict) -> dict[str, Any]:
+    from exporters.coreml import INPUT_NAME, OUTPUT_NAME
+
+    save_mlpackage(src, dst, info)
     details = rec.get("details", {})
     pre = rec["preprocess"]
     h, w = pre["height"], pre["width"]
@@ -225,17 +233,18 @@ def make_bundle(run: Path, output: Path, tflite: str = "auto", coreml: str = "au
     from edgeseg.pipeline import _digest
     from edgeseg.train.checkpoint import load_checkpoint
 
+    from edgeseg.instance.run import CHECKPOINT as INSTANCE_CHECKPOINT
+
+    if Path(run).is_dir() and (Path(run) / INSTANCE_CHECKPOINT).is_file():
+        from edgeseg.instance.bundle import make_instance_bundle
+
+        return make_instance_bundle(Path(run), Path(output), tflite=tflite, coreml=coreml, name=name,
+                                    version=version, author=author, license=license, description=description,
+                                    allow_unchecked=allow_unchecked, force=force, log=log)
     ckpt = load_checkpoint(run)
     run = Path(ckpt.path).parent
     output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise UsageError(f"bundle output '{output}' is a file; pass a folder with -o")
-    if output.is_dir() and any(output.iterdir()) and not force:
-        raise UsageError(f"bundle output '{output}' already exists and is not empty; pass --force to replace it")
-    exports = (run / "export").resolve()
-    if output.resolve() in (run.resolve(), exports) or exports in output.resolve().parents:
-        raise UsageError(f"bundle output '{output}' would replace the run or sit among its exports; pick another "
-                         f"folder (e.g. -o dist)")
+    check_output(run, output, force)
     digest = _digest(ckpt.path)
     chosen = {plat: select_export(run, PLATFORMS[plat], choice, digest, allow_unchecked)
               for plat, choice in (("android", tflite), ("ios", coreml))}
@@ -288,18 +297,35 @@ def make_bundle(run: Path, output: Path, tflite: str = "auto", coreml: str = "au
                 sum(p.stat().st_size for p in (tmp / rel).rglob("*") if p.is_file()),
                 **io, "parity": _parity_evidence(parity), "latency": _latency(run, d.name, rec["size_bytes"]),
             }
-        (tmp / "labels.txt").write_text("".join(c["name"] + "\n" for c in classes))
         from edgeseg.versions import package_versions
 
         manifest["toolchain"] = {**versions, **package_versions(("edgeseg", "mediapipe"))}
-        (tmp / "README.md").write_text(render_readme(manifest))
-        manifest["files"] = _files(tmp)
-        problems = validate(manifest)
-        if problems:  # a bug of ours, never the user's: refuse to hand out a manifest apps cannot trust
-            raise RuntimeError("bundle manifest does not match its schema: " + "; ".join(problems))
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        finish(tmp, manifest, render_readme)
     log(f"wrote {output} ({', '.join(manifest['platforms']) or 'no platform'})")
     return manifest
+
+
+def check_output(run: Path, output: Path, force: bool) -> None:
+    """Refuse an output that is a file, a non-empty folder (without ``force``), the run or inside its exports."""
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"bundle output '{output}' is a file; pass a folder with -o")
+    if output.is_dir() and any(output.iterdir()) and not force:
+        raise UsageError(f"bundle output '{output}' already exists and is not empty; pass --force to replace it")
+    exports = (run / "export").resolve()
+    if output.resolve() in (run.resolve(), exports) or exports in output.resolve().parents:
+        raise UsageError(f"bundle output '{output}' would replace the run or sit among its exports; pick another "
+                         f"folder (e.g. -o dist)")
+
+
+def finish(tmp: Path, manifest: dict[str, Any], render_readme: Callable[[dict[str, Any]], str]) -> None:
+    """labels.txt, README.md, the file list, schema validation and manifest.json into the bundle being built."""
+    (tmp / "labels.txt").write_text("".join(c["name"] + "\n" for c in manifest["classes"]))
+    (tmp / "README.md").write_text(render_readme(manifest))
+    manifest["files"] = _files(tmp)
+    problems = validate(manifest)
+    if problems:  # a bug of ours, never the user's: refuse to hand out a manifest apps cannot trust
+        raise RuntimeError("bundle manifest does not match its schema: " + "; ".join(problems))
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def _safe_member(root: Path, rel: str) -> str | None:

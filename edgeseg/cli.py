@@ -656,7 +656,10 @@ def cmd_bundle(a: argparse.Namespace) -> int:
         for plat, d in manifest["platforms"].items():
             par = d["parity"]
             figures = (f"{par['pixel_agreement']:.3f} % agreement, mask mIoU {par['mask_miou']:.4f}"
-                       if par.get("pixel_agreement") is not None else f"parity {par['status']}")
+                       if par.get("pixel_agreement") is not None else
+                       f"{par['matched']}/{par['reference_detections']} detections matched, mask IoU "
+                       f"{par['mask_iou_mean']:.4f}" if par.get("mask_iou_mean") is not None
+                       else f"parity {par['status']}")
             print(f"{plat:8s} {d['file']}  {d['size_bytes'] / 1e6:.2f} MB  {d['precision']}  {figures}")
         print(f"bundle: {a.output} ({len(manifest['files'])} files; edgeseg bundle --verify {a.output})")
     return EXIT_OK

@@ -168,3 +168,13 @@ class GraphRunner:
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
         out = self.sig(**{self.input: np.ascontiguousarray(np.asarray(x, np.float32))})
         return {name: np.asarray(out[key]) for name, key in zip(self.names, self.outputs)}
+
+    def tensors(self) -> dict:
+        """The signature an app calls: ``{"input": {key, shape, dtype}, "outputs": {name: {key, shape, dtype}}}``."""
+        ins, outs = self.sig.get_input_details(), self.sig.get_output_details()
+
+        def spec(key: str, d: dict) -> dict:
+            return {"key": key, "shape": [int(v) for v in d["shape"]], "dtype": np.dtype(d["dtype"]).name}
+
+        return {"input": spec(self.input, ins[self.input]),
+                "outputs": {name: spec(key, outs[key]) for name, key in zip(self.names, self.outputs)}}

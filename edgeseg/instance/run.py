@@ -210,7 +210,10 @@ def export_run(run: Path, target: str, precision: str | None = None, counts=None
     exp = export_instance(model, target, precision, out_dir, size, counts, calibration=calib,
                           metadata={"classes": json.dumps(cfg.get("classes", []))})
     parity = _parity(model, target, precision, exp.path, images, targets, counts, score_threshold, thresholds, log)
+    from edgeseg.pipeline import _digest
+
     record = {"target": target, "precision": precision, "path": str(exp.path), "size_bytes": exp.size_bytes,
+              "checkpoint_digest": _digest(Path(run) / CHECKPOINT),
               "export_seconds": round(exp.seconds, 1), "details": exp.details, "graph_vs_eager": same,
               "score_threshold": score_threshold, "parity": parity.to_json()}
     write_json(out_dir / "instance-parity.json", record)

@@ -273,6 +273,45 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, height: int, width: int) -
     return paste_masks_in_image(m, b, (height, width), padding=1).numpy()
 
 
+def paste_mask_app(mask: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
+    """One box's M x M mask probabilities in the ``size`` x ``size`` input, step by step as the bundle's Kotlin and
+    Swift code does it (float32 maths, no torch) — the same result as :func:`paste_masks` (torchvision's
+    ``paste_masks_in_image``, padding 1), which ``check`` uses; the tests hold the two together.
+
+    1. pad the mask with a zero border of 1: P = M + 2 rows and columns;
+    2. grow the box about its centre by P / M and truncate its corners to integers (toward zero, like torch's
+       int64 cast): x0, y0, x1, y1; the mask covers w = max(x1 - x0 + 1, 1) by h = max(y1 - y0 + 1, 1) pixels;
+    3. every input pixel (x, y) inside both the box and the image samples the padded mask bilinearly
+       (half-pixel centres, source clamped at 0 — ``F.interpolate(..., align_corners=False)``) at
+       ``sx = P / w * (x - x0 + 0.5) - 0.5``, ``sy = P / h * (y - y0 + 0.5) - 0.5``.
+    A pixel belongs to the instance where the probability is > 0.5."""
+    m = np.asarray(mask, np.float32)
+    n = m.shape[-1]
+    p = n + 2
+    padded = np.zeros((p, p), np.float32)
+    padded[1:-1, 1:-1] = m
+    b = np.asarray(box, np.float32)
+    scale = np.float32(p) / np.float32(n)
+    w_half, h_half = (b[2] - b[0]) * np.float32(0.5) * scale, (b[3] - b[1]) * np.float32(0.5) * scale
+    xc, yc = (b[2] + b[0]) * np.float32(0.5), (b[3] + b[1]) * np.float32(0.5)
+    x0, x1, y0, y1 = (int(v) for v in (xc - w_half, xc + w_half, yc - h_half, yc + h_half))  # int(): toward zero
+    w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
+    out = np.zeros((size, size), np.float32)
+    sw, sh = np.float32(p) / np.float32(w), np.float32(p) / np.float32(h)  # float32 division, as torch's kernel
+    for y in range(max(y0, 0), min(y1 + 1, size)):
+        sy = max(sh * np.float32(y - y0 + 0.5) - np.float32(0.5), np.float32(0))
+        iy = int(sy)
+        iy1, ly = min(iy + 1, p - 1), sy - np.float32(iy)
+        for x in range(max(x0, 0), min(x1 + 1, size)):
+            sx = max(sw * np.float32(x - x0 + 0.5) - np.float32(0.5), np.float32(0))
+            ix = int(sx)
+            ix1, lx = min(ix + 1, p - 1), sx - np.float32(ix)
+            top = (1 - lx) * padded[iy, ix] + lx * padded[iy, ix1]
+            bottom = (1 - lx) * padded[iy1, ix] + lx * padded[iy1, ix1]
+            out[y, x] = (1 - ly) * top + ly * bottom
+    return out
+
+
 def nms_iterations_needed(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, threshold: float) -> int:
     """How many Cluster-NMS iterations these candidates need to reach greedy NMS's answer (its fixed point)."""
     order = np.argsort(-scores, kind="stable")
