@@ -282,7 +282,9 @@ def _parser() -> argparse.ArgumentParser:
                        description="Write RUN's checked exports as android/model.tflite (with TFLite metadata), "
                        "ios/<Name>.mlpackage, labels.txt, an app README with Kotlin and Swift code, and one "
                        "manifest.json (schema edgeseg.bundle/1) with sha256 of every file, parity and latency "
-                       "evidence. Only exports whose parity check passed are taken. --verify DIR re-checks a "
+                       "evidence. Only exports whose parity check passed are taken. On a Mask R-CNN run: the "
+                       "export graph's files, its output tensors and post-processing in the manifest, and "
+                       "Kotlin/Swift that decode detections and paste masks as the check does. --verify DIR re-checks a "
                        "bundle against its manifest (exit 1 on any difference).")
     _common(p)
     p.add_argument("run", type=Path, nargs="?", help="run directory or checkpoint.pt")
