@@ -229,6 +229,7 @@ def make_bundle(run: Path, output: Path, tflite: str = "auto", coreml: str = "au
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Write the bundle of ``run``'s exports to ``output``; returns the manifest."""
     from edgeseg.bundle_readme import render_readme
+    from exporters.base import path_size
     from edgeseg.models import count_params
     from edgeseg.pipeline import _digest
     from edgeseg.train.checkpoint import load_checkpoint
@@ -293,8 +294,7 @@ def make_bundle(run: Path, output: Path, tflite: str = "auto", coreml: str = "au
             versions.update(rec.get("versions", {}))
             manifest["platforms"][plat] = {
                 "file": rel, "format": PLATFORMS[plat], "export": d.name, "precision": rec["precision"],
-                "size_bytes": (tmp / rel).stat().st_size if (tmp / rel).is_file() else
-                sum(p.stat().st_size for p in (tmp / rel).rglob("*") if p.is_file()),
+                "size_bytes": path_size(tmp / rel),
                 **io, "parity": _parity_evidence(parity), "latency": _latency(run, d.name, rec["size_bytes"]),
             }
         from edgeseg.versions import package_versions

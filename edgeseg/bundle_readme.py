@@ -215,9 +215,14 @@ def _evidence(plat: dict[str, Any]) -> str:
     else:
         parity = (f"{p['pixel_agreement']:.3f} % pixel agreement, mask mIoU {p['mask_miou']:.4f} vs PyTorch on "
                   f"{p['images']} test images ({p['runtime']})")
+    return evidence_line(plat, parity)
+
+
+def evidence_line(plat: dict[str, Any], parity: str, unmeasured: str = "") -> str:
+    """'size, precision; <parity>; latency' for a platform of the manifest (semantic and instance bundles)."""
     lat = plat.get("latency")
     speed = (f"{lat['median_ms']:.2f} ms median ({lat['runtime']})" if lat else
-             "latency not measured (run `edgeseg report` before bundling)")
+             f"latency not measured (run `edgeseg report` before bundling{unmeasured})")
     return f"{plat['size_bytes'] / 1e6:.2f} MB, {plat['precision']}; {parity}; {speed}"
 
 

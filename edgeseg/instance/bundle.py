@@ -143,6 +143,7 @@ def make_instance_bundle(run: Path, output: Path, tflite: str = "auto", coreml: 
     from edgeseg.models import count_params
     from edgeseg.pipeline import _digest
     from edgeseg.versions import package_versions
+    from exporters.base import path_size
 
     model, cfg = load_run(run)
     check_output(run, output, force)
@@ -201,11 +202,9 @@ def make_instance_bundle(run: Path, output: Path, tflite: str = "auto", coreml: 
                 io = _ios(src, tmp / rel, info, size, d, m)
             log(f"{plat}: {exp_dir.name} -> {rel}")
             versions.update({k: str(v) for k, v in (rec.get("details", {}).get("versions") or {}).items()})
-            size_bytes = ((tmp / rel).stat().st_size if (tmp / rel).is_file()
-                          else sum(p.stat().st_size for p in (tmp / rel).rglob("*") if p.is_file()))
             manifest["platforms"][plat] = {
                 "file": rel, "format": PLATFORMS[plat], "export": exp_dir.name, "precision": rec["precision"],
-                "size_bytes": size_bytes, **io, "parity": _evidence(rec),
+                "size_bytes": path_size(tmp / rel), **io, "parity": _evidence(rec),
                 "latency": _latency(run, exp_dir.name, int(rec["size_bytes"])),
                 **({"deployment_target": rec.get("details", {}).get("deployment_target")} if plat == "ios" else {}),
             }

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgeseg.bundle_readme import evidence_line
+
 
 def _constants(m: dict[str, Any]) -> dict[str, Any]:
     p = m["postprocess"]
@@ -232,10 +234,7 @@ def _evidence(plat: dict[str, Any]) -> str:
         parity = (f"{p['matched']} of {p['reference_detections']} reference detections matched ({p['missed']} "
                   f"missed, {p['extra']} extra), matched mask IoU {p['mask_iou_mean']:.4f}, box IoU min "
                   f"{p['box_iou_min']:.4f} on {p['images']} test images ({p['runtime']})")
-    lat = plat.get("latency")
-    speed = (f"{lat['median_ms']:.2f} ms median ({lat['runtime']})" if lat else
-             "latency not measured (run `edgeseg report` before bundling; Core ML is not timed off macOS)")
-    return f"{plat['size_bytes'] / 1e6:.2f} MB, {plat['precision']}; {parity}; {speed}"
+    return evidence_line(plat, parity, "; Core ML is not timed off macOS")
 
 
 def _tensors(plat: dict[str, Any]) -> list[str]:
