@@ -190,7 +190,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="size/latency/parity report of a run", epilog=EPILOG, formatter_class=fmt,
                        description="Time every export of RUN and join sizes, latency and parity into "
-                       "RUN/report.json (schema edgeseg.report/1) and RUN/report.md.")
+                       "RUN/report.json (schema edgeseg.report/1), RUN/report.md and RUN/report.html (plots and "
+                       "mask overlays of PyTorch vs each export; instance masks for a Mask R-CNN run).")
     _common(p)
     p.add_argument("run", type=Path)
     p.add_argument("--runs", type=int, default=20, help="timed runs per model (default %(default)s)")
@@ -383,8 +384,11 @@ def _parser() -> argparse.ArgumentParser:
     _common(q)
     q.add_argument("run", type=Path)
     q.add_argument("--target", required=True, choices=("onnx", "tflite", "coreml"))
-    q.add_argument("--precision", help="onnx: fp32; tflite: fp32, fp16, int8, int8-weights; coreml: fp16, fp32, int8, "
-                   "palettize6, palettize8 (compressed weights, fp16 compute)")
+    q.add_argument("--precision", help="onnx: fp32; tflite: fp32, fp16, int8, int8-weights, int8-mixed (int8 with the "
+                   "layers that break instances in float, ranked by instance parity on the validation split); "
+                   "coreml: fp16, fp32, int8, palettize6, palettize8 (compressed weights, fp16 compute)")
+    q.add_argument("--max-float-macs", type=float, metavar="PCT",
+                   help="int8-mixed: at most this %% of the multiply-adds in float (default 10)")
     q.add_argument("--pre-nms", type=int, default=200, help="RPN proposals per FPN level before NMS")
     q.add_argument("--proposals", type=int, default=100, help="proposals after the RPN's NMS")
     q.add_argument("--candidates", type=int, default=300, help="(box, class) pairs entering the detection NMS")
@@ -728,8 +732,10 @@ def cmd_maskrcnn(a: argparse.Namespace) -> int:
         log = _log(a) if not a.json else (lambda s: None)
         if a.maskrcnn_command == "export":
             counts = GraphCounts(a.pre_nms, a.proposals, a.candidates, a.detections, a.nms_iterations)
+            if a.max_float_macs is not None and not 0 <= a.max_float_macs <= 100:
+                raise UsageError(f"--max-float-macs takes a percentage from 0 to 100, not {a.max_float_macs:g}")
             rec = instance_run.export_run(a.run, a.target, a.precision, counts, a.limit, a.score_threshold,
-                                          overrides, log=log)
+                                          overrides, log=log, max_float_macs=a.max_float_macs)
         else:
             rec = instance_run.check_run(a.run, a.target, a.precision, a.limit, a.score_threshold, overrides, log=log)
         if a.json:
@@ -744,6 +750,13 @@ def _print_instance(rec: dict, exported: bool) -> None:
     p = rec["parity"]
     if exported:
         print(f"{rec['path']}: {rec['size_bytes'] / 1e6:.2f} MB in {rec['export_seconds']} s")
+    search = (rec.get("details") or {}).get("search")
+    if exported and search:
+        v = search["validation"]
+        print(f"mix: {len(v['float_ops'])} of {search['candidates']} convolution/fully-connected ops in float "
+              f"({v['float_macs_pct']} % of MACs; budget {search['max_float_macs']:g} %), "
+              f"{'passed' if search['passed'] else 'no mix passed'} on the validation split after "
+              f"{search['trials']} tries ({search['seconds']} s)")
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     print(f"{rec['target']} {rec['precision']} parity {p['status'].upper()} ({p['runtime']}, {p['images']} images): "
           f"{p['matched']} matched, {p['missed']} missed, {p['extra']} extra of {p['reference_detections']}; "

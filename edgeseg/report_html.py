@@ -11,7 +11,7 @@ import base64
 import html
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -32,6 +32,13 @@ def _colorize(mask: np.ndarray, colors: np.ndarray) -> np.ndarray:
     return out
 
 
+def _agreement(row: dict[str, Any]) -> float | None:
+    """A row's mask agreement with PyTorch: mask mIoU (semantic) or mean matched-instance mask IoU (instance)."""
+    if (row.get("parity") or {}).get("mask_miou") is not None:
+        return row["parity"]["mask_miou"]
+    return (row.get("instance_parity") or {}).get("mask_iou_mean")
+
+
 def _plots(report: dict[str, Any]) -> list[tuple[str, str]]:
     import matplotlib
 
@@ -40,15 +47,15 @@ def _plots(report: dict[str, Any]) -> list[tuple[str, str]]:
 
     rows = report["results"]
     figs = []
-    pts = [(r["name"], r["latency"]["median_ms"], r["parity"]["mask_miou"]) for r in rows
-           if "median_ms" in (r.get("latency") or {}) and (r.get("parity") or {}).get("mask_miou") is not None]
+    pts = [(r["name"], r["latency"]["median_ms"], _agreement(r)) for r in rows
+           if "median_ms" in (r.get("latency") or {}) and _agreement(r) is not None]
     if pts:
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for name, lat, miou in pts:
             ax.scatter(lat, miou)
             ax.annotate(name, (lat, miou), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xlabel(f"median latency, ms ({report['results'][0]['latency'].get('threads', '?')} threads)")
-        ax.set_ylabel("mask mIoU vs PyTorch")
+        ax.set_ylabel("matched mask IoU vs PyTorch" if report.get("task") == "instance" else "mask mIoU vs PyTorch")
         ax.grid(alpha=0.3)
         figs.append(("Latency vs mask agreement", _png(fig)))
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(rows) + 1))
@@ -130,23 +137,34 @@ def write_html(report: dict[str, Any], run: Path, ckpt, path: Path, overlays: in
                  p.get("status", "reference" if r["target"] == "pytorch" else "not checked"),
                  "" if p.get("pixel_agreement") is None else f"{p['pixel_agreement']:.3f}",
                  "" if p.get("mask_miou") is None else f"{p['mask_miou']:.4f}", lat.get("runtime", "")]
-        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+        rows.append(table_row(cells))
     gates = ""
     if "budget" in report or "baseline" in report:
         gates = f"<p>CI gates: <b>{html.escape(report.get('status', ''))}</b> (details in report.json)</p>"
+    intro = (f"<p>input {'x'.join(map(str, m['input']))}, {m['params'] / 1e6:.2f} M params, classes: "
+             f"{html.escape(', '.join(m['classes']))}</p>\n{gates}")
+    header = ("export", "size MB", "median ms", "parity", "agreement %", "mask mIoU", "runtime")
+    write_text(path, page(f"edgeseg report: {m['name']}", intro, header, rows, figures))
+
+
+def page(title: str, intro: str, header: Sequence[str], rows: Sequence[str], figures: Sequence[tuple[str, str]]) -> str:
+    """The self-contained page: ``intro`` (HTML), a table (``rows``: ``<tr>`` elements) and the figures."""
     body = "\n".join(f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='{src}'>" for t, src in figures)
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>edgeseg report: {html.escape(m['name'])}</title>
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;font-size:14px}}img{{max-width:100%}}</style>
 </head><body>
-<h1>edgeseg report: {html.escape(m['name'])}</h1>
-<p>input {'x'.join(map(str, m['input']))}, {m['params'] / 1e6:.2f} M params, classes: {html.escape(', '.join(m['classes']))}</p>
-{gates}
-<table><tr><th>export</th><th>size MB</th><th>median ms</th><th>parity</th><th>agreement %</th><th>mask mIoU</th><th>runtime</th></tr>
+<h1>{html.escape(title)}</h1>
+{intro}
+<table><tr>{head}</tr>
 {''.join(rows)}
 </table>
 {body}
 </body></html>
 """
-    write_text(path, page)
+
+
+def table_row(cells: Sequence[Any]) -> str:
+    return "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"

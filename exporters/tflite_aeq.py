@@ -98,12 +98,27 @@ class Int8Quantizer:
     """Calibrates a float ``.tflite`` once, then writes int8 files with any set of ops kept in float."""
 
     def __init__(self, model: bytes, calibration: Sequence[np.ndarray], ranges: str = "minmax",
-                 float_types: Sequence[str] = DEFAULT_FLOAT_TYPES) -> None:
+                 float_types: Sequence[str] = DEFAULT_FLOAT_TYPES, layout: str = "nhwc",
+                 int8_types: Sequence[str] | None = None) -> None:
+        """``calibration``: NCHW float32 batches; ``layout``: the file's input layout (``nhwc``: onnx2tf's files,
+        the batches are transposed; ``nchw``: litert-torch's, fed as they are). ``int8_types``: the
+        ai-edge-quantizer op names to quantize (e.g. ``CONV_2D``; None: every op it supports)."""
         preload_triton()
         from ai_edge_litert.interpreter import Interpreter
 
+        if layout not in ("nhwc", "nchw"):
+            raise ExporterError(f"unknown input layout '{layout}' (nhwc or nchw)")
         self.model, self.ranges, self.algorithm = bytes(model), ranges, _algorithm(ranges)
-        samples = [np.ascontiguousarray(np.asarray(b, np.float32)[i : i + 1].transpose(0, 2, 3, 1))
+        self.int8_types = None if int8_types is None else tuple(int8_types)
+        if self.int8_types is not None:
+            from ai_edge_quantizer.qtyping import TFLOperationName
+
+            bad = [t for t in self.int8_types if not hasattr(TFLOperationName, t)]
+            if bad:
+                raise ExporterError(f"ai-edge-quantizer has no op name(s) {', '.join(bad)} (e.g. CONV_2D, "
+                                    f"FULLY_CONNECTED)")
+        order = (0, 2, 3, 1) if layout == "nhwc" else (0, 1, 2, 3)
+        samples = [np.ascontiguousarray(np.asarray(b, np.float32)[i : i + 1].transpose(order))
                    for b in batches(calibration) for i in range(len(b))]
         if not samples:
             raise ExporterError("int8 TFLite needs calibration images; none were given")
@@ -117,7 +132,8 @@ class Int8Quantizer:
             raise ExporterError(f"ai-edge-quantizer route: expected one image input, the file has {sig['inputs']}")
         want = tuple(int(v) for v in interp.get_input_details()[0]["shape"])
         if tuple(samples[0].shape) != want:
-            raise ExporterError(f"calibration images are {tuple(samples[0].shape)} (NHWC), the model takes {want}")
+            raise ExporterError(f"calibration images are {tuple(samples[0].shape)} ({layout.upper()}), the model "
+                                f"takes {want}")
         self.ops = graph_ops(self.model)
         self.float_types = tuple(float_types)
         unknown = unknown_op_types(self.float_types)
@@ -141,8 +157,9 @@ class Int8Quantizer:
         from ai_edge_quantizer.qtyping import TFLOperationName
 
         qt = quantizer.Quantizer(self.model)
-        qt.add_static_config(regex=".*", operation_name=TFLOperationName.ALL_SUPPORTED, activation_num_bits=8,
-                             weight_num_bits=8, algorithm_key=self.algorithm)
+        for name in self.int8_types or ("ALL_SUPPORTED",):
+            qt.add_static_config(regex=".*", operation_name=getattr(TFLOperationName, name), activation_num_bits=8,
+                                 weight_num_bits=8, algorithm_key=self.algorithm)
         by_index = {o.index: o for o in self.ops}
         for i in dict.fromkeys((*self.always_float, *float_ops)):
             if i not in by_index:

@@ -143,24 +143,50 @@ def export_graph(module, example: np.ndarray, precision: str, path: Path,
     return details
 
 
-class GraphRunner:
-    """A multi-output ``.tflite`` through LiteRT's signature runner: NCHW float32 in, outputs in graph order."""
+def int8_quantizer(module, example: np.ndarray, calibration: Sequence[np.ndarray], ranges: str = "minmax"):
+    """The float file of ``module`` calibrated once (:class:`exporters.tflite_aeq.Int8Quantizer`, NCHW input,
+    int8 for the convolutions and fully-connected layers only, as ``int8``): files with any of those ops kept in
+    float then cost one quantization each, for a mixed-precision search."""
+    from exporters.tflite_aeq import Int8Quantizer
 
-    def __init__(self, path: Path, output_names: Sequence[str], threads: int = 2) -> None:
+    t0 = time.time()
+    q = Int8Quantizer(_float_bytes(module, example), calibration, ranges, float_types=(), layout="nchw",
+                      int8_types=INT8_OPS)
+    q.seconds = round(time.time() - t0, 2)
+    return q
+
+
+def write_quantized(q, float_ops: Sequence[int], path: Path) -> dict:
+    """Write the file of :func:`int8_quantizer` ``q`` with ``float_ops`` (op indices) kept in float."""
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_bytes(q.quantize(float_ops))
+    return {"converter": "litert-torch + ai-edge-quantizer", "calibration_images": q.calibration_images,
+            "int8_ops": ops_by_precision(Path(path))[0], "size_bytes": path_size(Path(path))}
+
+
+class GraphRunner:
+    """A multi-output ``.tflite`` (a path, or the file's bytes) through LiteRT's signature runner: NCHW float32 in,
+    outputs in graph order."""
+
+    def __init__(self, path: Path | bytes, output_names: Sequence[str], threads: int = 2) -> None:
         import ai_edge_litert
         from ai_edge_litert.interpreter import Interpreter
 
+        where = "the quantized model" if isinstance(path, (bytes, bytearray)) else f"'{path}'"
+        self._content = bytes(path) if isinstance(path, (bytes, bytearray)) else None  # the interpreter reads it
         try:
             with quiet_native():
-                self.interp = Interpreter(model_path=str(path), num_threads=threads)
+                self.interp = (Interpreter(model_content=self._content, num_threads=threads)
+                               if isinstance(path, (bytes, bytearray)) else
+                               Interpreter(model_path=str(path), num_threads=threads))
                 self.sig = self.interp.get_signature_runner()
         except (ValueError, RuntimeError) as e:
-            raise ExporterError(f"LiteRT cannot load '{path}': {str(e)[:300]}") from None
+            raise ExporterError(f"LiteRT cannot load {where}: {str(e)[:300]}") from None
         (key, sig), = self.interp.get_signature_list().items()
         self.input = sig["inputs"][0]
         self.outputs = sorted(sig["outputs"], key=_output_index)
         if len(self.outputs) != len(output_names):
-            raise ExporterError(f"'{path}' has {len(self.outputs)} outputs, expected {len(output_names)} "
+            raise ExporterError(f"{where} has {len(self.outputs)} outputs, expected {len(output_names)} "
                                 f"({', '.join(output_names)})")
         self.names = tuple(output_names)
         self.runtime = f"LiteRT {getattr(ai_edge_litert, '__version__', '')} interpreter, {threads} threads"

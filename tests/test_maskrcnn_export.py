@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -191,7 +192,7 @@ def test_bad_requests_are_named(model_and_images, tmp_path):
         build_static(model, 48)
     with pytest.raises(UsageError, match="export it at its own fixed size \\(64\\)"):
         build_static(model, 128)
-    with pytest.raises(UsageError, match="'tflite' has precisions fp32, fp16, int8, int8-weights, not 'int4'"):
+    with pytest.raises(UsageError, match="'tflite' has precisions fp32, fp16, int8, int8-weights, int8-mixed, not 'int4'"):
         export_instance(model, "tflite", "int4", tmp_path, SIZE)
     with pytest.raises(UsageError, match="detections must be >= 1"):
         build_static(model, SIZE, detections=0)
@@ -295,6 +296,15 @@ def test_instance_run_through_the_ordinary_commands(tmp_path, capsys):
     assert row["instance_parity"]["matched"] == rec["parity"]["matched"] and row["latency"]["median_ms"] > 0
     assert "| onnx | fp32 |" in (run / "report.md").read_text()
     assert {r["name"] for r in rep["results"]} >= {"maskrcnn-tflite-fp32", "maskrcnn-coreml-fp32"}
+    assert row["graph"]["proposals"] == 100 and row["score_threshold"] == 0.05
+    # report.html: size and latency-vs-mask-IoU plots, then one instance overlay figure per checked export
+    page = (run / "report.html").read_text()
+    titles = re.findall(r"<h2>([^<]+)</h2>", page)
+    assert titles[:2] == ["Latency vs mask agreement", "Size"], titles
+    assert [t.split(" ")[1] for t in titles[2:]] == [r["name"] for r in rep["results"][1:]], titles
+    assert all(t.endswith("(score &gt;= 0.05; red dashed = missed / extra)") for t in titles[2:])
+    assert page.count("src='data:image/png;base64,") == len(titles)
+    assert page.count("<td>passed</td>") == len(rep["results"]) - 1
 
     # the app bundle: the checked TFLite and Core ML files, manifest (schema-valid), README with decoding code
     dist = tmp_path / "dist"
@@ -336,3 +346,87 @@ def test_instance_run_through_the_ordinary_commands(tmp_path, capsys):
     assert main(["models", "--size", "64", "--json"]) == 0
     m = next(r for r in json.loads(capsys.readouterr().out) if r["name"] == "maskrcnn")
     assert m["task"] == "instance" and m["params"] > 10_000_000 and m["macs"] > 0 and m["size"] == [64, 64]
+
+
+def test_overlay_counts_detections_as_instance_parity_does():
+    """The instance overlay draws pairs, missed and extra detections by the parity rule, straddling scores
+    included: its counts equal compare_instances' on the same detections; disagreement is the coverage XOR."""
+    from edgeseg.instance.report_html import coverage, shown_detections
+
+    def dets(boxes, scores, labels):
+        masks = np.zeros((len(boxes), 1, 32, 32), np.float32)
+        for k, (x1, y1, x2, y2) in enumerate(boxes):
+            masks[k, 0, y1:y2, x1:x2] = 0.9
+        return {"boxes": np.array(boxes, np.float32).reshape(-1, 4), "scores": np.array(scores, np.float32),
+                "labels": np.array(labels), "masks": masks}
+
+    # ref 0 ~ exp 1 (same class, shifted by 1 px); ref 1 scores 0.35, its match exp 0 scores 0.25 (straddles:
+    # a pair); ref 2 is unmatched above the threshold (missed); exp 2 is another class (extra); ref 3 and exp 3
+    # are below the threshold and unmatched (ignored)
+    ref = dets([(2, 2, 12, 12), (14, 14, 24, 24), (0, 20, 8, 30), (25, 0, 31, 6)], [0.9, 0.35, 0.6, 0.1],
+               [1, 2, 1, 1])
+    exp = dets([(14, 14, 24, 24), (3, 2, 13, 12), (0, 20, 8, 30), (20, 0, 24, 4)], [0.25, 0.88, 0.7, 0.2],
+               [2, 1, 2, 1])
+    s = shown_detections(ref, exp, 0.3)
+    assert s == {"pairs": [(0, 1), (1, 0)], "missed": [2], "extra": [2]}
+    p = compare_instances([ref], [exp], "onnx", "fp32", instance_thresholds("fp32"), score_threshold=0.3)
+    assert (p.matched, p.missed, p.extra) == (len(s["pairs"]), len(s["missed"]), len(s["extra"])) == (2, 1, 1)
+    a = coverage(ref, [0, 1, 2], (32, 32))
+    b = coverage(exp, [1, 0, 2], (32, 32))
+    # the shifted pair differs in two 10-px columns; missed and extra masks cover the same square: no difference
+    assert int((a ^ b).sum()) == 20 and a.sum() == 100 + 100 + 80
+
+
+@pytest.mark.slow
+def test_tflite_int8_mixed_search_finds_the_ops_that_matter(model_and_images, tmp_path):
+    """int8-mixed: one conversion and calibration, then each candidate mix is one quantization. With a criterion
+    read off the real quantized file (pass = two given ops compute in float), the search ranks ops kept in float
+    alone, walks the ranking and writes exactly those two ops in float, all within the MAC budget; the instance
+    evaluator checks such files on images against the eager model."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgeseg.instance.mixed import instance_evaluator, search_mix
+    from edgeseg.instance.static_graph import build_static
+    from exporters.tflite_litert import int8_quantizer, write_quantized
+
+    model, images, gts = model_and_images
+    graph = build_static(model, SIZE, **COUNTS.to_json())
+    q = int8_quantizer(graph, np.full((1, 3, SIZE, SIZE), 0.5, np.float32),
+                       [(img.transpose(2, 0, 1)[None] / 255.0).astype(np.float32) for img in images])
+    macs = [o for o in q.candidates() if o.macs > 0]
+    assert len(macs) > 50 and {o.type for o in macs} >= {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
+    budget = 0.05  # % of MACs: a dozen small ops fit alone, which keeps the test's quantizations few
+    fit = [o for o in macs if q.float_macs([o.index]) <= budget / 100]
+    assert 4 <= len(fit) <= 30, len(fit)
+    want = {fit[1].scope, fit[3].scope}
+
+    def float_scopes(data: bytes) -> set[str]:
+        """Output names (as ai-edge-quantizer scopes) of the file's MAC ops whose input is float32."""
+        interp = Interpreter(model_content=data)
+        t = {d["index"]: d for d in interp.get_tensor_details()}
+        return {"".join(f"{t[i]['name']};" for i in d["outputs"]) for d in interp._get_ops_details()
+                if d["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+                and t[d["inputs"][0 if d["op_name"] != "TRANSPOSE_CONV" else 2]]["dtype"] == np.float32}
+
+    class Criterion:  # like InstanceParity: passes when both wanted ops compute in float
+        def __init__(self, data: bytes) -> None:
+            got = float_scopes(data) & want
+            self.passed, self.mask_iou_mean, self.box_iou_mean = got == want, len(got) / 2, len(got) / 2
+            self.matched, self.missed, self.extra = 0, 0, 0
+            self.failures = [] if self.passed else ["a wanted op is int8"]
+
+    assert float_scopes(q.quantize([])) == set()  # full int8: every MAC op int8
+    found = search_mix(q, Criterion, max_float_macs=budget, log=lambda s: None)
+    assert found["passed"] and set(found["float_op_scopes"]) == want and len(found["float_ops"]) == 2
+    assert len(found["ranking"]) == len(fit) and found["trials"] == 1 + len(fit) + 1  # full, each alone, the pair
+    assert {r["op"] for r in found["ranking"][:2]} == set(found["float_ops"])
+    assert found["validation"]["float_macs_pct"] <= budget
+    path = tmp_path / "mixed.tflite"
+    details = write_quantized(q, found["float_ops"], path)
+    assert float_scopes(path.read_bytes()) == want and details["int8_ops"]["CONV_2D"] >= len(macs) // 2
+
+    evaluate = instance_evaluator(model, images[:4], COUNTS, gts[:4], score_threshold=0.05)
+    for data in (q.quantize([]), path.read_bytes()):
+        p = evaluate(data)
+        assert p.images == 4 and p.matched + p.missed == p.reference_detections == 80
+        assert p.reference_ap and p.exported_ap and p.mask_iou_mean > 0.5

@@ -3,7 +3,9 @@ and Core ML, each file checked detection by detection against torchvision's eage
 
 Targets and precisions: ``onnx`` fp32 (onnxruntime); ``tflite`` fp32, fp16, int8 (litert-torch route; int8 =
 int8 weights and activations for convolutions and fully-connected layers, the proposal/NMS/RoIAlign arithmetic
-float), int8-weights (int8 weights of those layers, float compute: the size of int8, the masks of float);
+float), int8-weights (int8 weights of those layers, float compute: the size of int8, the masks of float), int8-mixed
+(int8 with the layers that break instances kept in float, found by instance parity on the validation split:
+:mod:`edgeseg.instance.mixed`);
 ``coreml`` fp16, fp32 (checked by reference execution of the saved program off macOS, by Core ML on macOS).
 """
 
@@ -21,7 +23,8 @@ from edgeseg.errors import UsageError
 from edgeseg.instance.parity import InstanceParity, compare_instances, instance_thresholds
 from edgeseg.instance.static_graph import (OUTPUTS, build_static, configure_eager, paste_masks, valid_detections)
 
-PRECISIONS: dict[str, tuple[str, ...]] = {"onnx": ("fp32",), "tflite": ("fp32", "fp16", "int8", "int8-weights"),
+PRECISIONS: dict[str, tuple[str, ...]] = {"onnx": ("fp32",),
+                                          "tflite": ("fp32", "fp16", "int8", "int8-weights", "int8-mixed"),
                                           "coreml": ("fp16", "fp32", "int8", "palettize6", "palettize8")}
 FILES = {"onnx": "model.onnx", "tflite": "model.tflite", "coreml": "model.mlpackage"}
 
@@ -66,9 +69,14 @@ def check_precision(target: str, precision: str | None) -> str:
 
 def export_instance(model, target: str, precision: str | None, out_dir: Path, size: int,
                     counts: GraphCounts = GraphCounts(), calibration: Sequence[np.ndarray] = (),
-                    metadata: dict[str, str] | None = None) -> InstanceExport:
+                    metadata: dict[str, str] | None = None, validation: Sequence[tuple[np.ndarray, dict]] = (),
+                    max_float_macs: float | None = None, score_threshold: float = 0.3,
+                    thresholds: dict[str, float | None] | None = None,
+                    log: Callable[[str], None] = print) -> InstanceExport:
     """Build the export graph of ``model`` for ``size`` x ``size`` inputs and write it for ``target``.
-    ``calibration``: HWC uint8 images (int8 TFLite)."""
+    ``calibration``: HWC uint8 images (int8 TFLite); ``validation``: (image, target) pairs the int8-mixed search
+    checks on (the int8 gate with ``thresholds``' overrides), with ``max_float_macs`` % of the multiply-adds allowed
+    in float."""
     precision = check_precision(target, precision)
     graph = build_static(model, size, **counts.to_json())
     example = np.full((1, 3, size, size), 0.5, np.float32)
@@ -80,6 +88,12 @@ def export_instance(model, target: str, precision: str | None, out_dir: Path, si
         from exporters.onnx import export_graph
 
         details = export_graph(graph, example, path, OUTPUTS)
+    elif target == "tflite" and precision == "int8-mixed":
+        from edgeseg.instance.mixed import DEFAULT_MAX_FLOAT_MACS, export_mixed
+
+        details = export_mixed(graph, model, example, path, calibration, [img for img, _ in validation], counts,
+                               [t for _, t in validation], max_float_macs if max_float_macs is not None else
+                               DEFAULT_MAX_FLOAT_MACS, score_threshold, thresholds, log)
     elif target == "tflite":
         from exporters.tflite_litert import export_graph
 

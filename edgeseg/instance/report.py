@@ -3,8 +3,9 @@
 The same ``report.json`` schema as a semantic run (``edgeseg.report/1``, ``"task": "instance"``): one row per
 export with size and latency; a row's semantic ``parity`` is null and its ``instance_parity`` holds the figures
 ``export``/``check`` measured (matched mask and box IoU, missed/extra detections, mask/box AP of both). The
-markdown table shows them. Latency: batch 1, the export graph's fixed counts, on this CPU; the Core ML program
-is executed by reference on Linux (its speed is not a device's, so it is not reported).
+markdown table shows them; ``report.html`` adds plots and instance-mask overlays
+(:mod:`edgeseg.instance.report_html`). Latency: batch 1, the export graph's fixed counts, on this CPU; the Core ML
+program is executed by reference on Linux (its speed is not a device's, so it is not reported).
 """
 
 from __future__ import annotations
@@ -18,17 +19,19 @@ import numpy as np
 
 from edgeseg.errors import UsageError
 
-ORDER = {"fp32": 0, "fp16": 1, "int8": 2, "int8-weights": 3}
+ORDER = {"fp32": 0, "fp16": 1, "int8": 2, "int8-weights": 3, "int8-mixed": 4}
 
 
 def build_instance_report(run: Path, runs: int = 20, warmup: int = 3, threads: int = 2,
-                          log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure every export of a Mask R-CNN run and write ``report.json`` + ``report.md`` into it."""
+                          log: Callable[[str], None] = print, overlays: int = 3) -> dict[str, Any]:
+    """Measure every export of a Mask R-CNN run and write ``report.json``, ``report.md`` and ``report.html``
+    (instance overlays of the first ``overlays`` test images per checked export) into it."""
     import torch
 
     from edgeseg.atomic import atomic_path
     from edgeseg.bench import measure_latency
     from edgeseg.instance.export import GraphCounts, load_runner
+    from edgeseg.instance.report_html import write_instance_html
     from edgeseg.instance.run import load_run
     from edgeseg.instance.static_graph import build_static
     from edgeseg.models import count_params
@@ -70,7 +73,9 @@ def build_instance_report(run: Path, runs: int = 20, warmup: int = 3, threads: i
         row: dict[str, Any] = {"name": rec_path.parent.name, "target": target, "precision": precision,
                                "size_bytes": int(rec["size_bytes"]), "params": params,
                                "path": str(path.relative_to(run)), "export_seconds": rec.get("export_seconds", 0.0),
-                               "parity": None, "instance_parity": rec["parity"]}
+                               "parity": None, "instance_parity": rec["parity"],
+                               "score_threshold": float(rec.get("score_threshold", 0.3)),
+                               "graph": {k: int(rec["details"]["graph"][k]) for k in GraphCounts().to_json()}}
         try:
             runner = load_runner(target, path, threads)
             if target == "coreml" and "reference execution" in getattr(runner, "runtime", ""):
@@ -95,9 +100,13 @@ def build_instance_report(run: Path, runs: int = 20, warmup: int = 3, threads: i
     problems = schema_problems(report, "report-1")
     if problems:  # a bug in this module, not the user's input
         raise AssertionError(f"instance report does not match edgeseg.report/1: {problems}")
-    with atomic_path(run / "report.json") as tj, atomic_path(run / "report.md") as tm:
+    log(f"drawing instance overlays of {overlays} test images per export ...")
+    # the three files are renamed into place together: a failure leaves the previous report.json/md/html
+    with atomic_path(run / "report.json") as tj, atomic_path(run / "report.md") as tm, \
+            atomic_path(run / "report.html") as th:
         tj.write_text(json.dumps(report, indent=2))
         tm.write_text(render_markdown(report))
+        write_instance_html(report, run, model, cfg, th, overlays, threads)
     return report
 
 

@@ -188,9 +188,10 @@ def _export_dir(run: Path, target: str, precision: str) -> Path:
 
 def export_run(run: Path, target: str, precision: str | None = None, counts=None, limit: int = 8,
                score_threshold: float = 0.3, thresholds: dict[str, float | None] | None = None,
-               log: Callable[[str], None] = print) -> dict[str, Any]:
+               log: Callable[[str], None] = print, max_float_macs: float | None = None) -> dict[str, Any]:
     """Export a run's Mask R-CNN to ``target`` and check instance parity on the test split. ``thresholds``:
-    overrides of the precision's defaults (``min_mask_iou``, ``min_box_iou``, ``max_unmatched``, ``max_ap_drop``)."""
+    overrides of the precision's defaults (``min_mask_iou``, ``min_box_iou``, ``max_unmatched``, ``max_ap_drop``).
+    int8-mixed searches on ``limit`` validation images with ``max_float_macs`` % of the MACs allowed in float."""
     from edgeseg.atomic import write_json
     from edgeseg.instance.export import GraphCounts, check_precision, export_instance, graph_vs_eager
 
@@ -203,12 +204,17 @@ def export_run(run: Path, target: str, precision: str | None = None, counts=None
     log(f"graph vs torchvision eager on {len(images)} test images")
     same = graph_vs_eager(model, images, size, counts)
     log(f"exporting {target} {precision}")
-    calib = []
-    if precision == "int8":
+    calib, val = [], []
+    if precision in ("int8", "int8-mixed"):
         train_ds, n = _datasets(cfg["data"], size, 32, "train")
         calib = [train_ds.instances(i)[0] for i in range(n)]
+    if precision == "int8-mixed":
+        val_ds, n = _datasets(cfg["data"], size, limit, "val")
+        val = [val_ds.instances(i) for i in range(n)]
     exp = export_instance(model, target, precision, out_dir, size, counts, calibration=calib,
-                          metadata={"classes": json.dumps(cfg.get("classes", []))})
+                          metadata={"classes": json.dumps(cfg.get("classes", []))}, validation=val,
+                          max_float_macs=max_float_macs, score_threshold=score_threshold, log=log,
+                          thresholds=thresholds)
     parity = _parity(model, target, precision, exp.path, images, targets, counts, score_threshold, thresholds, log)
     from edgeseg.pipeline import _digest
 
