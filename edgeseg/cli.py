@@ -265,8 +265,9 @@ def _parser() -> argparse.ArgumentParser:
                    "40 per search order; pt2e: 40 tensors; exit 1 with the best mix reached)")
     p.add_argument("--max-float-macs", type=float, default=10.0, help="aeq/pt2e mixed precision: at most this %% of "
                    "the multiply-adds in float (default %(default)s)")
-    p.add_argument("--ranges", default="minmax", help="aeq: activation/weight ranges, minmax (default; measured "
-                   "best on CamVid val) or mse")
+    p.add_argument("--ranges", default="minmax", help="aeq: activation ranges, minmax (default: the calibration's "
+                   "moving-average min/max; measured best on CamVid val), mse, or percentile (the mean of each "
+                   "image's 0.01/99.99th percentiles per tensor)")
     p.add_argument("--float-ops", default="HARD_SWISH", metavar="TYPES",
                    help="aeq: TFLite op types every file keeps in float, comma-separated, or none (default "
                    "%(default)s: LiteRT's int8 hard-swish made int8 slower than fp32; float, 0.74x fp32 latency, "
@@ -352,7 +353,7 @@ def _parser() -> argparse.ArgumentParser:
                        "and Core ML through a static export graph (fixed proposals/detections, exact greedy NMS, "
                        "RoIAlign as gathers), checked detection by detection against the eager model.")
     msub = p.add_subparsers(dest="maskrcnn_command", metavar="ACTION")
-    q = msub.add_parser("train", help="train Mask R-CNN; writes RUN/maskrcnn.pt and RUN/maskrcnn.json",
+    q = msub.add_parser("train", help="train Mask R-CNN; writes RUN/maskrcnn.pt and RUN/metrics.json",
                         epilog=EPILOG, formatter_class=fmt,
                         description="Train on a dataset with instance annotations (synthetic, coco:PATH); images "
                         "are letterboxed to --size x --size. Reports COCO box/mask AP on the test split.")
@@ -376,7 +377,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q = msub.add_parser("export", help="export to onnx/tflite/coreml and check instance parity", epilog=EPILOG,
                         formatter_class=fmt,
-                        description="Write RUN/export/maskrcnn-TARGET-PRECISION/ (model + instance-parity.json). "
+                        description="Write RUN/export/maskrcnn-TARGET-PRECISION/ (model + export.json + parity.json). "
                         "Parity: exported detections matched to the eager model's by box IoU (same class); "
                         "matched mask IoU, box IoU, score difference, missed/extra detections, mask AP of both. "
                         "Exit 1 when a threshold fails (the figures are printed); exit 3 when the reference detects "
@@ -400,7 +401,7 @@ def _parser() -> argparse.ArgumentParser:
                         formatter_class=fmt,
                         description="Check RUN/export/maskrcnn-TARGET-PRECISION/ as it is on disk now (the export's "
                         "own graph counts) against the eager model on the test split; the new figures replace "
-                        "the parity in its instance-parity.json. Exit codes as for export.")
+                        "the export's parity.json. Exit codes as for export.")
     _common(q)
     q.add_argument("run", type=Path)
     q.add_argument("--target", required=True, choices=("onnx", "tflite", "coreml"))

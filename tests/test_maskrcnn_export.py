@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from edgeseg.instance.export import GraphCounts, check_instance, export_instance, graph_vs_eager, load_runner
+from edgeseg.instance.run import read_record
 from edgeseg.instance.parity import compare_instances, instance_thresholds
 from edgeseg.instance.static_graph import cluster_nms, nms_iterations_needed
 
@@ -226,8 +227,20 @@ def test_cli_export_check_and_refusals(run, tmp_path):
     g = rec["graph_vs_eager"]
     assert g["identical_detection_lists"] >= 8 - g["missed"] - g["extra"]
     out = run / "export" / "maskrcnn-onnx-fp32"
-    saved = json.loads((out / "instance-parity.json").read_text())
+    saved = read_record(out)
     assert saved["parity"] == rec["parity"] and saved["details"]["graph"]["proposals"] == 50
+    # the semantic layout: export.json (edgeseg.export/1, path relative to the run) + parity.json (edgeseg.parity/1)
+    exp = json.loads((out / "export.json").read_text())
+    assert exp["schema"] == "edgeseg.export/1" and exp["task"] == "instance" and "parity" not in exp
+    assert exp["path"] == "export/maskrcnn-onnx-fp32/model.onnx" and exp["checkpoint"] == "maskrcnn.pt"
+    par = json.loads((out / "parity.json").read_text())
+    assert par["schema"] == "edgeseg.parity/1" and par["task"] == "instance" and par["score_threshold"] == 0.05
+    # an export made before that layout (one instance-parity.json) is still read, and checking it rewrites it
+    (out / "instance-parity.json").write_text(json.dumps({**{k: v for k, v in exp.items() if k not in (
+        "schema", "task")}, "path": str(out / "model.onnx"), "parity": rec["parity"]}))
+    (out / "export.json").unlink()
+    (out / "parity.json").unlink()
+    assert read_record(out)["details"]["graph"]["proposals"] == 50
     # check re-reads the file on disk: an export that detects nothing fails by all 160, exit 1 with the figures
     _suppress_every_detection(out / "model.onnx")
     check = cmd + ["check", str(run), "--target", "onnx", "--score-threshold", "0.05"]
@@ -235,8 +248,10 @@ def test_cli_export_check_and_refusals(run, tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     assert "0 matched, 160 missed, 0 extra of 160" in r.stdout
     assert "FAILED: 160 missed + 0 extra of 160 reference detections > 2%" in r.stdout, r.stdout
-    saved = json.loads((out / "instance-parity.json").read_text())
+    saved = read_record(out)
     assert saved["parity"]["status"] == "failed" and saved["details"]["graph"]["proposals"] == 50
+    assert {"export.json", "parity.json"} <= {f.name for f in out.iterdir()}
+    assert not (out / "instance-parity.json").exists()
     r = subprocess.run(check + ["--max-unmatched", "1.5"], capture_output=True, text=True)
     assert r.returncode == 2 and "--max-unmatched takes a number between 0 and 1, not 1.5" in r.stderr
     r = subprocess.run(cmd + ["check", str(run), "--target", "tflite"], capture_output=True, text=True)
@@ -267,6 +282,7 @@ def test_instance_run_through_the_ordinary_commands(tmp_path, capsys):
     assert main(["train", "--model", "maskrcnn", "-o", str(run), "--data", "synthetic?train=64&test=8",
                  "--image-size", "64", "--epochs", "1", "-q"]) == 0
     assert (run / "maskrcnn.pt").is_file() and not (run / "checkpoint.pt").exists()
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 16
     capsys.readouterr()
     assert main(["export", str(run), "--target", "onnx", "--score-threshold", "0.05", "--json", "-q"]) == 0
     rec = json.loads(capsys.readouterr().out)

@@ -15,13 +15,12 @@
 
 What is shared with the semantic bundle (:mod:`edgeseg.bundle`): output checks, atomic folder, Core ML metadata and
 reproducible saving, latency lookup in ``report.json``, file list, schema validation, ``--verify``. What differs:
-which exports exist (``export/maskrcnn-<target>-<precision>/instance-parity.json``), the output description and the
-app code.
+which exports exist (``export/maskrcnn-<target>-<precision>/``, read by :func:`edgeseg.instance.run.read_record`),
+the output description and the app code.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -46,13 +45,9 @@ PASTE_RULE = ("torchvision paste_masks_in_image with padding 1: pad the M x M ma
 
 
 def _exports(run: Path, target: str) -> list[tuple[Path, dict]]:
-    out = []
-    for rec_path in sorted((run / "export").glob(f"maskrcnn-{target}-*/instance-parity.json")):
-        try:
-            out.append((rec_path.parent, json.loads(rec_path.read_text())))
-        except ValueError:
-            continue
-    return out
+    from edgeseg.instance.run import instance_exports
+
+    return instance_exports(run, target)
 
 
 def _status(rec: dict) -> str:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgeseg.errors import UsageError
+from edgeseg.errors import DataError, UsageError
 
 ORDER = {"fp32": 0, "fp16": 1, "int8": 2, "int8-weights": 3, "int8-mixed": 4}
 
@@ -32,7 +32,7 @@ def build_instance_report(run: Path, runs: int = 20, warmup: int = 3, threads: i
     from edgeseg.bench import measure_latency
     from edgeseg.instance.export import GraphCounts, load_runner
     from edgeseg.instance.report_html import write_instance_html
-    from edgeseg.instance.run import load_run
+    from edgeseg.instance.run import instance_exports, load_run
     from edgeseg.instance.static_graph import build_static
     from edgeseg.models import count_params
     from edgeseg.schemas import problems as schema_problems
@@ -40,8 +40,8 @@ def build_instance_report(run: Path, runs: int = 20, warmup: int = 3, threads: i
     from exporters import ExporterError
 
     run = Path(run)
-    recs = sorted(run.glob("export/maskrcnn-*/instance-parity.json"),
-                  key=lambda p: (p.parent.name.split("-")[1], ORDER.get(p.parent.name.split("-", 2)[2], 9)))
+    recs = sorted(instance_exports(run), key=lambda e: (e[0].name.split("-")[1],
+                                                        ORDER.get(e[0].name.split("-", 2)[2], 9)))
     if not recs:
         raise UsageError(f"run '{run}' has no exports to report on; first: edgeseg export {run} --target tflite")
     model, cfg = load_run(run)
@@ -66,11 +66,13 @@ def build_instance_report(run: Path, runs: int = 20, warmup: int = 3, threads: i
         "latency": {**measure_latency(eager, x, runs, warmup), "runtime": f"PyTorch eager CPU (export graph), "
                     f"{threads} threads", "threads": threads},
         "parity": None}]
-    for rec_path in recs:
-        rec = json.loads(rec_path.read_text())
+    for exp_dir, rec in recs:
         target, precision = rec["target"], rec["precision"]
-        path = rec_path.parent / Path(rec["path"]).name  # the record's path is as the exporter was called
-        row: dict[str, Any] = {"name": rec_path.parent.name, "target": target, "precision": precision,
+        if rec["parity"] is None:
+            raise DataError(f"'{exp_dir}' has no parity.json; check it again: edgeseg maskrcnn check {run} "
+                            f"--target {target} --precision {precision}")
+        path = exp_dir / Path(rec["path"]).name  # older records hold the path as the exporter was called
+        row: dict[str, Any] = {"name": exp_dir.name, "target": target, "precision": precision,
                                "size_bytes": int(rec["size_bytes"]), "params": params,
                                "path": str(path.relative_to(run)), "export_seconds": rec.get("export_seconds", 0.0),
                                "parity": None, "instance_parity": rec["parity"],
@@ -111,11 +113,9 @@ def build_instance_report(run: Path, runs: int = 20, warmup: int = 3, threads: i
 
 
 def _training_ap(run: Path) -> dict[str, Any] | None:
-    p = run / "maskrcnn.json"
-    try:
-        return json.loads(p.read_text()).get("ap")
-    except (OSError, ValueError):
-        return None
+    from edgeseg.instance.run import training_record
+
+    return (training_record(run) or {}).get("ap")
 
 
 def render_markdown(r: dict[str, Any]) -> str:

@@ -1,8 +1,19 @@
 """``edgeseg maskrcnn train`` / ``export`` / ``check``: a Mask R-CNN run directory.
 
-RUN/maskrcnn.pt holds ``{"config": ..., "state_dict": ...}`` (loaded with ``weights_only=True``); RUN/maskrcnn.json
-the config, losses, skipped-image counts and COCO AP on the test split. ``export`` writes
-RUN/export/maskrcnn-<target>-<precision>/ with the model file and ``instance-parity.json``.
+The layout is a semantic run's (:mod:`edgeseg.pipeline`), with the files that differ named apart::
+
+    RUN/maskrcnn.pt      {"config": ..., "state_dict": ...} (loaded with weights_only=True); its name tells every
+                         command that the run is an instance run without unpickling it (a semantic run has
+                         checkpoint.pt, a self-describing Checkpoint with preprocessing and class colours)
+    RUN/metrics.json     the config, losses, skipped-image counts and COCO AP on the test split
+    RUN/export/maskrcnn-<target>-<precision>/model.<suffix>  export.json  parity.json
+    RUN/report.json  report.md  report.html
+
+``export.json`` is the semantic export record (``edgeseg.export/1``: target, precision, path relative to the run,
+size, seconds, checkpoint and its digest, details, versions) with ``"task": "instance"``, the graph's counts in
+``details.graph`` and the graph-vs-eager comparison; ``parity.json`` is ``edgeseg.parity/1`` with
+``"task": "instance"`` and the instance figures (:class:`~edgeseg.instance.parity.InstanceParity`). Runs exported
+before this layout keep one ``instance-parity.json`` per export, which every command still reads.
 
 Every image is letterboxed to the run's square size (longer side scaled to it, bottom/right padded with black):
 the export graph has one fixed input size, so training, evaluation and the app see the same geometry.
@@ -20,6 +31,59 @@ import numpy as np
 from edgeseg.errors import DataError, UsageError
 
 CHECKPOINT = "maskrcnn.pt"
+METRICS = "metrics.json"  # "maskrcnn.json" before the shared layout
+RECORD, PARITY, LEGACY_RECORD = "export.json", "parity.json", "instance-parity.json"
+
+
+def write_record(out_dir: Path, record: dict[str, Any]) -> None:
+    """Write an instance export's ``export.json`` and ``parity.json`` (``record["parity"]``: the parity)."""
+    from edgeseg.atomic import write_json
+    from edgeseg.versions import package_versions
+
+    out_dir = Path(out_dir)
+    export = {"schema": "edgeseg.export/1", "task": "instance",
+              **{k: v for k, v in record.items() if k not in ("parity", "schema", "task")}}
+    export.setdefault("versions", package_versions())
+    export.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    write_json(out_dir / PARITY, {"schema": "edgeseg.parity/1", "task": "instance",
+                                  "score_threshold": record.get("score_threshold"), **record["parity"]})
+    write_json(out_dir / RECORD, export)
+    (out_dir / LEGACY_RECORD).unlink(missing_ok=True)  # exported again: the old record no longer describes it
+
+
+def read_record(out_dir: Path) -> dict[str, Any] | None:
+    """An instance export's record (``export.json`` with its ``parity.json`` as ``"parity"``; an older run's
+    ``instance-parity.json``), or None when the directory holds no instance export. Unreadable JSON is a
+    :class:`DataError` naming the file."""
+    out_dir = Path(out_dir)
+    rec_path = out_dir / RECORD
+    if not rec_path.is_file():
+        rec_path = out_dir / LEGACY_RECORD
+        if not rec_path.is_file():
+            return None
+    try:
+        rec = json.loads(rec_path.read_text())
+        if rec_path.name == RECORD:
+            if rec.get("task") != "instance":
+                return None
+            par = out_dir / PARITY
+            rec["parity"] = json.loads(par.read_text()) if par.is_file() else None
+    except (OSError, ValueError) as e:
+        raise DataError(f"'{rec_path}' is not a readable export record ({type(e).__name__}: {e}); export again "
+                        f"with: edgeseg export {out_dir.parent.parent} --target {rec_path.parent.name.split('-')[1]}"
+                        ) from None
+    return rec
+
+
+def instance_exports(run: Path, target: str = "*") -> list[tuple[Path, dict[str, Any]]]:
+    """Every instance export of ``run`` (of ``target``): (directory, record), in name order."""
+    out = []
+    for d in sorted(Path(run).glob(f"export/maskrcnn-{target}-*")):
+        if d.is_dir():
+            rec = read_record(d)
+            if rec is not None:
+                out.append((d, rec))
+    return out
 
 
 class Letterboxed:
@@ -149,8 +213,19 @@ def train_run(output: Path, data: str = "synthetic", backbone: str = "mobilenet_
     record = {"config": cfg, "train_images": res["images"], "skipped": res["skipped"], "steps": res["steps"],
               "seconds": round(seconds, 1), "first_loss": res["losses"][0], "last_loss": res["losses"][-1],
               "test_images": m, "ap": ap}
-    write_json(output / "maskrcnn.json", record)
+    write_json(output / METRICS, record)
+    (output / "maskrcnn.json").unlink(missing_ok=True)  # trained again: the old layout's record is stale
     return record
+
+
+def training_record(run: Path) -> dict[str, Any] | None:
+    """RUN/metrics.json (or an older run's maskrcnn.json), None when neither can be read."""
+    for name in (METRICS, "maskrcnn.json"):
+        try:
+            return json.loads((Path(run) / name).read_text())
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def load_run(run: Path):
@@ -192,7 +267,6 @@ def export_run(run: Path, target: str, precision: str | None = None, counts=None
     """Export a run's Mask R-CNN to ``target`` and check instance parity on the test split. ``thresholds``:
     overrides of the precision's defaults (``min_mask_iou``, ``min_box_iou``, ``max_unmatched``, ``max_ap_drop``).
     int8-mixed searches on ``limit`` validation images with ``max_float_macs`` % of the MACs allowed in float."""
-    from edgeseg.atomic import write_json
     from edgeseg.instance.export import GraphCounts, check_precision, export_instance, graph_vs_eager
 
     precision = check_precision(target, precision)
@@ -218,12 +292,13 @@ def export_run(run: Path, target: str, precision: str | None = None, counts=None
     parity = _parity(model, target, precision, exp.path, images, targets, counts, score_threshold, thresholds, log)
     from edgeseg.pipeline import _digest
 
-    record = {"target": target, "precision": precision, "path": str(exp.path), "size_bytes": exp.size_bytes,
-              "checkpoint_digest": _digest(Path(run) / CHECKPOINT),
+    record = {"target": target, "precision": precision, "path": str(exp.path.relative_to(run)),
+              "size_bytes": exp.size_bytes, "checkpoint": CHECKPOINT, "checkpoint_digest": _digest(Path(run) / CHECKPOINT),
               "export_seconds": round(exp.seconds, 1), "details": exp.details, "graph_vs_eager": same,
-              "score_threshold": score_threshold, "parity": parity.to_json()}
-    write_json(out_dir / "instance-parity.json", record)
-    return record
+              "score_threshold": score_threshold, "classes": list(cfg.get("classes") or []),
+              "parity": parity.to_json()}
+    write_record(out_dir, record)
+    return read_record(out_dir)
 
 
 def _parity(model, target: str, precision: str, path: Path, images, targets, counts, score_threshold: float,
@@ -242,26 +317,24 @@ def check_run(run: Path, target: str, precision: str | None = None, limit: int =
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Check an existing export of a run again (the file as it is on disk now, against the eager model, with the
     export's own graph counts); the new figures replace the record's ``parity``."""
-    from edgeseg.atomic import write_json
     from edgeseg.instance.export import FILES, GraphCounts, check_precision
 
     precision = check_precision(target, precision)
     out_dir = _export_dir(run, target, precision)
-    record_path, path = out_dir / "instance-parity.json", out_dir / FILES[target]
-    if not record_path.exists() or not path.exists():
+    record, path = read_record(out_dir), out_dir / FILES[target]
+    if record is None or not path.exists():
         raise UsageError(f"run '{run}' has no Mask R-CNN {target} {precision} export ({out_dir} lacks "
-                         f"{record_path.name if not record_path.exists() else path.name}); make it with: edgeseg "
+                         f"{RECORD if record is None else path.name}); make it with: edgeseg "
                          f"maskrcnn export {run} --target {target} --precision {precision}")
     try:
-        record = json.loads(record_path.read_text())
         graph = record["details"]["graph"]
         counts = GraphCounts(**{k: int(graph[k]) for k in GraphCounts().to_json()})
-    except (ValueError, KeyError, TypeError) as e:
-        raise DataError(f"'{record_path}' is not an edgeseg Mask R-CNN export record ({type(e).__name__}: {e}); "
-                        f"export again with: edgeseg maskrcnn export {run} --target {target}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"'{out_dir / RECORD}' is not an edgeseg Mask R-CNN export record ({type(e).__name__}: "
+                        f"{e}); export again with: edgeseg maskrcnn export {run} --target {target}") from None
     model, cfg = load_run(run)
     images, targets = _test_samples(cfg, limit)
     parity = _parity(model, target, precision, path, images, targets, counts, score_threshold, thresholds, log)
     record.update(score_threshold=score_threshold, parity=parity.to_json())
-    write_json(record_path, record)
-    return record
+    write_record(out_dir, record)
+    return read_record(out_dir)
