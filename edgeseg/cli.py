@@ -733,6 +733,8 @@ def cmd_maskrcnn(a: argparse.Namespace) -> int:
         log = _log(a) if not a.json else (lambda s: None)
         if a.maskrcnn_command == "export":
             counts = GraphCounts(a.pre_nms, a.proposals, a.candidates, a.detections, a.nms_iterations)
+            if a.max_float_macs is not None and a.precision != "int8-mixed":
+                raise UsageError("--max-float-macs applies to --precision int8-mixed (the mixed-precision search)")
             if a.max_float_macs is not None and not 0 <= a.max_float_macs <= 100:
                 raise UsageError(f"--max-float-macs takes a percentage from 0 to 100, not {a.max_float_macs:g}")
             rec = instance_run.export_run(a.run, a.target, a.precision, counts, a.limit, a.score_threshold,
