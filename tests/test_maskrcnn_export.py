@@ -193,7 +193,8 @@ def test_bad_requests_are_named(model_and_images, tmp_path):
         build_static(model, 48)
     with pytest.raises(UsageError, match="export it at its own fixed size \\(64\\)"):
         build_static(model, 128)
-    with pytest.raises(UsageError, match="'tflite' has precisions fp32, fp16, int8, int8-weights, int8-mixed, not 'int4'"):
+    with pytest.raises(UsageError,
+                       match="'tflite' has precisions fp32, fp16, int8, int8-weights, int8-mixed, not 'int4'"):
         export_instance(model, "tflite", "int4", tmp_path, SIZE)
     with pytest.raises(UsageError, match="detections must be >= 1"):
         build_static(model, SIZE, detections=0)

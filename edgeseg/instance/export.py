@@ -143,10 +143,12 @@ def reference_detections(model, images: Sequence[np.ndarray], counts: GraphCount
 
 def check_instance(model, runner, target: str, precision: str, images: Sequence[np.ndarray],
                    targets: Sequence[dict] | None = None, counts: GraphCounts = GraphCounts(),
-                   thresholds: dict[str, float] | None = None, score_threshold: float = 0.3) -> InstanceParity:
-    """Instance parity of an exported graph on ``images`` (HWC uint8) against the eager reference."""
+                   thresholds: dict[str, float] | None = None, score_threshold: float = 0.3,
+                   references: Sequence[dict[str, np.ndarray]] | None = None) -> InstanceParity:
+    """Instance parity of an exported graph on ``images`` (HWC uint8) against the eager reference
+    (``references``: :func:`reference_detections` of these images, when the caller checks many files)."""
     size = int(images[0].shape[0])
-    refs = reference_detections(model, images, counts)
+    refs = reference_detections(model, images, counts) if references is None else references
     exps = [detections(runner(_to_input(img)), size) for img in images]
     num_classes = model.roi_heads.box_predictor.cls_score.out_features
     return compare_instances(refs, exps, target, precision, thresholds or instance_thresholds(precision),

@@ -107,21 +107,17 @@ def instance_evaluator(model, images: Sequence[np.ndarray], counts, targets: Seq
                        ) -> Callable[[bytes], Any]:
     """``evaluate(tflite_bytes)``: the file's instance parity on ``images`` (HWC uint8) against the eager model
     (computed once), with the int8 gate and ``thresholds``' overrides; ``targets`` add the mask-AP gate."""
-    from edgeseg.instance.export import _to_input, detections, reference_detections
-    from edgeseg.instance.parity import compare_instances, instance_thresholds
+    from edgeseg.instance.export import check_instance, reference_detections
+    from edgeseg.instance.parity import instance_thresholds
     from edgeseg.instance.static_graph import OUTPUTS
     from exporters.tflite_litert import GraphRunner
 
     refs = reference_detections(model, images, counts)
-    size = int(images[0].shape[0])
     gate = instance_thresholds("int8", **(thresholds or {}))
-    num_classes = model.roi_heads.box_predictor.cls_score.out_features
 
     def evaluate(data: bytes):
-        runner = GraphRunner(data, OUTPUTS, threads=2)
-        exps = [detections(runner(_to_input(img)), size) for img in images]
-        return compare_instances(refs, exps, "tflite", "int8-mixed", gate, targets=targets,
-                                 num_classes=num_classes, score_threshold=score_threshold)
+        return check_instance(model, GraphRunner(data, OUTPUTS, threads=2), "tflite", "int8-mixed", images, targets,
+                              counts, gate, score_threshold, references=refs)
 
     return evaluate
 

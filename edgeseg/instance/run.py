@@ -35,8 +35,9 @@ METRICS = "metrics.json"  # "maskrcnn.json" before the shared layout
 RECORD, PARITY, LEGACY_RECORD = "export.json", "parity.json", "instance-parity.json"
 
 
-def write_record(out_dir: Path, record: dict[str, Any]) -> None:
-    """Write an instance export's ``export.json`` and ``parity.json`` (``record["parity"]``: the parity)."""
+def write_record(out_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Write an instance export's ``export.json`` and ``parity.json`` (``record["parity"]``: the parity); returns
+    the record as :func:`read_record` reads it back."""
     from edgeseg.atomic import write_json
     from edgeseg.versions import package_versions
 
@@ -45,10 +46,12 @@ def write_record(out_dir: Path, record: dict[str, Any]) -> None:
               **{k: v for k, v in record.items() if k not in ("parity", "schema", "task")}}
     export.setdefault("versions", package_versions())
     export.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    write_json(out_dir / PARITY, {"schema": "edgeseg.parity/1", "task": "instance",
-                                  "score_threshold": record.get("score_threshold"), **record["parity"]})
+    parity = {"schema": "edgeseg.parity/1", "task": "instance", "score_threshold": record.get("score_threshold"),
+              **record["parity"]}
+    write_json(out_dir / PARITY, parity)
     write_json(out_dir / RECORD, export)
     (out_dir / LEGACY_RECORD).unlink(missing_ok=True)  # exported again: the old record no longer describes it
+    return {**export, "parity": parity}
 
 
 def read_record(out_dir: Path) -> dict[str, Any] | None:
@@ -293,12 +296,12 @@ def export_run(run: Path, target: str, precision: str | None = None, counts=None
     from edgeseg.pipeline import _digest
 
     record = {"target": target, "precision": precision, "path": str(exp.path.relative_to(run)),
-              "size_bytes": exp.size_bytes, "checkpoint": CHECKPOINT, "checkpoint_digest": _digest(Path(run) / CHECKPOINT),
+              "size_bytes": exp.size_bytes, "checkpoint": CHECKPOINT,
+              "checkpoint_digest": _digest(Path(run) / CHECKPOINT),
               "export_seconds": round(exp.seconds, 1), "details": exp.details, "graph_vs_eager": same,
               "score_threshold": score_threshold, "classes": list(cfg.get("classes") or []),
               "parity": parity.to_json()}
-    write_record(out_dir, record)
-    return read_record(out_dir)
+    return write_record(out_dir, record)
 
 
 def _parity(model, target: str, precision: str, path: Path, images, targets, counts, score_threshold: float,
@@ -336,5 +339,4 @@ def check_run(run: Path, target: str, precision: str | None = None, limit: int =
     images, targets = _test_samples(cfg, limit)
     parity = _parity(model, target, precision, path, images, targets, counts, score_threshold, thresholds, log)
     record.update(score_threshold=score_threshold, parity=parity.to_json())
-    write_record(out_dir, record)
-    return read_record(out_dir)
+    return write_record(out_dir, record)
