@@ -12,6 +12,8 @@ checkpoint), then
   pt2e-mixed  — the same run's mix: activation tensors left in float, ranked by the validation mask mIoU of the
                 fake-quant graph, at most ``--max-float-macs`` % of the multiply-adds in float,
   coreml-w8a8 — ``edgeseg export --target coreml --precision w8a8`` checked by reference execution (off macOS).
+``--equalize off|weights|activations`` sets cross-layer equalization for the quantize routes (ptq, aeq, pt2e;
+default: ``edgeseg quantize``'s).
 Figures: pixel agreement % and mask mIoU against the float PyTorch model, dataset-mIoU drop in points, file size,
 LiteRT/XNNPACK latency (median of 20, ``--threads``) beside the fp32 file's, and seconds taken by the route.
 
@@ -19,7 +21,8 @@ The CamVid *test* split is not in ``../shared``: the script builds a SegNet-layo
 val split, so the checks run on val — the same images the mixed-precision search tunes on (an optimistic figure
 for that route; the issue's test-split figures are measured elsewhere).
 
-    python benchmarks/int8_real.py [--models lraspp,deeplabv3plus,unet] [--epochs 15] [--out runs/int8-real]
+    python benchmarks/int8_real.py [--models lraspp,deeplabv3plus,unet] [--epochs 15] [--equalize weights]
+                                   [--out runs/int8-real]
 """
 
 from __future__ import annotations
@@ -88,6 +91,9 @@ def main() -> None:
     ap.add_argument("--pt2e-lr", type=float, help="default: edgeseg quantize's")
     ap.add_argument("--routes", default="converter,ptq,aeq,aeq-mixed,pt2e,coreml-w8a8",
                     help="comma-separated subset of the routes above (pt2e also yields its pt2e-mixed row)")
+    ap.add_argument("--equalize", choices=("off", "weights", "activations"),
+                    help="cross-layer equalization for the quantize routes (ptq, aeq, aeq-mixed, pt2e; default: "
+                    "edgeseg quantize's, weights for aeq and off for the others)")
     ap.add_argument("--out", type=Path, default=Path("runs/int8-real"))
     a = ap.parse_args()
     from exporters.base import path_size
@@ -125,7 +131,7 @@ def main() -> None:
         for route, (extra, dirs) in quantize_routes.items():
             if route not in routes:
                 continue
-            _, _, s = _edgeseg("quantize", str(run), *extra)
+            _, _, s = _edgeseg("quantize", str(run), *extra, *(["--equalize", a.equalize] if a.equalize else []))
             for row, d in dirs.items():
                 pj = run / "export" / d / "parity.json"
                 res[row] = {"parity": json.loads(pj.read_text()) if pj.exists() else None, "dir": d, "seconds": s}
@@ -162,6 +168,8 @@ def main() -> None:
     f = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
     for r in rows:
         route = r["route"] + (f" ({r['float_macs_pct']} % MACs float)" if r["float_macs_pct"] is not None else "")
+        if a.equalize and r["route"] not in ("converter", "coreml-w8a8"):
+            route += f", --equalize {a.equalize}"
         lat = "—" if r["latency_ms"] is None else f"{r['latency_ms']:.1f} / {r['fp32_ms']:.1f}"
         drop = None if r["drop"] is None else 100 * r["drop"]
         print(f"| {r['model']} | {route} | {f(r['agreement'], '.2f')} | {f(r['mask_miou'], '.3f')} | "

@@ -225,13 +225,19 @@ def test_aeq_keeps_the_op_the_masks_need_in_float_and_counts_macs(tmp_path):
 
 
 def test_aeq_through_the_cli_searches_by_the_mask_metric(run, capsys):
-    code, s, err = _quantize(run, capsys, "--method", "aeq", "--calibration", "16")
+    code, s, err = _quantize(run, capsys, "--method", "aeq", "--calibration", "16", "--equalize", "activations")
     assert code == 0, err
     r = s["targets"]["tflite-int8-aeq"]
     assert r["status"] == "passed" and r["pixel_agreement"] >= 98.0 and r["miou_drop"] <= 0.01
     assert r["details"]["tensor_dtypes"].get("int8", 0) > 0 and r["details"]["calibration_images"] == 16
+    # the tiny U-Net (depth 3): conv -> BN -> ReLU -> conv inside each of its 4 encoder and 3 decoder blocks, and
+    # the last block's into the head; a block's output feeds a skip and a pool, which ends every other chain
+    eq = s["equalization"]
+    assert eq["mode"] == "activations" and eq["pairs"] == 8 and eq["float_deviation"] <= 1e-5
+    assert all(0 < p["scale_min"] <= p["scale_max"] <= 1 for p in eq["equalized"])
     rec = json.loads((run / "export" / "tflite-int8-aeq" / "export.json").read_text())
     assert rec["method"] == "aeq" and rec["details"]["ranges"] == "minmax"
+    assert rec["equalization"] == {k: v for k, v in eq.items() if k != "equalized"}
     from exporters import tflite_metadata
 
     data = (run / "export" / "tflite-int8-aeq" / "model.tflite").read_bytes()
@@ -256,6 +262,9 @@ def test_aeq_through_the_cli_searches_by_the_mask_metric(run, capsys):
     (["--method", "ptq", "--ranges", "mse"], "--ranges applies to --method aeq"),
     (["--method", "aeq", "--max-float-macs", "0"], "--max-float-macs is a percentage in (0, 100], got 0.0"),
     (["--method", "aeq", "--float-ops", "HARD_SWISHH"], "--float-ops: unknown TFLite op type(s) HARD_SWISHH"),
+    (["--method", "accuracy", "--targets", "onnx", "--equalize", "weights"],
+     "--equalize applies to --method ptq, qat, aeq and pt2e"),
+    (["--method", "aeq", "--equalize", "weight"], "did you mean 'weights'"),
     (["--method", "pt2e", "--targets", "tflite,coreml"], "--method pt2e converts the PT2E graph with litert-torch, "
                                                          "which writes TFLite; it cannot produce coreml"),
     (["--method", "pt2e", "--epochs", "-1"], "--epochs must be 0 (post-training) or more (QAT) for --method pt2e"),
