@@ -10,6 +10,7 @@ Layout of a run directory::
 
 from __future__ import annotations
 
+import collections.abc
 import hashlib
 import json
 import shutil
@@ -112,12 +113,29 @@ def _digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def calibration_images(ckpt: Checkpoint, count: int) -> list[np.ndarray]:
+class CalibrationImages(collections.abc.Sequence):
+    """Preprocessed calibration images, ``[1, 3, H, W]`` float32 each, kept as the resized uint8 frames they are
+    made from (a quarter of the memory: 79 MB instead of 315 MB for 100 images at 512 px) and normalized when
+    read; the values are those :meth:`Preprocess.image` gives."""
+
+    def __init__(self, frames: list[np.ndarray], preprocess) -> None:
+        self._frames, self._pre = frames, preprocess
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return CalibrationImages(self._frames[i], self._pre)
+        return self._pre.normalize(self._frames[i])[None]
+
+
+def calibration_images(ckpt: Checkpoint, count: int) -> CalibrationImages:
     """``count`` preprocessed images from the training split (evenly spaced; all if fewer)."""
     ds = open_split(ckpt.config.data, "train", ckpt.config.image_size)
     n = min(count, len(ds))
     idx = np.linspace(0, len(ds) - 1, n).round().astype(int) if n else []
-    return [ckpt.preprocess.image(ds[int(i)][0])[None] for i in idx]
+    return CalibrationImages([ckpt.preprocess.resize_image(ds[int(i)][0]) for i in idx], ckpt.preprocess)
 
 
 def export_run(run: Path, target: str, precision: str | None = None, calibration: int = DEFAULT_CALIBRATION,

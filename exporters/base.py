@@ -16,7 +16,7 @@ import dataclasses
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -135,10 +135,13 @@ def path_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def batches(items: Iterable[np.ndarray]) -> list[np.ndarray]:
-    """Split NCHW batches into single-image NCHW arrays (converters calibrate one sample at a time)."""
-    out = []
+def iter_batches(items: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """NCHW batches as single-image NCHW arrays, one at a time (a lazy ``items`` stays lazy)."""
     for b in items:
         b = np.asarray(b, dtype=np.float32)
-        out.extend(b[i : i + 1] for i in range(b.shape[0]))
-    return out
+        yield from (b[i : i + 1] for i in range(b.shape[0]))
+
+
+def batches(items: Iterable[np.ndarray]) -> list[np.ndarray]:
+    """Split NCHW batches into single-image NCHW arrays (converters calibrate one sample at a time)."""
+    return list(iter_batches(items))

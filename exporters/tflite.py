@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import os
 import tempfile
@@ -39,7 +40,7 @@ import numpy as np
 from exporters import tflite_metadata
 from exporters._atomic import atomic_path
 from exporters._tf import import_tensorflow, quiet_native
-from exporters.base import ExporterError, ExportOptions, ExportResult, Target, batches, path_size
+from exporters.base import ExporterError, ExportOptions, ExportResult, Target, batches, iter_batches, path_size
 
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 
@@ -59,7 +60,7 @@ def _onnx2tf_sample(calibration: Sequence[np.ndarray], mean, std) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    imgs = batches(calibration)[:20]
+    imgs = list(itertools.islice(iter_batches(calibration), 20))
     if not imgs:
         return np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32)
     x = torch.from_numpy(np.concatenate(imgs))
@@ -184,8 +185,10 @@ def _argmax_converter(tf, sm: Path):
     return tf.lite.TFLiteConverter.from_concrete_functions([classes.get_concrete_function()], loaded)
 
 
-def _convert(sm: Path, options: ExportOptions) -> bytes:
+def _convert(sm: Path, options: ExportOptions) -> tuple[bytes, int]:
+    """The TFLite file and the number of calibration images the converter was fed (int8; else 0)."""
     tf = import_tensorflow()
+    fed = [0]
     if options.output == "argmax":
         conv = _argmax_converter(tf, sm)
     else:
@@ -194,18 +197,17 @@ def _convert(sm: Path, options: ExportOptions) -> bytes:
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.target_spec.supported_types = [tf.float16]
     elif options.precision == "int8":
-        samples = batches(options.calibration)
-        if not samples:
+        if not len(options.calibration):
             raise ExporterError("int8 TFLite needs calibration images; none were given")
-        if options.input == "pixels":
-            norm = options.normalization
-            samples = [to_pixels(s, norm.mean, norm.std) for s in samples]
-            # one black and one white pixel make the input range exactly 0-255, so the uint8 input's
-            # quantization is scale 1, zero point 0: the app feeds camera bytes unchanged
-            samples[0][0, :, 0, 0], samples[0][0, :, 0, 1] = 0.0, 255.0
 
-        def representative():
-            for s in samples:
+        def representative():  # one image at a time: the calibration set is never copied whole
+            for k, s in enumerate(iter_batches(options.calibration)):
+                if options.input == "pixels":
+                    s = to_pixels(s, options.normalization.mean, options.normalization.std)
+                    if k == 0:  # one black and one white pixel make the input range exactly 0-255, so the
+                        # uint8 input's quantization is scale 1, zero point 0: the app feeds camera bytes unchanged
+                        s[0, :, 0, 0], s[0, :, 0, 1] = 0.0, 255.0
+                fed[0] += 1
                 yield [np.ascontiguousarray(s.transpose(0, 2, 3, 1))]
 
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -216,7 +218,7 @@ def _convert(sm: Path, options: ExportOptions) -> bytes:
             conv.inference_output_type = tf.int8
     with quiet_native() as log:
         try:
-            return conv.convert()
+            return conv.convert(), fed[0]
         except Exception as e:  # noqa: BLE001 - the converter raises ConverterError and friends
             raise ExporterError(f"TF Lite converter failed ({options.precision}): {e}\n{log.getvalue()[-2000:]}") from e
 
@@ -337,12 +339,13 @@ def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) ->
         raise ExporterError(f"target 'tflite' has no input kind '{options.input}' (image or pixels)")
     t0 = time.time()
     sm, sm_seconds = saved_model(model, example, options)
-    data = tflite_metadata.populate(_convert(sm, options), model_info(options))
+    data, fed = _convert(sm, options)
+    data = tflite_metadata.populate(data, model_info(options))
     final = Path(out_dir) / "model.tflite"
     with atomic_path(final) as tmp:
         tmp.write_bytes(data)
     details = {"converter": "onnx2tf + TF Lite converter", "onnx2tf_seconds": round(sm_seconds, 2),
-               "calibration_images": len(batches(options.calibration)) if options.precision == "int8" else 0,
+               "calibration_images": fed,
                "output": options.output, "input": options.input,
                "layout": "NHWC input [1,H,W,3] " + ("RGB pixels 0-255" if options.input == "pixels" else
                                                     "normalized") + "; output " + ("class map [1,H,W] uint8" if options.output == "argmax"

@@ -116,3 +116,26 @@ def test_preprocess_resizes_and_normalizes():
     m = np.zeros((32, 32), np.int64)
     m[:, 16:] = 3
     assert pre.mask(m)[0].tolist() == [0] * 8 + [3] * 8
+
+
+def test_calibration_images_keep_uint8_frames_and_give_the_preprocessed_values():
+    """The calibration set holds the resized uint8 frames (a quarter of the float32 bytes) and gives exactly what
+    Preprocess.image gives, one NCHW image per item; slices stay lazy."""
+    from types import SimpleNamespace
+
+    from edgeseg.pipeline import calibration_images
+    from exporters.base import batches
+
+    pre = Preprocess(48, 64, resize="letterbox")
+    spec = "synthetic?train=12&val=2&test=2"
+    ck = SimpleNamespace(config=SimpleNamespace(data=spec, image_size=64), preprocess=pre)
+    cal = calibration_images(ck, 5)
+    ds = open_split(spec, "train", 64)
+    assert len(cal) == 5
+    for k, i in enumerate([0, 3, 6, 8, 11]):  # np.linspace(0, 11, 5) rounded: evenly spaced over the split
+        assert cal[k].dtype == np.float32 and cal[k].shape == (1, 3, 48, 64)
+        np.testing.assert_array_equal(cal[k], pre.image(ds[i][0])[None])
+    assert all(f.dtype == np.uint8 and f.shape == (48, 64, 3) for f in cal._frames)
+    part = cal[1:3]
+    assert len(part) == 2 and np.array_equal(part[0], cal[1]) and type(part) is type(cal)
+    assert len(batches(cal)) == 5

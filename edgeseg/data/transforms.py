@@ -100,8 +100,12 @@ class Preprocess:
 
     def image(self, img: np.ndarray) -> np.ndarray:
         """RGB uint8 HxWx3 -> normalized float32 3xHxW at the model's size."""
+        return self.normalize(self.resize_image(img))
+
+    def normalize(self, img: np.ndarray) -> np.ndarray:
+        """RGB uint8 HxWx3 already at the model's size (:meth:`resize_image`) -> normalized float32 3xHxW."""
         # torch's vectorized kernels: ~4x faster than the same arithmetic in numpy at 512²
-        x = torch.from_numpy(np.array(self.resize_image(img), copy=True)).permute(2, 0, 1).float().div_(255.0)
+        x = torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).float().div_(255.0)
         x = x.sub_(torch.tensor(self.mean).view(3, 1, 1)).div_(torch.tensor(self.std).view(3, 1, 1))
         return x.contiguous().numpy()
 
