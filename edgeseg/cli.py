@@ -268,12 +268,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ranges", default="minmax", help="aeq: activation ranges, minmax (default: the calibration's "
                    "moving-average min/max; measured best on CamVid val), mse, or percentile (the mean of each "
                    "image's 0.01/99.99th percentiles per tensor)")
-    p.add_argument("--equalize", help="cross-layer equalization before quantizing: off, weights (the data-free "
-                   "rule: equal folded weight ranges on both sides of each conv pair) or activations (stretch each "
-                   "activation channel to the tensor's range measured on the calibration images); channels between "
-                   "two convolutions joined by BatchNorm/ReLU/pooling are rescaled, float outputs unchanged "
-                   "(default: weights for aeq, measured +1.3 points of agreement on CamVid; off for ptq, qat, pt2e, "
-                   "whose files it made worse)")
+    p.add_argument("--equalize", metavar="MODE",
+                   help="cross-layer equalization before quantizing: off, weights (the data-free rule: equal "
+                   "folded weight ranges on both sides of each conv pair) or activations (stretch each activation "
+                   "channel to the tensor's range measured on the calibration images); channels between two "
+                   "convolutions joined by BatchNorm/ReLU/pooling are rescaled, float outputs unchanged (default: "
+                   "weights for aeq, measured +1.3 points of agreement on CamVid; off for ptq, qat and pt2e: it made "
+                   "the TFLite files of ptq and pt2e worse)")
     p.add_argument("--float-ops", default="HARD_SWISH", metavar="TYPES",
                    help="aeq: TFLite op types every file keeps in float, comma-separated, or none (default "
                    "%(default)s: LiteRT's int8 hard-swish made int8 slower than fp32; float, 0.74x fp32 latency, "

@@ -248,6 +248,7 @@ def test_aeq_through_the_cli_searches_by_the_mask_metric(run, capsys):
                              "--min-agreement", "100", "--min-mask-miou", "1", "--max-float-layers", "2")
     m = s["mixed"] if s else json.loads((run / "export" / "quantize-aeq.json").read_text())["mixed"]
     assert m["needed"] and len(m["ranking"]) > 10
+    assert m["ranking_images"] == 12  # the tiny run's whole validation split: fewer than RANK_IMAGES (24)
     assert {t["order"] for t in m["search"]} == {"ranked", "from-input"}
     assert all(t["float_ops"] <= 2 and t["float_macs_pct"] <= 10.0 for t in m["search"])
     assert (run / "export" / "tflite-int8-aeq-mixed" / "parity.json").exists()
