@@ -142,8 +142,8 @@ def _consumer_ranges(model: nn.Module, p: Pair, relative: bool) -> torch.Tensor:
     """Per input channel of the consumer: its weights' range (``relative``: each weight divided by the range of
     its output channel, i.e. the per-channel quantization step it is rounded to)."""
     w = model.get_submodule(p.consumer).weight.detach().abs()
-    if p.depthwise:
-        return w.flatten(1).amax(1) if not relative else torch.ones(w.shape[0])
+    if p.depthwise:  # one filter per channel (``relative`` is asked for regular consumers only)
+        return w.flatten(1).amax(1)
     if relative:
         w = w / w.flatten(1).amax(1).clamp_min(1e-12)[:, None, None, None]
     return w.transpose(0, 1).flatten(1).amax(1)
@@ -196,9 +196,10 @@ def equalize(model: nn.Module, mode: str, calibration: list[np.ndarray]) -> Equa
         return Equalization(mode, [], 0.0)
     if not calibration:
         raise UsageError("--equalize needs calibration images")
-    x0 = torch.from_numpy(np.ascontiguousarray(calibration[0], dtype=np.float32))
-    with torch.no_grad():
-        before = _logits(model(x0))
+    from edgeseg.bench import torch_runner
+
+    run, x0 = torch_runner(model, torch.get_num_threads()), calibration[0]
+    before = run(x0)
     pairs = find_pairs(model)
     if mode == "weights":
         for _ in range(_ITERATIONS):
@@ -226,15 +227,5 @@ def equalize(model: nn.Module, mode: str, calibration: list[np.ndarray]) -> Equa
                 s = s / s[live].max()
             s = torch.where(live, s.clamp_min(1.0 / MAX_STRETCH), torch.ones_like(s))
             _apply(model, p, s)
-    with torch.no_grad():
-        after = _logits(model(x0))
-    dev = float((after - before).abs().max() / before.abs().max().clamp_min(1e-12))
+    dev = float(np.abs(run(x0) - before).max() / max(float(np.abs(before).max()), 1e-12))
     return Equalization(mode, pairs, dev)
-
-
-def _logits(out) -> torch.Tensor:
-    if isinstance(out, dict):
-        out = out["out"]
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    return out.detach().float()

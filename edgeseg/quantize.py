@@ -437,7 +437,7 @@ def quantize_run(run: Path, opts: QuantizeOptions, log: Callable[[str], None] = 
         summary["pytorch_fake_quant"] = {"pixel_agreement": fq.pixel_agreement, "mask_miou": fq.mask_miou,
                                          "exported_miou": fq.exported_miou, "reference_miou": fq.reference_miou}
         log(f"PyTorch with fake quantization: agreement {fq.pixel_agreement:.3f} %, mask mIoU {fq.mask_miou:.4f}")
-        adapted = copy.deepcopy(model) if opts.equalize != "off" else ckpt.build_model(which)
+        adapted = copy.deepcopy(model)  # NNCF quantized a copy: this one holds the (equalized) float weights
         adapted.load_state_dict(float_weights(quantized, adapted))
         adapted.eval()
     elif opts.method == "accuracy":

@@ -188,7 +188,7 @@ def _argmax_converter(tf, sm: Path):
 def _convert(sm: Path, options: ExportOptions) -> tuple[bytes, int]:
     """The TFLite file and the number of calibration images the converter was fed (int8; else 0)."""
     tf = import_tensorflow()
-    fed = [0]
+    fed = 0
     if options.output == "argmax":
         conv = _argmax_converter(tf, sm)
     else:
@@ -201,13 +201,14 @@ def _convert(sm: Path, options: ExportOptions) -> tuple[bytes, int]:
             raise ExporterError("int8 TFLite needs calibration images; none were given")
 
         def representative():  # one image at a time: the calibration set is never copied whole
+            nonlocal fed
             for k, s in enumerate(iter_batches(options.calibration)):
                 if options.input == "pixels":
                     s = to_pixels(s, options.normalization.mean, options.normalization.std)
                     if k == 0:  # one black and one white pixel make the input range exactly 0-255, so the
                         # uint8 input's quantization is scale 1, zero point 0: the app feeds camera bytes unchanged
                         s[0, :, 0, 0], s[0, :, 0, 1] = 0.0, 255.0
-                fed[0] += 1
+                fed += 1
                 yield [np.ascontiguousarray(s.transpose(0, 2, 3, 1))]
 
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -218,7 +219,7 @@ def _convert(sm: Path, options: ExportOptions) -> tuple[bytes, int]:
             conv.inference_output_type = tf.int8
     with quiet_native() as log:
         try:
-            return conv.convert(), fed[0]
+            return conv.convert(), fed
         except Exception as e:  # noqa: BLE001 - the converter raises ConverterError and friends
             raise ExporterError(f"TF Lite converter failed ({options.precision}): {e}\n{log.getvalue()[-2000:]}") from e
 
