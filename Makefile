@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "edgeseg needs $(PYTHON) (set PYTHON=...)"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[all,dev]"
-	$(BIN)/python -c "from exporters._nncf import build_extensions; build_extensions()"
+	$(BIN)/python -c "from exporters.nncf_tools import build_extensions; build_extensions()"
 	touch $@
 
 quickstart: install

@@ -20,16 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.bench import measure_latency
-from edgeseg.config import TrainConfig
+from edgeseg.core.latency import measure_latency
+from edgeseg.train.config import TrainConfig
 from edgeseg.data import open_split
 from edgeseg.data.transforms import Preprocess
 from edgeseg.models import count_params
 from edgeseg.models.macs import count_macs
-from edgeseg.pipeline import check_run, export_run
+from edgeseg.steps.export import check_run, export_run
 from edgeseg.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from edgeseg.train.loop import train
-from edgeseg.versions import hardware
+from edgeseg.core.versions import hardware
 
 PAIRINGS = {
     "unet": ("unet", {"base": 32, "depth": 4}),

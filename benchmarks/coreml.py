@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.config import TrainConfig
-from edgeseg.pipeline import check_run, export_run
+from edgeseg.train.config import TrainConfig
+from edgeseg.steps.export import check_run, export_run
 from edgeseg.train.loop import train
 from exporters.coreml import COMPUTE_UNITS, TARGET
 
@@ -42,7 +42,7 @@ def main() -> None:
         print(f"trained the default model ({a.epochs} epochs) in {time.time() - t0:.0f} s")
     mac = platform.system() == "Darwin"
     print(f"{'mode':20s} {'convert s':>9s} {'size MB':>8s} {'agree %':>8s} {'mask mIoU':>9s}  check")
-    from edgeseg.errors import EdgesegError
+    from edgeseg.core.errors import EdgesegError
 
     for mode in MODES:
         try:
@@ -54,7 +54,7 @@ def main() -> None:
         print(f"{mode:20s} {rec['seconds']:9.1f} {rec['size_bytes'] / 1e6:8.2f} {res.pixel_agreement:8.2f} "
               f"{res.mask_miou:9.4f}  {res.status} ({res.runtime.split(' (')[0]})")
         if mac:
-            from edgeseg.bench import measure_latency
+            from edgeseg.core.latency import measure_latency
             from exporters.coreml import load
 
             x = np.zeros((1, 3, *rec["input_shape"][2:]), np.float32)

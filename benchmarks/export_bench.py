@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.bench import measure_latency, torch_runner
-from edgeseg.pipeline import export_run
-from edgeseg.quickstart import QUICKSTART_CONFIG
+from edgeseg.core.latency import measure_latency, torch_runner
+from edgeseg.steps.export import export_run
+from edgeseg.steps.quickstart import QUICKSTART_CONFIG
 from edgeseg.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from edgeseg.train.loop import train
-from edgeseg.versions import hardware, package_versions
+from edgeseg.core.versions import hardware, package_versions
 
 CASES = [("onnx", "fp32"), ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8"),
          ("coreml", "fp32"), ("coreml", "fp16"), ("coreml", "int8"), ("coreml", "palettize6")]

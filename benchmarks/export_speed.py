@@ -50,11 +50,11 @@ def litert_direct(ck, x: np.ndarray, runs: int) -> dict:
     """fp32 TFLite straight from PyTorch with litert-torch (NHWC in and out, like the onnx2tf route)."""
     import torch
 
-    from edgeseg.bench import measure_latency
+    from edgeseg.core.latency import measure_latency
     from exporters.tflite import TFLiteRunner
     from exporters.tflite_pt2e import nhwc
 
-    from exporters._tf import preload_triton
+    from exporters.native import preload_triton
 
     preload_triton()
     import litert_torch
@@ -79,9 +79,9 @@ def litert_direct(ck, x: np.ndarray, runs: int) -> dict:
 
 
 def one_size(size: int, runs: int, work: Path) -> dict:
-    from edgeseg.bench import measure_latency
-    from edgeseg.importer import import_model
-    from edgeseg.pipeline import calibration_images
+    from edgeseg.core.latency import measure_latency
+    from edgeseg.steps.importer import import_model
+    from edgeseg.steps.export import calibration_images
     from edgeseg.train.checkpoint import load_checkpoint
     from exporters.onnx import OnnxRunner
     from exporters.tflite import ONNX2TF_SAMPLE, TFLiteRunner, _onnx2tf_sample
@@ -127,7 +127,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=30, help="timed runs per latency figure")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    from edgeseg.versions import hardware
+    from edgeseg.core.versions import hardware
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgeseg-export-speed-") as d:

@@ -106,7 +106,7 @@ def _torchrun(checks: Checks, out: Path) -> None:
 
 
 def _resume(checks: Checks, out: Path) -> None:
-    from edgeseg.errors import CheckpointError
+    from edgeseg.core.errors import CheckpointError
     from edgeseg.train.checkpoint import load_checkpoint
 
     args = ["train", "--model", "lraspp", *COMMON, "--epochs", 4, "--checkpoint-every", 10]

@@ -34,8 +34,8 @@ def main() -> int:
     a = ap.parse_args()
 
     from edgeseg.cli import main as edgeseg
-    from edgeseg.errors import EdgesegError
-    from edgeseg.importer import import_model
+    from edgeseg.core.errors import EdgesegError
+    from edgeseg.steps.importer import import_model
 
     rows = []
     for name in a.models.split(","):

@@ -71,7 +71,7 @@ def _camvid(root: Path, camvid: Path) -> Path:
 def _latency(path: Path, threads: int) -> float:
     import numpy as np
 
-    from edgeseg.bench import measure_latency
+    from edgeseg.core.latency import measure_latency
     from exporters.tflite import load
 
     r = load(path, threads=threads)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.bench import measure_latency
-from edgeseg.instance.export import GraphCounts
-from edgeseg.instance.run import export_run, train_run
-from edgeseg.versions import hardware
+from edgeseg.core.latency import measure_latency
+from edgeseg.tasks.instance.check import GraphCounts
+from edgeseg.tasks.instance.run import export_run, train_run
+from edgeseg.core.versions import hardware
 
 
 def main() -> int:
@@ -47,7 +47,7 @@ def main() -> int:
     for case in a.cases.split(","):
         target, precision = case.split(":")
         rec = export_run(run, target, precision, GraphCounts(), a.images, log=lambda s: None)
-        from edgeseg.instance.export import load_runner
+        from edgeseg.tasks.instance.check import load_runner
 
         runner = load_runner(target, Path(rec["path"]))
         lat = measure_latency(runner, x, runs=a.runs, warmup=1)

@@ -20,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgeseg.config import TrainConfig
-from edgeseg.errors import EdgesegError
-from edgeseg.pipeline import check_run, export_run
-from edgeseg.quantize import QuantizeOptions, quantize_run
+from edgeseg.train.config import TrainConfig
+from edgeseg.core.errors import EdgesegError
+from edgeseg.steps.export import check_run, export_run
+from edgeseg.quantize.run import QuantizeOptions, quantize_run
 from edgeseg.train.loop import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -50,7 +50,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="edgeseg-streaming-"))
     run = a.run
     if run is None:
-        from edgeseg.config import TrainConfig
+        from edgeseg.train.config import TrainConfig
         from edgeseg.train.loop import train
 
         run = work / "run"

@@ -30,7 +30,7 @@ def peak_memory_mb(device: str) -> float:
 
 
 def run_edgeseg(a) -> dict:
-    from edgeseg.config import TrainConfig
+    from edgeseg.train.config import TrainConfig
     from edgeseg.train.loop import train
 
     cfg = TrainConfig(model=a.model, data=f"synthetic?train={a.images}&val=8&test=4", image_size=a.size,
@@ -47,7 +47,7 @@ def run_plain(a) -> dict:
     from edgeseg.data import open_split
     from edgeseg.data.transforms import Preprocess, TensorDataset
     from edgeseg.models import build_model
-    from edgeseg.train.loop import pick_device
+    from edgeseg.core.device import pick_device
 
     torch.manual_seed(0)
     device = pick_device(a.device)

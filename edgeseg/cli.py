@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgeseg import __version__
-from edgeseg.errors import EXIT_FAILURE, EXIT_NOT_VERIFIED, EXIT_OK, EXIT_USAGE, EdgesegError, UsageError
+from edgeseg.core.errors import EXIT_FAILURE, EXIT_NOT_VERIFIED, EXIT_OK, EXIT_USAGE, EdgesegError, UsageError
 
 EPILOG = """exit codes:
   0  success (every check that ran passed)
@@ -450,7 +450,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _parse_opt(items: list[str], flag: str = "--model-opt") -> dict[str, Any]:
-    from edgeseg.errors import UsageError
+    from edgeseg.core.errors import UsageError
 
     out: dict[str, Any] = {}
     for it in items:
@@ -465,8 +465,8 @@ def _parse_opt(items: list[str], flag: str = "--model-opt") -> dict[str, Any]:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from edgeseg.config import TrainConfig
-    from edgeseg.errors import UsageError
+    from edgeseg.train.config import TrainConfig
+    from edgeseg.core.errors import UsageError
     from edgeseg.train.loop import train
 
     if a.model == "maskrcnn":
@@ -504,7 +504,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from edgeseg.pipeline import export_pairs, export_runs
+    from edgeseg.steps.export import export_pairs, export_runs
 
     if _is_instance_run(a.run):
         return _instance_command(a, "export")
@@ -562,7 +562,7 @@ def _status_code(results) -> int:
 
 
 def cmd_check(a: argparse.Namespace) -> int:
-    from edgeseg.pipeline import check_runs, export_pairs
+    from edgeseg.steps.export import check_runs, export_pairs
 
     if _is_instance_run(a.run):
         return _instance_command(a, "check")
@@ -583,11 +583,11 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from edgeseg.report import build_report
+    from edgeseg.steps.report.build import build_report
 
     if _is_instance_run(a.run):
-        from edgeseg.errors import UsageError
-        from edgeseg.instance.report import build_instance_report
+        from edgeseg.core.errors import UsageError
+        from edgeseg.steps.report.instance import build_instance_report
 
         if a.budget or a.baseline or a.max_miou_drop is not None:
             raise UsageError("--budget, --baseline and --max-miou-drop apply to semantic runs; "
@@ -605,7 +605,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_quantize(a: argparse.Namespace) -> int:
-    from edgeseg.quantize import QuantizeOptions, quantize_run
+    from edgeseg.quantize.run import QuantizeOptions, quantize_run
 
     opts = QuantizeOptions(
         method=a.method, targets=None if a.targets is None else tuple(t.strip() for t in a.targets.split(",")
@@ -644,7 +644,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
 
 
 def cmd_bundle(a: argparse.Namespace) -> int:
-    from edgeseg.bundle import make_bundle, verify_bundle
+    from edgeseg.steps.bundle.build import make_bundle, verify_bundle
 
     if a.verify is not None:
         if a.run is not None:
@@ -680,8 +680,8 @@ def cmd_bundle(a: argparse.Namespace) -> int:
 
 
 def cmd_import(a: argparse.Namespace) -> int:
-    from edgeseg.errors import UsageError
-    from edgeseg.importer import check_data_spec, import_model
+    from edgeseg.core.errors import UsageError
+    from edgeseg.steps.importer import check_data_spec, import_model
 
     def triple(flag: str, v: str | None):
         if v is None:
@@ -702,7 +702,7 @@ def cmd_import(a: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(a: argparse.Namespace) -> int:
-    from edgeseg.quickstart import quickstart
+    from edgeseg.steps.quickstart import quickstart
 
     results = quickstart(a.output, epochs=a.epochs, fresh=a.fresh, quiet=a.quiet, log=print)
     for r in results:
@@ -718,7 +718,7 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
 
 def cmd_maskrcnn(a: argparse.Namespace) -> int:
     if a.maskrcnn_command == "train":
-        from edgeseg.instance.run import train_run
+        from edgeseg.tasks.instance.run import train_run
 
         layers = tuple(int(v) for v in a.mask_layers.split(",") if v.strip()) if a.mask_layers else ()
         rec = train_run(a.output, a.data, a.backbone, a.size, a.epochs, a.batch_size, a.lr, a.limit, layers,
@@ -732,8 +732,8 @@ def cmd_maskrcnn(a: argparse.Namespace) -> int:
                   f"test mask AP {rec['ap']['mask']['AP']:.4f}, box AP {rec['ap']['box']['AP']:.4f}")
         return EXIT_OK
     if a.maskrcnn_command in ("export", "check"):
-        from edgeseg.instance.export import GraphCounts
-        from edgeseg.instance import run as instance_run
+        from edgeseg.tasks.instance.check import GraphCounts
+        from edgeseg.tasks.instance import run as instance_run
 
         overrides = {"min_mask_iou": a.min_mask_iou, "min_box_iou": a.min_box_iou, "max_unmatched": a.max_unmatched,
                      "max_ap_drop": a.max_ap_drop}
@@ -785,7 +785,7 @@ def _instance_code(rec: dict) -> int:
 
 def _is_instance_run(run: Path) -> bool:
     """A Mask R-CNN run directory (``RUN/maskrcnn.pt``, written by ``train --model maskrcnn``)."""
-    from edgeseg.instance.run import CHECKPOINT
+    from edgeseg.tasks.instance.run import CHECKPOINT
     from edgeseg.train.checkpoint import CHECKPOINT_NAME
 
     run = Path(run)
@@ -802,10 +802,10 @@ def _instance_command(a: argparse.Namespace, action: str) -> int:
     """``export``/``check`` on a Mask R-CNN run: every (target, precision) pair through the instance exporter
     (static graph, instance parity) with its default graph counts and thresholds (``edgeseg maskrcnn export``
     sets those)."""
-    from edgeseg.errors import UsageError
-    from edgeseg.instance import run as instance_run
-    from edgeseg.instance.export import PRECISIONS
-    from edgeseg.pipeline import export_pairs
+    from edgeseg.core.errors import UsageError
+    from edgeseg.tasks.instance import run as instance_run
+    from edgeseg.tasks.instance.check import PRECISIONS
+    from edgeseg.steps.export import export_pairs
 
     for k, default in _SEMANTIC_ONLY.items():
         if hasattr(a, k) and getattr(a, k) != default:
@@ -836,9 +836,9 @@ def _instance_command(a: argparse.Namespace, action: str) -> int:
 
 def _train_instance(a: argparse.Namespace) -> int:
     """``train --model maskrcnn``: the instance trainer (``edgeseg maskrcnn train``) with the common flags."""
-    from edgeseg.config import parse_image_size
-    from edgeseg.errors import UsageError
-    from edgeseg.instance.run import train_run
+    from edgeseg.core.image_size import parse_image_size
+    from edgeseg.core.errors import UsageError
+    from edgeseg.tasks.instance.run import train_run
 
     if a.config:
         raise UsageError("--config describes semantic runs; for Mask R-CNN give the flags (edgeseg train --model "
@@ -868,8 +868,8 @@ def _maskrcnn_row(classes: int, h: int, w: int) -> dict[str, Any]:
     (fixed counts: 100 proposals, 20 detections) at a square side (the longer of ``h``, ``w``, rounded up to 32)."""
     import torch
 
-    from edgeseg.instance.model import build_maskrcnn
-    from edgeseg.instance.static_graph import build_static
+    from edgeseg.tasks.instance.model import build_maskrcnn
+    from edgeseg.tasks.instance.static_graph import build_static
     from edgeseg.models import count_params
     from edgeseg.models.macs import count_macs
 
@@ -885,7 +885,7 @@ def _maskrcnn_row(classes: int, h: int, w: int) -> dict[str, Any]:
 def cmd_models(a: argparse.Namespace) -> int:
     import torch
 
-    from edgeseg.config import parse_image_size
+    from edgeseg.core.image_size import parse_image_size
     from edgeseg.models import MODELS, build_model, count_params
     from edgeseg.models.macs import count_macs
 
@@ -913,7 +913,7 @@ def cmd_models(a: argparse.Namespace) -> int:
 
 def _data_spec(spec: str, fmt: str | None, categories: str | None) -> str:
     from edgeseg.data import DATASETS, with_option
-    from edgeseg.errors import UsageError
+    from edgeseg.core.errors import UsageError
 
     if fmt:
         if fmt not in DATASETS.names():
@@ -927,7 +927,7 @@ def _data_spec(spec: str, fmt: str | None, categories: str | None) -> str:
 
 
 def cmd_data(a: argparse.Namespace) -> int:
-    from edgeseg.errors import UsageError
+    from edgeseg.core.errors import UsageError
 
     if a.data_command == "check":
         return cmd_data_check(a)
@@ -954,7 +954,7 @@ def cmd_data(a: argparse.Namespace) -> int:
 
 def cmd_data_check(a: argparse.Namespace) -> int:
     from edgeseg.data.check import SPLITS, check_dataset, format_report
-    from edgeseg.progress import progress_bar
+    from edgeseg.core.progress import progress_bar
 
     spec = _data_spec(a.path, a.format, a.categories)
     splits = tuple(a.split) if a.split else SPLITS
@@ -971,8 +971,8 @@ def cmd_data_check(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from edgeseg.errors import UsageError
-    from edgeseg.model_bench import bench_model, format_bench
+    from edgeseg.core.errors import UsageError
+    from edgeseg.steps.bench import bench_model, format_bench
 
     try:
         threads = tuple(int(t) for t in a.threads.split(",") if t.strip())
@@ -995,7 +995,7 @@ _WRITES_RUN = {"train": "output", "export": "run", "check": "run", "quantize": "
 def _lock(a: argparse.Namespace):
     from contextlib import nullcontext
 
-    from edgeseg.lock import run_dir_of, run_lock
+    from edgeseg.core.lock import run_dir_of, run_lock
 
     attr = _WRITES_RUN.get(a.command)
     target = getattr(a, attr, None) if attr else None

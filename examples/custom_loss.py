@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgeseg.config import TrainConfig
+from edgeseg.train.config import TrainConfig
 from edgeseg.data import IGNORE_INDEX
 from edgeseg.losses import LOSSES
 from edgeseg.train.loop import train

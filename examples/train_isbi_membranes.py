@@ -9,8 +9,8 @@ with values 0 = membrane, 255 = cell interior). Point ROOT at your own folder an
 import argparse
 from pathlib import Path
 
-from edgeseg.config import TrainConfig
-from edgeseg.pipeline import check_run, export_run
+from edgeseg.train.config import TrainConfig
+from edgeseg.steps.export import check_run, export_run
 from edgeseg.train.loop import train
 
 ap = argparse.ArgumentParser()

@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import contextlib
 
 import json
 import platform
@@ -31,41 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from exporters._atomic import atomic_path
-from exporters._tf import preload_triton, quiet_native
+from exporters.atomic import atomic_path
+from exporters.native import quiet_native
 from exporters.base import ExporterError, ExportOptions, ExportResult, Target, path_size
-
-INPUT_NAME = "image"
-OUTPUT_NAME = "logits"
-
-
-def _import_ct():
-    preload_triton()  # in case TensorFlow is imported anyway (see exporters/_tf.py)
-    with quiet_native(), warnings.catch_warnings(), _without_tensorflow():
-        warnings.simplefilter("ignore")
-        import coremltools as ct
-    return ct
-
-
-@contextlib.contextmanager
-def _without_tensorflow():
-    """Import coremltools without TensorFlow: coremltools imports TensorFlow whenever it is installed (its
-    ``_deps`` probe), 7-8 s and ~600 MB here, only to offer a TensorFlow frontend that edgeseg never uses
-    (every Core ML export converts from PyTorch). A ``None`` entry in ``sys.modules`` makes that probe's
-    ``import tensorflow`` fail as if it were absent; it is removed again, so TFLite exports later in the same
-    process import TensorFlow as usual. Once TensorFlow is loaded (a TFLite export ran first) this does nothing."""
-    import sys
-
-    if "tensorflow" in sys.modules:
-        yield
-        return
-    sys.modules["tensorflow"] = None  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        if sys.modules.get("tensorflow", 0) is None:
-            del sys.modules["tensorflow"]
-
+from exporters.coreml_tools import INPUT_NAME, OUTPUT_NAME, import_ct, package_io, to_pixels
 
 def _wrapped(model, std: tuple[float, float, float]):
     """Add the per-channel std correction the single Core ML image scale cannot express."""
@@ -155,7 +123,7 @@ def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) ->
     if precision == "w8a8" and target == "iOS16":
         raise ExporterError("precision 'w8a8' (int8 activations) needs deployment target iOS17 or later; the "
                             "iOS16 Core ML runtime has no quantize/dequantize ops (use --deployment-target iOS17)")
-    ct = _import_ct()
+    ct = import_ct()
     t0 = time.time()
     mean, std = options.normalization.mean, options.normalization.std
     image_input = options.input == "image"
@@ -227,7 +195,7 @@ def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) ->
 def weight_ops(path: Path) -> dict[str, int]:
     """Count the weight (de)compression and activation (de)quantization ops in a saved program: proof of
     int8/palettized storage and of int8 activations (w8a8)."""
-    ct = _import_ct()
+    ct = import_ct()
     with quiet_native():
         spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
     counts: dict[str, int] = {}
@@ -253,20 +221,6 @@ def can_run() -> tuple[bool, str]:
     return True, ""
 
 
-def package_io(meta: dict, path: Path) -> tuple[np.ndarray, np.ndarray, str]:
-    """Normalization mean/std and input kind from an edgeseg package's user-defined metadata."""
-    norm = json.loads(meta.get("normalization", "null") or "null")
-    if norm is None:
-        raise ExporterError(f"'{path}' has no 'normalization' metadata; re-export it with edgeseg")
-    return np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32), meta.get("input", "image")
-
-
-def to_pixels(img: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """A normalized CHW image back to the 8-bit HWC RGB pixels an app's camera frame would hold."""
-    rgb = (img.transpose(1, 2, 0) * std + mean) * 255.0
-    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
-
-
 class CoreMLRunner:
     """Runs an ``.mlpackage`` with ``MLModel.predict`` (macOS only). Input: NCHW normalized float32."""
 
@@ -276,7 +230,7 @@ class CoreMLRunner:
                                 "not run)")
         if compute_units not in COMPUTE_UNITS:
             raise ExporterError(f"compute units must be one of {', '.join(COMPUTE_UNITS)}, not '{compute_units}'")
-        ct = _import_ct()
+        ct = import_ct()
         self.ml = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units))
         # The image input takes pixels: undo the caller's normalization with the model's own values.
         self.mean, self.std, self.input_kind = package_io(dict(self.ml.user_defined_metadata), path)
@@ -343,7 +297,7 @@ def export_graph(module, example: np.ndarray, path: Path, output_names: tuple[st
     if precision not in GRAPH_PRECISIONS:
         raise ExporterError(f"target 'coreml' has no precision '{precision}' for this graph "
                             f"({', '.join(GRAPH_PRECISIONS)})")
-    ct = _import_ct()
+    ct = import_ct()
     t0 = time.time()
     x = torch.from_numpy(np.asarray(example, np.float32))
     with torch.no_grad(), warnings.catch_warnings():
@@ -389,7 +343,7 @@ def load_graph(path: Path, threads: int = 2):
 
 class GraphCoreMLRunner:
     def __init__(self, path: Path, compute_units: str = "CPU_ONLY") -> None:
-        ct = _import_ct()
+        ct = import_ct()
         self.ml = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units))
         self.runtime = f"Core ML runtime on macOS ({compute_units}), coremltools {ct.__version__}"
 

@@ -35,10 +35,10 @@ class UnsupportedOp(ExporterError):
 
 def load_program(path: Path):
     """The ``main`` function of a saved ``.mlpackage`` as coremltools' MIL objects, weights read from disk."""
-    from exporters.coreml import _import_ct
-    from exporters._tf import quiet_native
+    from exporters.coreml_tools import import_ct
+    from exporters.native import quiet_native
 
-    ct = _import_ct()
+    ct = import_ct()
     from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
 
     path = Path(path)
@@ -606,7 +606,7 @@ class ReferenceRunner:
     """
 
     def __init__(self, path: Path, threads: int = 2) -> None:
-        from exporters.coreml import package_io
+        from exporters.coreml_tools import package_io
 
         self.threads = threads
         self.ref = MILReference(path)
@@ -618,7 +618,7 @@ class ReferenceRunner:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Logits [N, C, H, W], or the class map [N, H, W] of an argmax model."""
-        from exporters.coreml import to_pixels
+        from exporters.coreml_tools import to_pixels
 
         outs = []
         for img in np.asarray(x, np.float32):

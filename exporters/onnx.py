@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporters._atomic import atomic_path
+from exporters.atomic import atomic_path
 from exporters.base import ExporterError, ExportOptions, ExportResult, Target, path_size
 
 OPSET = 17
@@ -162,7 +162,7 @@ def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) ->
     t0 = time.time()
     details: dict[str, object] = {"opset": OPSET, "exporter": "torch.onnx (TorchScript-based)"}
     if options.precision == "int8":
-        from exporters._nncf import int8_model
+        from exporters.nncf_tools import int8_model
 
         model = int8_model(model, example, options, details)
     final = Path(out_dir) / "model.onnx"

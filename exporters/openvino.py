@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporters._atomic import atomic_path
+from exporters.atomic import atomic_path
 from exporters.base import ExporterError, ExportOptions, ExportResult, Target, path_size
 
 
@@ -23,7 +23,7 @@ _CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
 
 
 def _ov():
-    from exporters._tf import preload_triton
+    from exporters.native import preload_triton
 
     preload_triton()
     import openvino as ov
@@ -42,7 +42,7 @@ def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) ->
     details: dict[str, object] = {"converter": f"openvino.convert_model {ov.__version__}"}
     x = torch.from_numpy(np.asarray(example, np.float32))
     if options.precision == "int8":
-        from exporters._nncf import int8_model
+        from exporters.nncf_tools import int8_model
 
         model = int8_model(model, example, options, details)
     final = Path(out_dir) / "model.xml"

@@ -38,8 +38,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from exporters import tflite_metadata
-from exporters._atomic import atomic_path
-from exporters._tf import import_tensorflow, quiet_native
+from exporters.atomic import atomic_path
+from exporters.native import import_tensorflow, quiet_native
 from exporters.base import ExporterError, ExportOptions, ExportResult, Target, batches, iter_batches, path_size
 
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
@@ -285,7 +285,7 @@ def convert_mixed(sm: Path, calibration: Sequence[np.ndarray], float_tensors: Se
 def float_ops(path: Path) -> list[str]:
     """Ops of a TFLite file that compute in float32 (their first input is float32), from its op list."""
     with quiet_native():
-        interp = _interpreter(path, 1, xnnpack=False)
+        interp = interpreter(path, 1, xnnpack=False)
     tensors = {d["index"]: d for d in interp.get_tensor_details()}
     out = []
     for op in interp._get_ops_details():
@@ -315,7 +315,7 @@ def model_info(options: ExportOptions) -> tflite_metadata.ModelInfo:
 def tensor_types(path: Path) -> dict[str, object]:
     """Input/output dtypes and the count of int8/float32 tensors: proof of what the file computes in."""
     with quiet_native():  # LiteRT prints an INFO line per interpreter
-        interp = _interpreter(path, 1)
+        interp = interpreter(path, 1)
     details = interp.get_tensor_details()
     counts: dict[str, int] = {}
     for d in details:
@@ -356,7 +356,7 @@ def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) ->
                         tuple(example.shape), details)
 
 
-def _interpreter(path: Path, threads: int, xnnpack: bool = True):
+def interpreter(path: Path, threads: int, xnnpack: bool = True):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
@@ -376,7 +376,7 @@ class TFLiteRunner:
         import ai_edge_litert
 
         self.path = Path(path)
-        self.interp = _interpreter(self.path, threads, xnnpack)
+        self.interp = interpreter(self.path, threads, xnnpack)
         self.inp = self.interp.get_input_details()[0]
         self.out = self.interp.get_output_details()[0]
         if len(self.inp["shape"]) != 4:

@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from exporters._tf import preload_triton, quiet_native
+from exporters.native import preload_triton, quiet_native
 from exporters.base import ExporterError, batches
 
 RANGES = ("minmax", "mse", "percentile")

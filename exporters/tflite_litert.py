@@ -24,8 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
-from exporters._atomic import atomic_path
-from exporters._tf import preload_triton, quiet_native
+from exporters.atomic import atomic_path
+from exporters.native import preload_triton, quiet_native
 from exporters.base import ExporterError, path_size
 
 INT8_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "CONV_2D_TRANSPOSE")

@@ -54,9 +54,9 @@ class ModelInfo:
 
 
 def _schemas():
-    from exporters._tf import preload_triton
+    from exporters.native import preload_triton
 
-    preload_triton()  # importing mediapipe loads TensorFlow (see exporters/_tf.py)
+    preload_triton()  # importing mediapipe loads TensorFlow (see exporters/native.py)
     try:
         from mediapipe.tasks.metadata import metadata_schema_py_generated as mfb
         from mediapipe.tasks.metadata import schema_py_generated as sfb

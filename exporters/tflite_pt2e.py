@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from exporters._tf import preload_triton, quiet_native
+from exporters.native import preload_triton, quiet_native
 from exporters.base import ExporterError, batches
 
 

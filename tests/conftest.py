@@ -24,7 +24,7 @@ TINY = dict(model="unet", model_kwargs={"base": 12, "depth": 3}, data="synthetic
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A finished tiny training run shared by the export/check/report tests."""
-    from edgeseg.config import TrainConfig
+    from edgeseg.train.config import TrainConfig
     from edgeseg.train.loop import train
 
     out = tmp_path_factory.mktemp("tiny") / "run"

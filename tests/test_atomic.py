@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from edgeseg.atomic import atomic_path, ensure_dir, write_json
-from edgeseg.errors import UsageError
+from edgeseg.core.atomic import atomic_path, ensure_dir, write_json
+from edgeseg.core.errors import UsageError
 from exporters import TARGETS, ExporterError, ExportOptions
 
 

@@ -13,8 +13,8 @@ from edgeseg.cli import main
 @pytest.fixture(scope="module")
 def reported(tiny_run, tmp_path_factory):
     """A copy of the tiny run with a TFLite fp32 export, checked, and a plain report."""
-    from edgeseg.pipeline import check_run, export_run
-    from edgeseg.report import build_report
+    from edgeseg.steps.export import check_run, export_run
+    from edgeseg.steps.report.build import build_report
 
     run = tmp_path_factory.mktemp("budget") / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "report.*"))
@@ -47,7 +47,7 @@ def test_budget_pass_fail_and_not_verified(reported, tmp_path, capsys):
 
 
 def test_budget_on_an_unmeasured_figure_is_not_verified(reported, tmp_path, capsys):
-    from edgeseg.pipeline import export_run
+    from edgeseg.steps.export import export_run
 
     export_run(reported, "coreml", "fp16", log=lambda s: None)  # exported, never checked
     b = tmp_path / "b.yaml"
@@ -123,7 +123,7 @@ def test_report_html_is_self_contained_with_plots_and_overlays(reported):
 def test_report_json_validates_against_its_published_schema(reported, tmp_path, capsys):
     """report.json with budget and baseline verdicts validates; the schema is strict enough to catch a broken
     file (a CI reading it relies on the documented shape)."""
-    from edgeseg.schemas import problems
+    from edgeseg.core.schemas import problems
 
     budget = tmp_path / "b.yaml"
     budget.write_text("defaults:\n  max_size_mb: 100\n  min_agreement: 99\n")

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from edgeseg.bundle import sha256, validate, verify_bundle
+from edgeseg.steps.bundle.build import sha256, validate, verify_bundle
 from edgeseg.cli import main
 
 pytestmark = pytest.mark.slow
@@ -77,14 +77,14 @@ def test_bundled_models_run(run, dist):
     """The Android file runs in LiteRT exactly as the checked export does; the iOS package as the Core ML
     reference (macOS would use the runtime) with the metadata the bundle set."""
     from exporters import TARGETS
-    from exporters.coreml import _import_ct
+    from exporters.coreml_tools import import_ct
 
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
     bundled = TARGETS["tflite"].load(dist / "android" / "model.tflite")(x)
     exported = TARGETS["tflite"].load(run / "export" / "tflite-int8-pixels" / "model.tflite")(x)
     assert np.array_equal(bundled, exported)
     pkg = dist / "ios" / "TinyMembranes.mlpackage"
-    ml = _import_ct().models.MLModel(str(pkg), skip_model_load=True)
+    ml = import_ct().models.MLModel(str(pkg), skip_model_load=True)
     assert ml.version == "2.1.0" and ml.author == "Test Lab"
     assert json.loads(ml.user_defined_metadata["classes"]) == (dist / "labels.txt").read_text().split()
     y = TARGETS["coreml"].load(pkg)(x)

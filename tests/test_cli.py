@@ -175,8 +175,8 @@ def test_coreml_argmax_export_and_check_through_the_cli(tiny_run, tmp_path, caps
 def test_export_pairs_expand_lists_and_all():
     from exporters import TARGETS
 
-    from edgeseg.errors import UsageError
-    from edgeseg.pipeline import export_pairs
+    from edgeseg.core.errors import UsageError
+    from edgeseg.steps.export import export_pairs
 
     assert export_pairs("tflite,coreml", "fp32,fp16,int8") == (
         [("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8"), ("coreml", "fp32"), ("coreml", "fp16"),

@@ -6,7 +6,7 @@ from conftest import ISBI
 from edgeseg.data import open_split
 from edgeseg.data.synthetic import CLASSES, SyntheticShapes
 from edgeseg.data.transforms import Preprocess
-from edgeseg.errors import DataError, UsageError
+from edgeseg.core.errors import DataError, UsageError
 
 
 def test_synthetic_is_deterministic_and_seeded():
@@ -123,7 +123,7 @@ def test_calibration_images_keep_uint8_frames_and_give_the_preprocessed_values()
     Preprocess.image gives, one NCHW image per item; slices stay lazy."""
     from types import SimpleNamespace
 
-    from edgeseg.pipeline import calibration_images
+    from edgeseg.steps.export import calibration_images
     from exporters.base import batches
 
     pre = Preprocess(48, 64, resize="letterbox")

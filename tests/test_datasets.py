@@ -12,7 +12,7 @@ from edgeseg.data import open_split
 from edgeseg.data.augment import Augment, AugmentSpec
 from edgeseg.data.check import check_dataset
 from edgeseg.data.transforms import Preprocess
-from edgeseg.errors import DataError, UsageError
+from edgeseg.core.errors import DataError, UsageError
 from conftest import ISBI
 from layouts import (H, W, write_camvid_colour, write_camvid_segnet, write_cityscapes, write_coco, write_cvat_coco,
                      write_cvat_masks, write_labelme_coco, write_labelme_voc, write_roboflow_coco, write_voc)
@@ -242,7 +242,7 @@ def test_bad_augment_specs(spec, msg):
 
 
 def test_training_stops_on_a_bad_file_or_skips_it(tmp_path):
-    from edgeseg.config import TrainConfig
+    from edgeseg.train.config import TrainConfig
     from edgeseg.train.loop import train
 
     write_cityscapes(tmp_path / "cs")
@@ -287,14 +287,14 @@ def _all_splits(spec: str) -> dict[str, tuple[np.ndarray, str]]:
 
 @pytest.mark.parametrize("npy", [False, True])
 def test_labelme_voc_export_without_imagesets(tmp_path, npy):
-    from edgeseg.data.folder import _split_of
+    from edgeseg.data.io import split_of
 
     exp = write_labelme_voc(tmp_path, npy=npy)
     got = _all_splits(f"voc:{tmp_path}")
     assert len(got) == len(exp)
     for stem, m in exp.items():
         mask, split = got[str(tmp_path / "JPEGImages" / f"{stem}.jpg")]
-        assert np.array_equal(mask, m) and split == _split_of(stem, (0.7, 0.15, 0.15))
+        assert np.array_equal(mask, m) and split == split_of(stem, (0.7, 0.15, 0.15))
     ds = open_split(f"voc:{tmp_path}", "train")
     assert [c.name for c in ds.classes] == ["_background_", "cat", "dog"]
     assert ds.classes[1].color == (128, 0, 0)  # labelme draws with the VOC colour map
@@ -414,7 +414,7 @@ def test_cityscapes_val_only_download_is_checked_on_val(tmp_path):
     assert "no train split" in rep["splits"]["train"]["missing"] and "val" in rep["splits"]["train"]["missing"]
     assert rep["splits"]["val"]["samples"] == 1
     assert np.array_equal(open_split(f"cityscapes:{tmp_path}", "val")[0][1], exp["frankfurt_000000_000019"])
-    from edgeseg.errors import MissingSplit
+    from edgeseg.core.errors import MissingSplit
 
     with pytest.raises(MissingSplit, match=r"Cityscapes '.*' has no train split: no leftImg8bit/train/ "
                                            r"\(splits here: val\)"):

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeseg.equalize import MAX_STRETCH, activation_ranges, equalize, find_pairs
-from edgeseg.errors import UsageError
+from edgeseg.quantize.equalize import MAX_STRETCH, activation_ranges, equalize, find_pairs
+from edgeseg.core.errors import UsageError
 
 
 class Net(nn.Module):

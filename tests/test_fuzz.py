@@ -9,10 +9,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeseg.budget import load_budget
-from edgeseg.bundle import verify_bundle
-from edgeseg.config import TrainConfig
-from edgeseg.errors import EdgesegError
+from edgeseg.steps.report.budget import load_budget
+from edgeseg.steps.bundle.build import verify_bundle
+from edgeseg.train.config import TrainConfig
+from edgeseg.core.errors import EdgesegError
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 scalars = st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True) | st.text(max_size=12)

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeseg.errors import EdgesegError
+from edgeseg.core.errors import EdgesegError
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -65,7 +65,7 @@ def test_fuzz_image_and_mask_files(tmp_path, data):
     label decoder (VOC palette, Cityscapes label IDs, CamVid SegNet indices and colour table)."""
     from edgeseg.data.camvid import decode_colour, decode_segnet
     from edgeseg.data.cityscapes import decode_cityscapes
-    from edgeseg.data.folder import read_image, read_mask
+    from edgeseg.data.io import read_image, read_mask
     from edgeseg.data.voc import decode_index
 
     colours = {0: 0, (128 << 16) | (64 << 8) | 128: 1}
@@ -236,7 +236,7 @@ def test_fuzz_corpus_replays(path, tmp_path):
     import shutil
 
     from edgeseg.data.coco import _load_index
-    from edgeseg.data.folder import read_image, read_mask
+    from edgeseg.data.io import read_image, read_mask
     from edgeseg.train.checkpoint import load_checkpoint
 
     copy = tmp_path / path.name

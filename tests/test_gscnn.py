@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from edgeseg.errors import UsageError
+from edgeseg.core.errors import UsageError
 from edgeseg.losses import parse_loss
 from edgeseg.losses.dual_task import boundaries
 from edgeseg.models import build_model

@@ -8,10 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from edgeseg.config import TrainConfig, parse_image_size
+from edgeseg.core.image_size import parse_image_size
+from edgeseg.train.config import TrainConfig
 from edgeseg.data.base import IGNORE_INDEX
 from edgeseg.data.transforms import Preprocess
-from edgeseg.errors import UsageError
+from edgeseg.core.errors import UsageError
 
 
 def test_image_size_accepts_a_side_or_height_x_width():
@@ -76,7 +77,7 @@ def test_dataset_figures_at_the_label_size_parity_at_the_model_size():
     """Model 4x8, frames 4x4 letterboxed to columns 2..5. The export disagrees with the reference in the
     padding (never shown to a user) and on one frame pixel: parity counts the padding only when it is not told
     where the frame is; the dataset figures count the frame pixel once per label pixel."""
-    from edgeseg.parity import compare
+    from edgeseg.tasks.semantic.parity import compare
 
     pre = Preprocess(4, 8, resize="letterbox")
     label = np.zeros((4, 4), np.int64)
@@ -111,9 +112,9 @@ def test_camera_shaped_run_trains_exports_checks_reports_and_bundles(tmp_path):
     """44x60 (not a multiple of U-Net's stride 8: padded to 48x64 inside the graph) from 60x60 synthetic
     frames letterboxed into it: every target keeps the 44x60 NHWC/NCHW contract and passes its gate; the
     bundle states the size and the resize rule and its Kotlin fits frames the same way."""
-    from edgeseg.bundle import validate, verify_bundle
+    from edgeseg.steps.bundle.build import validate, verify_bundle
     from edgeseg.cli import main
-    from edgeseg.config import TrainConfig
+    from edgeseg.train.config import TrainConfig
     from edgeseg.train.loop import train
 
     run = tmp_path / "run"

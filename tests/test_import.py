@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from edgeseg.cli import main
-from edgeseg.errors import CheckpointError, UsageError
-from edgeseg.importer import import_model
+from edgeseg.core.errors import CheckpointError, UsageError
+from edgeseg.steps.importer import import_model
 
 CUSTOM = '''
 import torch.nn as nn

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgeseg.data.synthetic import SyntheticShapes
-from edgeseg.instance.evaluate import coco_ap
+from edgeseg.tasks.instance.evaluate import coco_ap
 
 
 def test_synthetic_instances_match_the_semantic_scene():
@@ -50,8 +50,8 @@ def test_coco_ap_hand_computed():
 def test_tiny_maskrcnn_learns_on_the_embedded_instances():
     import torch
 
-    from edgeseg.instance.model import build_maskrcnn
-    from edgeseg.instance.train import predict, train_instance
+    from edgeseg.tasks.instance.model import build_maskrcnn
+    from edgeseg.tasks.instance.train import predict, train_instance
 
     torch.manual_seed(0)
     # small proposal and sampling budgets: a CPU-sized model (the defaults are for 800-px COCO images)
@@ -72,8 +72,8 @@ def test_tiny_maskrcnn_learns_on_the_embedded_instances():
 
 
 def test_instance_data_problems_are_counted_or_named():
-    from edgeseg.errors import DataError
-    from edgeseg.instance.train import usable_indices
+    from edgeseg.core.errors import DataError
+    from edgeseg.tasks.instance.train import usable_indices
 
     class Data:
         def __init__(self, labels):
@@ -100,8 +100,8 @@ def test_iou_balanced_box_classifier_loss():
     import torch
     import torch.nn.functional as F
 
-    from edgeseg.instance.model import build_maskrcnn, use_iou_balanced_loss
-    from edgeseg.instance.train import to_tensors
+    from edgeseg.tasks.instance.model import build_maskrcnn, use_iou_balanced_loss
+    from edgeseg.tasks.instance.train import to_tensors
     ds = SyntheticShapes("train", 64, length=2)
     xs, ts = zip(*(to_tensors(*ds.instances(i), "cpu") for i in range(2)))
 
@@ -151,9 +151,9 @@ def test_iou_balanced_box_classifier_loss():
 def test_backbone_from_a_segmentation_run(tmp_path, tiny_run):
     import torch
 
-    from edgeseg.config import TrainConfig
-    from edgeseg.errors import CheckpointError
-    from edgeseg.instance.model import build_maskrcnn, load_backbone_from_run
+    from edgeseg.train.config import TrainConfig
+    from edgeseg.core.errors import CheckpointError
+    from edgeseg.tasks.instance.model import build_maskrcnn, load_backbone_from_run
     from edgeseg.train.checkpoint import load_checkpoint
     from edgeseg.train.loop import train
 
@@ -170,7 +170,7 @@ def test_backbone_from_a_segmentation_run(tmp_path, tiny_run):
 
 
 def test_letterbox_keeps_boxes_on_their_masks():
-    from edgeseg.instance.run import Letterboxed
+    from edgeseg.tasks.instance.run import Letterboxed
 
     class Wide:
         def __len__(self):

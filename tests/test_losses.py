@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from edgeseg.data.base import IGNORE_INDEX
-from edgeseg.errors import UsageError
+from edgeseg.core.errors import UsageError
 from edgeseg.losses import LOSSES, parse_loss
 from edgeseg.losses.distance import signed_distance_maps
 
@@ -209,7 +209,7 @@ def test_every_loss_has_a_training_spec():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TRAIN_SPECS) + sorted(GSCNN_SPECS))
 def test_each_loss_trains_a_tiny_model(name, tmp_path):
-    from edgeseg.config import TrainConfig
+    from edgeseg.train.config import TrainConfig
     from edgeseg.train.loop import train
 
     if name in GSCNN_SPECS:

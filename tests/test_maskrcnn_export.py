@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from edgeseg.instance.export import GraphCounts, check_instance, export_instance, graph_vs_eager, load_runner
-from edgeseg.instance.run import read_record
-from edgeseg.instance.parity import compare_instances, instance_thresholds
-from edgeseg.instance.static_graph import cluster_nms, nms_iterations_needed
+from edgeseg.tasks.instance.check import GraphCounts, check_instance, graph_vs_eager, load_runner
+from edgeseg.tasks.instance.export import export_instance
+from edgeseg.tasks.instance.run import read_record
+from edgeseg.tasks.instance.parity import compare_instances, instance_thresholds
+from edgeseg.tasks.instance.static_graph import cluster_nms, nms_iterations_needed
 
 SIZE = 64
 COUNTS = GraphCounts(pre_nms_top_n=100, proposals=50, candidates=200, detections=20)
@@ -23,7 +24,7 @@ COUNTS = GraphCounts(pre_nms_top_n=100, proposals=50, candidates=200, detections
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny Mask R-CNN trained 16 steps on the embedded instance data (the CLI's own train command)."""
-    from edgeseg.instance.run import train_run
+    from edgeseg.tasks.instance.run import train_run
 
     out = tmp_path_factory.mktemp("maskrcnn") / "run"
     rec = train_run(out, "synthetic?train=64&test=8", size=SIZE, epochs=1, limit=64, log=lambda s: None,
@@ -35,7 +36,7 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_and_images(run):
     from edgeseg.data import open_split
-    from edgeseg.instance.run import load_run
+    from edgeseg.tasks.instance.run import load_run
 
     model, cfg = load_run(run)
     ds = open_split(cfg["data"], "test", SIZE)
@@ -142,7 +143,7 @@ def test_each_target_passes_instance_parity(model_and_images, tmp_path, target, 
 def test_app_paste_equals_torchvision_paste():
     """The bundle's Kotlin/Swift paste, step by step in Python, gives torchvision's paste_masks_in_image (what
     check compares) on random boxes inside the image, to float32 rounding, and the same pixels at >= 0.5."""
-    from edgeseg.instance.static_graph import paste_mask_app, paste_masks
+    from edgeseg.tasks.instance.static_graph import paste_mask_app, paste_masks
 
     rng = np.random.default_rng(0)
     worst, differ = 0.0, 0
@@ -185,8 +186,8 @@ def test_core_ml_int8_weights_of_the_graph(model_and_images, tmp_path):
 
 
 def test_bad_requests_are_named(model_and_images, tmp_path):
-    from edgeseg.errors import UsageError
-    from edgeseg.instance.static_graph import build_static
+    from edgeseg.core.errors import UsageError
+    from edgeseg.tasks.instance.static_graph import build_static
 
     model, _, _ = model_and_images
     with pytest.raises(UsageError, match="multiple of 32"):
@@ -277,7 +278,7 @@ def test_instance_run_through_the_ordinary_commands(tmp_path, capsys):
     """train --model maskrcnn -> export -> check -> report with the same commands as a semantic run; models lists
     it; semantic-only flags are refused naming the flag."""
     from edgeseg.cli import main
-    from edgeseg.schemas import problems
+    from edgeseg.core.schemas import problems
 
     run = tmp_path / "run"
     assert main(["train", "--model", "maskrcnn", "-o", str(run), "--data", "synthetic?train=64&test=8",
@@ -349,8 +350,8 @@ def test_instance_run_through_the_ordinary_commands(tmp_path, capsys):
     from ai_edge_litert.interpreter import Interpreter
 
     from edgeseg.data import open_split
-    from edgeseg.instance.export import detections
-    from edgeseg.instance.static_graph import paste_mask_app
+    from edgeseg.tasks.instance.check import detections
+    from edgeseg.tasks.instance.static_graph import paste_mask_app
 
     img = open_split("synthetic?train=64&test=8", "test", 64).instances(0)[0]
     sig = Interpreter(model_path=str(dist / a["file"])).get_signature_runner()
@@ -370,7 +371,7 @@ def test_instance_run_through_the_ordinary_commands(tmp_path, capsys):
 def test_overlay_counts_detections_as_instance_parity_does():
     """The instance overlay draws pairs, missed and extra detections by the parity rule, straddling scores
     included: its counts equal compare_instances' on the same detections; disagreement is the coverage XOR."""
-    from edgeseg.instance.report_html import coverage, shown_detections
+    from edgeseg.tasks.instance.overlay import coverage, shown_detections
 
     def dets(boxes, scores, labels):
         masks = np.zeros((len(boxes), 1, 32, 32), np.float32)
@@ -404,8 +405,8 @@ def test_tflite_int8_mixed_search_finds_the_ops_that_matter(model_and_images, tm
     evaluator checks such files on images against the eager model."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgeseg.instance.mixed import instance_evaluator, search_mix
-    from edgeseg.instance.static_graph import build_static
+    from edgeseg.tasks.instance.mixed import instance_evaluator, search_mix
+    from edgeseg.tasks.instance.static_graph import build_static
     from exporters.tflite_litert import int8_quantizer, write_quantized
 
     model, images, gts = model_and_images

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from edgeseg.metrics import confusion, iou_per_class, mean_iou, pixel_accuracy
-from edgeseg.parity import NOT_VERIFIED, compare, not_verified, thresholds_for
+from edgeseg.core.metrics import confusion, iou_per_class, mean_iou, pixel_accuracy
+from edgeseg.tasks.semantic.parity import NOT_VERIFIED, compare, not_verified, thresholds_for
 
 
 def test_confusion_and_iou_hand_computed():
@@ -64,7 +64,7 @@ def test_default_thresholds():
                                      ({"max_miou_drop": 1.5}, "--max-miou-drop"),
                                      ({"max_miou_drop": float("nan")}, "--max-miou-drop")])
 def test_bad_threshold_names_its_flag(kw, flag):
-    from edgeseg.errors import UsageError
+    from edgeseg.core.errors import UsageError
 
     with pytest.raises(UsageError, match=f"^{flag} must be between 0 and "):
         thresholds_for("int8", **kw)
@@ -93,7 +93,7 @@ def test_dataset_miou_drop_gate_hand_computed():
 
 
 def test_results_of_several_runtimes_combine_to_the_worst():
-    from edgeseg.parity import combine_results
+    from edgeseg.tasks.semantic.parity import combine_results
 
     rng = np.random.default_rng(0)
     x = [rng.standard_normal((3, 4, 4)).astype(np.float32) for _ in range(2)]

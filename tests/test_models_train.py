@@ -4,8 +4,8 @@ import torch
 import torch.nn as nn
 
 from conftest import TINY
-from edgeseg.config import TrainConfig
-from edgeseg.errors import CheckpointError, UsageError
+from edgeseg.train.config import TrainConfig
+from edgeseg.core.errors import CheckpointError, UsageError
 from edgeseg.models import build_model, count_params
 from edgeseg.models.macs import count_macs
 from edgeseg.train.checkpoint import load_checkpoint, save_checkpoint

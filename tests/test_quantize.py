@@ -90,7 +90,7 @@ def test_bad_inputs(run, capsys, tmp_path):
                              "--min-agreement", "100.0", "--max-float-layers", "2")
     assert code == 1 and "no mix of up to 2 float layers reaches the threshold" in err and "best:" in err
     # a split without labels (every mask pixel ignored) is refused by name
-    from edgeseg.quantize import _labelled
+    from edgeseg.quantize.run import _labelled
     from edgeseg.train.checkpoint import load_checkpoint
     from PIL import Image
 
@@ -103,7 +103,7 @@ def test_bad_inputs(run, capsys, tmp_path):
     ck = load_checkpoint(run)
     fake = SimpleNamespace(config=ck.config.replace(data=f"folder:{root}?split=0,1,0&ignore=255"),
                            preprocess=ck.preprocess)
-    from edgeseg.errors import DataError
+    from edgeseg.core.errors import DataError
 
     with pytest.raises(DataError, match="the val split of 'folder:.*' has no labelled images"):
         _labelled(fake, "val")
@@ -129,9 +129,9 @@ class _Outlier(nn.Module):
 
 
 def test_mixed_precision_stops_when_the_threshold_holds_and_keeps_layers_float(tmp_path):
-    from edgeseg.bench import torch_runner
-    from edgeseg.parity import compare, thresholds_for
-    from edgeseg.quantize import mixed_search
+    from edgeseg.core.latency import torch_runner
+    from edgeseg.tasks.semantic.parity import compare, thresholds_for
+    from edgeseg.quantize.run import mixed_search
     from exporters import ExportOptions, Normalization
     from exporters.tflite import float_ops, load, saved_model
 
@@ -159,8 +159,8 @@ def test_mixed_precision_stops_when_the_threshold_holds_and_keeps_layers_float(t
 def test_aeq_keeps_the_op_the_masks_need_in_float_and_counts_macs(tmp_path):
     """ai-edge-quantizer route on the outlier model: full int8 rounds the classifier's real weights to 0 (masks
     break); the same calibration with that one op in float restores them, and the file says so."""
-    from edgeseg.bench import torch_runner
-    from edgeseg.parity import compare, thresholds_for
+    from edgeseg.core.latency import torch_runner
+    from edgeseg.tasks.semantic.parity import compare, thresholds_for
     from exporters import ExportOptions, Normalization
     from exporters.tflite import export, float_ops, load
     from exporters.tflite_aeq import Int8Quantizer

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from edgeseg.cli import main
-from edgeseg.lock import LOCK_NAME, run_lock
+from edgeseg.core.lock import LOCK_NAME, run_lock
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def test_a_second_process_on_the_same_run_is_refused(run, capsys):
 
 
 def test_the_lock_dies_with_its_process_even_after_kill_9(run, capsys):
-    code = ("import sys, time; from edgeseg.lock import run_lock\n"
+    code = ("import sys, time; from edgeseg.core.lock import run_lock\n"
             "with run_lock(sys.argv[1], 'report'):\n    print('locked', flush=True)\n    time.sleep(60)\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     holder = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, env=env, text=True)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from edgeseg.config import TrainConfig
-from edgeseg.errors import CheckpointError, UsageError
+from edgeseg.train.config import TrainConfig
+from edgeseg.core.errors import CheckpointError, UsageError
 from edgeseg.train.checkpoint import load_checkpoint
 from edgeseg.train.loop import OutOfMemory, train
 
@@ -216,7 +216,7 @@ def test_sync_bn_on_cpu_is_refused(tmp_path):
 
 
 def test_export_and_check_use_the_chosen_weights(tmp_path):
-    from edgeseg.pipeline import check_run, export_run
+    from edgeseg.steps.export import check_run, export_run
 
     train(_cfg(ema=0.8, epochs=1), tmp_path / "r", quiet=True, log=lambda s: None)
     rec = export_run(tmp_path / "r", "onnx", log=lambda s: None)

@@ -11,8 +11,8 @@ from typing import Any, Callable
 from urllib.parse import parse_qsl
 
 from edgeseg.data.base import IGNORE_INDEX, ClassInfo, SegDataset
-from edgeseg.errors import UsageError
-from edgeseg.registry import Registry, suggest
+from edgeseg.core.errors import UsageError
+from edgeseg.core.registry import Registry, suggest
 
 DATASETS: Registry[Callable[..., SegDataset]] = Registry("dataset format")
 
@@ -176,7 +176,7 @@ def open_split(spec: str, split: str, image_size: int | str = 128, strict: bool 
 
     ``image_size`` (a side or ``"HxW"``) only sizes generated data: the synthetic scenes are squares of the
     longer side, fitted to the model like any camera frame."""
-    from edgeseg.config import parse_image_size
+    from edgeseg.core.image_size import parse_image_size
 
     kind, path, opts = parse_spec(spec)
     return DATASETS.get(kind)(spec, path, opts, split, max(parse_image_size(image_size)), strict=strict)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from edgeseg.data.base import IGNORE_INDEX
-from edgeseg.errors import UsageError
+from edgeseg.core.errors import UsageError
 
 PRESETS = {"none": "flip=0", "flip": "flip=0.5", "standard": "scale=0.5-2.0,flip=0.5,jitter=0.2"}
 

@@ -7,7 +7,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from edgeseg.core.metrics import IGNORE_INDEX  # noqa: F401 - datasets and transforms take it from here
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ from typing import Sequence
 import numpy as np
 
 from edgeseg.data.base import IGNORE_INDEX, ClassInfo
-from edgeseg.data.folder import _split_of, read_image, read_mask
+from edgeseg.data.io import read_mask, split_of
 from edgeseg.data.layout import PairDataset, apply_lut, decode_colour, lookup_table, pair_by_stem
-from edgeseg.errors import DataError, UsageError
+from edgeseg.core.errors import DataError, UsageError
 
 SEGNET_CLASSES = tuple(ClassInfo(n, c) for n, c in (
     ("Sky", (128, 128, 128)), ("Building", (128, 0, 0)), ("Pole", (192, 192, 128)), ("Road", (128, 64, 128)),
@@ -162,6 +162,6 @@ def open_camvid(root: Path | str, split: str, classes: int | None = None,
             raise DataError(f"CamVid root '{root}' has a colour table but no {split}/ + {split}_labels/ folders "
                             f"nor 701_StillsRaw_full/ + LabeledApproved_full/")
         pairs, problems = pair_by_stem(_images(img_dir), lab_dir.glob("*_L.png"), _image_key, _label_key)
-        pairs = [pr for pr in pairs if _split_of(pr[0].stem, split_fractions) == split]
+        pairs = [pr for pr in pairs if split_of(pr[0].stem, split_fractions) == split]
     return PairDataset("CamVid", root, split, pairs, infos, decode, problems, strict,
                        layout=f"CamVid colour labels ({table_path.name}, {len(infos)} classes)")

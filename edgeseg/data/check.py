@@ -17,7 +17,7 @@ import numpy as np
 
 from edgeseg.data import open_split
 from edgeseg.data.base import IGNORE_INDEX
-from edgeseg.errors import DataError, MissingSplit
+from edgeseg.core.errors import DataError, MissingSplit
 
 SPLITS = ("train", "val", "test")
 

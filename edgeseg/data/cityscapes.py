@@ -11,7 +11,7 @@ Label IDs map to the 19 official train IDs (everything else, e.g. ``parking`` or
 ignored as in ``cityscapesScripts/helpers/labels.py``). The public test labels are blank, so ``test``
 reads ``val``. ``mode=coarse`` trains on the coarse labels (``extra=true`` adds ``train_extra``).
 A root that holds only some splits (e.g. ``val`` to evaluate) reads those; asking for a missing one raises
-:class:`~edgeseg.errors.MissingSplit`.
+:class:`~edgeseg.core.errors.MissingSplit`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.data.base import IGNORE_INDEX, ClassInfo
-from edgeseg.data.folder import read_mask
+from edgeseg.data.io import read_mask
 from edgeseg.data.layout import PairDataset, apply_lut, locate_root, lookup_table, pair_by_stem
-from edgeseg.errors import DataError, MissingSplit, UsageError
+from edgeseg.core.errors import DataError, MissingSplit, UsageError
 
 # (label id, name, train id, colour) for every label of cityscapesScripts' labels.py (license plate, id -1,
 # is never stored in the PNGs).

@@ -37,11 +37,11 @@ from typing import Sequence
 import numpy as np
 
 from edgeseg.data.base import IGNORE_INDEX, ClassInfo, default_colors
-from edgeseg.data.folder import _split_of, read_image
+from edgeseg.data.io import split_of, read_image
 from edgeseg.data.layout import raise_problems
 from edgeseg.data.voc import VOC_CLASSES
-from edgeseg.errors import DataError, MissingSplit, UsageError
-from edgeseg.registry import suggest
+from edgeseg.core.errors import DataError, MissingSplit, UsageError
+from edgeseg.core.registry import suggest
 
 # COCO category ids of the 20 VOC classes, in VOC's order (torchvision references/segmentation/coco_utils.py)
 VOC_CATEGORY_IDS = (5, 2, 16, 9, 44, 6, 3, 17, 62, 21, 67, 18, 19, 4, 1, 64, 20, 63, 7, 72)
@@ -73,7 +73,7 @@ ROBOFLOW_SPLITS = {"train": ("train",), "val": ("valid", "val"), "test": ("test"
 
 def _split_by_hash(coco, split: str, fractions: Sequence[float]) -> list[int]:
     return [i for i, info in coco.imgs.items()
-            if _split_of(Path(str(info.get("file_name", i))).stem, fractions) == split]
+            if split_of(Path(str(info.get("file_name", i))).stem, fractions) == split]
 
 
 def _find_images(coco, json_path: Path, extra: Sequence[Path], option: str | None) -> Path:

@@ -24,85 +24,14 @@ Every bad file raises :class:`DataError` naming the file and what is wrong.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from edgeseg.data.base import IGNORE_INDEX, ClassInfo, default_colors
-from edgeseg.errors import DataError, UsageError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-SPLITS = ("train", "val", "test")
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Read an image file as RGB uint8 HxWx3; DataError naming the file when it cannot be decoded."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except FileNotFoundError:
-        raise DataError(f"image '{path}' does not exist") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"image '{path}' cannot be decoded ({e}); replace or remove the file") from None
-
-
-def read_mask(path: Path) -> np.ndarray:
-    """Read a single-channel mask PNG as its raw integer values (palette PNGs give their indices)."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("RGB", "RGBA"):
-                arr = np.asarray(im)
-                if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
-                    raise DataError(
-                        f"mask '{path}' is a colour image; masks must hold class indices "
-                        f"(single channel or palette PNG)"
-                    )
-                return arr[..., 0].astype(np.int64)
-            return np.asarray(im).astype(np.int64)
-    except FileNotFoundError:
-        raise DataError(f"mask '{path}' does not exist") from None
-    except DataError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"mask '{path}' cannot be decoded ({e}); replace or remove the file") from None
-
-
-def _parse_classes_txt(path: Path) -> list[ClassInfo]:
-    names, colors = [], []
-    for ln, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split()
-        if len(parts) == 4:
-            try:
-                colors.append(tuple(int(p) for p in parts[1:]))
-            except ValueError:
-                raise DataError(f"{path}:{ln}: expected 'name' or 'name R G B', got {line!r}") from None
-            names.append(parts[0])
-        elif len(parts) == 1:
-            names.append(parts[0])
-            colors.append(None)
-        else:
-            raise DataError(f"{path}:{ln}: expected 'name' or 'name R G B', got {line!r}")
-    fallback = default_colors(len(names))
-    return [ClassInfo(n, c or fallback[i]) for i, (n, c) in enumerate(zip(names, colors))]
-
-
-def _split_of(stem: str, fractions: Sequence[float]) -> str:
-    # A hash of the stem, not the listing order, so adding a file never reshuffles the others.
-    h = int(hashlib.sha1(stem.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    if h < fractions[0]:
-        return "train"
-    if h < fractions[0] + fractions[1]:
-        return "val"
-    return "test"
-
+from edgeseg.data.io import IMAGE_SUFFIXES, SPLITS, parse_classes_txt, read_image, read_mask, split_of
+from edgeseg.core.errors import DataError, UsageError
 
 class FolderDataset:
     """One split of a folder-format dataset."""
@@ -150,7 +79,7 @@ class FolderDataset:
         for p in sorted(img_dir.iterdir(), key=lambda q: (len(q.stem), q.stem)):
             if p.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            if keep is not None and _split_of(p.stem, split_fractions) != keep:
+            if keep is not None and split_of(p.stem, split_fractions) != keep:
                 continue
             m = mask_by_stem.get(p.stem)
             if not self.labelled:
@@ -170,7 +99,7 @@ class FolderDataset:
         names: list[str] | None = list(classes) if classes else None
         infos: list[ClassInfo] | None = None
         if names is None and (self.root / "classes.txt").is_file():
-            infos = _parse_classes_txt(self.root / "classes.txt")
+            infos = parse_classes_txt(self.root / "classes.txt")
         if infos is None and names is None and not self.labelled:
             infos = []  # no masks to count classes in: the model's classes are used
         if infos is None:

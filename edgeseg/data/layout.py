@@ -14,8 +14,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from edgeseg.data.base import IGNORE_INDEX, ClassInfo
-from edgeseg.data.folder import read_image
-from edgeseg.errors import DataError
+from edgeseg.data.io import read_image
+from edgeseg.core.errors import DataError
 
 SHOW_PROBLEMS = 10
 

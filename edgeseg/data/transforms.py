@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from edgeseg.data.base import IGNORE_INDEX, SegDataset
-from edgeseg.errors import DataError
+from edgeseg.core.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -38,9 +38,9 @@ import numpy as np
 from PIL import Image
 
 from edgeseg.data.base import IGNORE_INDEX, ClassInfo
-from edgeseg.data.folder import IMAGE_SUFFIXES, _split_of, read_mask
+from edgeseg.data.io import IMAGE_SUFFIXES, split_of, read_mask
 from edgeseg.data.layout import PairDataset, check_class_range, decode_colour, locate_root, pack_rgb
-from edgeseg.errors import DataError, MissingSplit
+from edgeseg.core.errors import DataError, MissingSplit
 
 VOC_NAMES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
              "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -181,7 +181,7 @@ def open_voc(root: Path | str, split: str, aug: bool = False,
         else:  # labelme: every mask
             ids = sorted(p.stem for p in label_dir.glob("*.png"))
             how = "no ImageSets/: every mask, split by file-name hash"
-        ids = [i for i in ids if _split_of(i, split_fractions) == split]
+        ids = [i for i in ids if split_of(i, split_fractions) == split]
 
     images = {p.stem: p for p in (root / "JPEGImages").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
     pairs, problems = [], []

@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 import torch
 
-from edgeseg.errors import UsageError
-from edgeseg.registry import Registry
+from edgeseg.core.errors import UsageError
+from edgeseg.core.registry import Registry
 
 LOSSES: Registry[Callable[..., "torch.nn.Module"]] = Registry("loss")
 
@@ -118,7 +118,7 @@ def parse_loss(spec: str, num_classes: int, class_weights: list[float] | None = 
         params = inspect.signature(builder).parameters
         for k in kwargs:
             if k not in params or k == "num_classes":
-                from edgeseg.registry import suggest
+                from edgeseg.core.registry import suggest
 
                 raise UsageError(f"--loss: '{name}' has no parameter '{k}'"
                                  f"{suggest(k, [p for p in params if p != 'num_classes'])}")

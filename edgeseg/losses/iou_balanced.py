@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from edgeseg.errors import UsageError
+from edgeseg.core.errors import UsageError
 
 
 def iou_balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ious: torch.Tensor,

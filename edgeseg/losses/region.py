@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgeseg.data.base import IGNORE_INDEX
-from edgeseg.errors import UsageError
+from edgeseg.core.errors import UsageError
 from edgeseg.losses import LOSSES, check_class_weights
 
 

@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-from edgeseg.errors import UsageError
-from edgeseg.registry import Registry, suggest
+from edgeseg.core.errors import UsageError
+from edgeseg.core.registry import Registry, suggest
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 

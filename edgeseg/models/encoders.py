@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgeseg.errors import CheckpointError, UsageError
-from edgeseg.registry import check_choice
+from edgeseg.core.errors import CheckpointError, UsageError
+from edgeseg.core.registry import check_choice
 
 
 def _mobilenet(builder: str, last: int | None) -> Callable[[], tuple[nn.Module, list[nn.Module]]]:

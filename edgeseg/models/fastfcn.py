@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from edgeseg.errors import UsageError
+from edgeseg.core.errors import UsageError
 from edgeseg.models import MODELS
 from edgeseg.models.encoders import make_encoder
 from edgeseg.models.layers import ASPP, ConvBNReLU, SeparableConv, crop_like, pad_input, resize

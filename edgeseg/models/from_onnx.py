@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from edgeseg.errors import UsageError
+from edgeseg.core.errors import UsageError
 
 #: the opset onnx2torch 1.5 translates completely for the ops segmentation models use
 TRANSLATE_OPSET = 17
@@ -32,7 +32,7 @@ TRANSLATE_OPSET = 17
 def _read(path: Path, sha256: str | None = None):
     import onnx
 
-    from edgeseg.models.imported import run_file_bytes
+    from edgeseg.models.model_file import run_file_bytes
 
     data = run_file_bytes(path, sha256, "ONNX")
     try:

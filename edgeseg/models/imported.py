@@ -31,8 +31,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgeseg.errors import UsageError
-from edgeseg.registry import suggest
+from edgeseg.core.errors import UsageError
+from edgeseg.core.registry import suggest
+from edgeseg.models.model_file import run_file_bytes
 
 IMPORTED = "imported"
 
@@ -114,23 +115,8 @@ def _python(factory: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     return net
 
 
-def run_file_bytes(path: Path, sha256: str | None, kind: str) -> bytes:
-    """The bytes of a model file an imported run keeps (TorchScript, ONNX), refused when missing or changed
-    since the import (``sha256``; None for a file not yet imported)."""
-    import hashlib
-
-    from edgeseg.errors import CheckpointError
-
-    if not path.is_file():
-        raise CheckpointError(f"{kind} file '{path}' of this imported run is missing")
-    data = path.read_bytes()
-    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
-        raise CheckpointError(f"{kind} file '{path}' changed since the import (sha256 differs); import again")
-    return data
-
-
 def _torchscript(path: Path, sha256: str | None = None) -> nn.Module:
-    from edgeseg.errors import CheckpointError
+    from edgeseg.core.errors import CheckpointError
 
     run_file_bytes(path, sha256, "TorchScript")
     try:

@@ -11,10 +11,10 @@ import torch
 import torch.nn as nn
 
 from edgeseg.models import MODELS
-from edgeseg.errors import UsageError
+from edgeseg.core.errors import UsageError
 from edgeseg.models.encoders import ENCODERS, make_encoder, require_output_stride
 from edgeseg.models.layers import crop_like, pad_input, resize
-from edgeseg.registry import check_choice
+from edgeseg.core.registry import check_choice
 
 
 class LRASPP(nn.Module):

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgeseg.errors import UsageError
+from edgeseg.core.errors import UsageError
 from edgeseg.models import MODELS
 from edgeseg.models.layers import crop_like, pad_input
 

@@ -15,12 +15,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from edgeseg.atomic import atomic_path
-from edgeseg.config import TrainConfig
+from edgeseg.core.atomic import atomic_path
+from edgeseg.train.config import TrainConfig
 from edgeseg.data.base import ClassInfo
 from edgeseg.data.transforms import Preprocess
-from edgeseg.errors import CheckpointError, EdgesegError
-from edgeseg.versions import package_versions
+from edgeseg.core.errors import CheckpointError, EdgesegError
+from edgeseg.core.versions import package_versions
 
 FORMAT = "edgeseg-checkpoint"
 FORMAT_VERSION = 1

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
-from edgeseg.errors import UsageError
+from edgeseg.core.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def setup(device_name: str) -> tuple[DistContext, torch.device]:
     """The process's rank and device; starts the process group when torchrun launched it. One process under
     torchrun (``--nproc-per-node 1``) also gets a process group and DDP: the same code path as N processes,
     which is how a one-GPU machine checks that NCCL works before a multi-GPU job."""
-    from edgeseg.train.loop import pick_device
+    from edgeseg.core.device import pick_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if "RANK" not in os.environ:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from edgeseg.metrics import confusion, iou_per_class, mean_iou, pixel_accuracy
+from edgeseg.core.metrics import confusion, iou_per_class, mean_iou, pixel_accuracy
 
 
 @torch.no_grad()

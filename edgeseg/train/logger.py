@@ -47,7 +47,7 @@ class RunLogger:
         """``history.csv``, rewritten atomically after every epoch (complete rows only)."""
         if not self.enabled:
             return
-        from edgeseg.atomic import atomic_path
+        from edgeseg.core.atomic import atomic_path
 
         with atomic_path(self.out_dir / "history.csv") as tmp, open(tmp, "w", newline="") as f:
             if history:

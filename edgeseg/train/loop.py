@@ -14,34 +14,23 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from edgeseg.atomic import ensure_dir, write_json
-from edgeseg.config import TrainConfig
+from edgeseg.core.atomic import ensure_dir, write_json
+from edgeseg.train.config import TrainConfig
 from edgeseg.data import open_split
 from edgeseg.data.transforms import (Preprocess, ShardSampler, TensorDataset, TrainSampler, batches,
                                      class_frequencies, collate)
-from edgeseg.errors import CheckpointError, EdgesegError, UsageError
+from edgeseg.core.errors import CheckpointError, EdgesegError, UsageError
 from edgeseg.losses import CompositeLoss, parse_loss
 from edgeseg.models import build_model, check_input_size, count_params
-from edgeseg.progress import progress_bar
+from edgeseg.core.progress import progress_bar
 from edgeseg.train.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
 from edgeseg.train.distributed import DistContext, all_reduce_sum, barrier, cleanup, per_rank_batch, setup
 from edgeseg.train.evaluate import evaluate, recalibrate_batchnorm
 from edgeseg.train.logger import RunLogger
 from edgeseg.train.state import capture_rng, restore_rng
-from edgeseg.versions import package_versions
+from edgeseg.core.versions import package_versions
 
 BEST_NAME = "best.pt"
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device '{name}' is not a device; use auto, cpu or cuda[:N]") from None
 
 
 def compute_class_weights(freq: np.ndarray, mode: str) -> np.ndarray | None:

@@ -1,0 +1,60 @@
+"""What every Core ML module shares: coremltools imported quietly and without TensorFlow, the names of an edgeseg
+package's tensors, and the pixel/normalization conversions between an app's frame and the model input."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from exporters.native import preload_triton, quiet_native
+from exporters.base import ExporterError
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+
+
+def import_ct():
+    """coremltools, imported quietly and without TensorFlow."""
+    preload_triton()  # in case TensorFlow is imported anyway (see exporters/native.py)
+    with quiet_native(), warnings.catch_warnings(), without_tensorflow():
+        warnings.simplefilter("ignore")
+        import coremltools as ct
+    return ct
+
+
+@contextlib.contextmanager
+def without_tensorflow():
+    """Import coremltools without TensorFlow: coremltools imports TensorFlow whenever it is installed (its
+    ``_deps`` probe), 7-8 s and ~600 MB here, only to offer a TensorFlow frontend that edgeseg never uses
+    (every Core ML export converts from PyTorch). A ``None`` entry in ``sys.modules`` makes that probe's
+    ``import tensorflow`` fail as if it were absent; it is removed again, so TFLite exports later in the same
+    process import TensorFlow as usual. Once TensorFlow is loaded (a TFLite export ran first) this does nothing."""
+    import sys
+
+    if "tensorflow" in sys.modules:
+        yield
+        return
+    sys.modules["tensorflow"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if sys.modules.get("tensorflow", 0) is None:
+            del sys.modules["tensorflow"]
+
+
+def package_io(meta: dict, path: Path) -> tuple[np.ndarray, np.ndarray, str]:
+    """Normalization mean/std and input kind from an edgeseg package's user-defined metadata."""
+    norm = json.loads(meta.get("normalization", "null") or "null")
+    if norm is None:
+        raise ExporterError(f"'{path}' has no 'normalization' metadata; re-export it with edgeseg")
+    return np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32), meta.get("input", "image")
+
+
+def to_pixels(img: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """A normalized CHW image back to the 8-bit HWC RGB pixels an app's camera frame would hold."""
+    rgb = (img.transpose(1, 2, 0) * std + mean) * 255.0
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
