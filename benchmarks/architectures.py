@@ -7,7 +7,7 @@ each pairing is first trained for ``--epochs`` on the embedded synthetic data at
 
     python benchmarks/architectures.py [--sizes 256 512] [--epochs 4] [--only lraspp deeplabv3] [--json]
 
-Figures are this machine's CPU, not a phone's (see README).
+Figures are this machine's CPU, not a phone's (see docs/export-and-parity.md).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from edgeseg.data import open_split
 from edgeseg.data.transforms import Preprocess
 from edgeseg.models import count_params
 from edgeseg.models.macs import count_macs
-from edgeseg.steps.export import check_run, export_run
+from edgeseg.tasks.semantic.run import check_run, export_run
 from edgeseg.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from edgeseg.train.loop import train
 from edgeseg.core.versions import hardware

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.train.config import TrainConfig
-from edgeseg.steps.export import check_run, export_run
+from edgeseg.tasks.semantic.run import check_run, export_run
 from edgeseg.train.loop import train
 from exporters.coreml import COMPUTE_UNITS, TARGET
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.core.latency import measure_latency, torch_runner
-from edgeseg.steps.export import export_run
+from edgeseg.tasks.semantic.run import export_run
 from edgeseg.steps.quickstart import QUICKSTART_CONFIG
 from edgeseg.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from edgeseg.train.loop import train

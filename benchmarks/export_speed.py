@@ -81,7 +81,7 @@ def litert_direct(ck, x: np.ndarray, runs: int) -> dict:
 def one_size(size: int, runs: int, work: Path) -> dict:
     from edgeseg.core.latency import measure_latency
     from edgeseg.steps.importer import import_model
-    from edgeseg.steps.export import calibration_images
+    from edgeseg.tasks.semantic.run import calibration_images
     from edgeseg.train.checkpoint import load_checkpoint
     from exporters.onnx import OnnxRunner
     from exporters.tflite import ONNX2TF_SAMPLE, TFLiteRunner, _onnx2tf_sample

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from edgeseg.train.config import TrainConfig
 from edgeseg.core.errors import EdgesegError
-from edgeseg.steps.export import check_run, export_run
+from edgeseg.tasks.semantic.run import check_run, export_run
 from edgeseg.quantize.run import QuantizeOptions, quantize_run
 from edgeseg.train.loop import train
 

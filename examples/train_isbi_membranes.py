@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from edgeseg.train.config import TrainConfig
-from edgeseg.steps.export import check_run, export_run
+from edgeseg.tasks.semantic.run import check_run, export_run
 from edgeseg.train.loop import train
 
 ap = argparse.ArgumentParser()

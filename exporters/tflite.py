@@ -154,7 +154,7 @@ def _stop_after_saved_model(tf) -> Iterator[None]:
 
     onnx2tf always converts its SavedModel to float32 and float16 .tflite files itself (no option turns that
     off), right after writing the SavedModel; edgeseg converts the SavedModel with its own settings and
-    metadata, so those two conversions were thrown away: 3-12 s per model (measured, see README). The first
+    metadata, so those two conversions were thrown away: 3-12 s per model (measured, see docs/export-and-parity.md). The first
     ``TFLiteConverter.from_concrete_functions`` call raises, which unwinds out of ``convert``.
     """
     cls = tf.lite.TFLiteConverter

@@ -12,7 +12,7 @@ import torch
 from edgeseg.train.config import TrainConfig
 from edgeseg.models import MODELS, build_model
 from edgeseg.tasks.semantic.parity import compare, thresholds_for
-from edgeseg.steps.export import check_run, export_run
+from edgeseg.tasks.semantic.run import check_run, export_run
 from edgeseg.train.loop import train
 
 # name -> (model kwargs for a tiny but faithful instance, learning rate). Encoders are spread over the

@@ -29,7 +29,7 @@ def test_bench_checkpoint_onnx_and_mlpackage(tiny_run, tmp_path, capsys):
     import shutil
 
     from edgeseg.models import count_params
-    from edgeseg.steps.export import export_run
+    from edgeseg.tasks.semantic.run import export_run
     from edgeseg.train.checkpoint import load_checkpoint
 
     # a copy: the shared tiny run must keep only the exports other tests made

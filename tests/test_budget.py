@@ -13,7 +13,7 @@ from edgeseg.cli import main
 @pytest.fixture(scope="module")
 def reported(tiny_run, tmp_path_factory):
     """A copy of the tiny run with a TFLite fp32 export, checked, and a plain report."""
-    from edgeseg.steps.export import check_run, export_run
+    from edgeseg.tasks.semantic.run import check_run, export_run
     from edgeseg.steps.report.build import build_report
 
     run = tmp_path_factory.mktemp("budget") / "run"
@@ -47,7 +47,7 @@ def test_budget_pass_fail_and_not_verified(reported, tmp_path, capsys):
 
 
 def test_budget_on_an_unmeasured_figure_is_not_verified(reported, tmp_path, capsys):
-    from edgeseg.steps.export import export_run
+    from edgeseg.tasks.semantic.run import export_run
 
     export_run(reported, "coreml", "fp16", log=lambda s: None)  # exported, never checked
     b = tmp_path / "b.yaml"

@@ -8,7 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from edgeseg.steps.bundle.build import sha256, validate, verify_bundle
+from edgeseg.core.digest import sha256
+from edgeseg.steps.bundle.verify import validate, verify_bundle
 from edgeseg.cli import main
 
 pytestmark = pytest.mark.slow

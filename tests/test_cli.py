@@ -137,7 +137,7 @@ def test_models_lists_params_and_macs(capsys):
 def test_cli_imports_no_heavy_toolchain_for_help():
     code, out, _ = run_cli("--help")
     assert code == 0 and "exit codes:" in out
-    probe = ("import sys, edgeseg.cli; edgeseg.cli._parser(); "
+    probe = ("import sys, edgeseg.cli; edgeseg.cli.parser(); "
              "print(sorted(m for m in ('torch', 'tensorflow', 'coremltools', 'onnx2tf') if m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "[]"
 
@@ -176,7 +176,7 @@ def test_export_pairs_expand_lists_and_all():
     from exporters import TARGETS
 
     from edgeseg.core.errors import UsageError
-    from edgeseg.steps.export import export_pairs
+    from edgeseg.core.pairs import export_pairs
 
     assert export_pairs("tflite,coreml", "fp32,fp16,int8") == (
         [("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8"), ("coreml", "fp32"), ("coreml", "fp16"),

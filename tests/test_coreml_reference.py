@@ -61,7 +61,7 @@ def test_compressed_weights_decompress_to_what_coremltools_reports(precision, tm
 
 
 def test_a_weight_altered_on_disk_fails_the_check(tiny_run, tmp_path):
-    from edgeseg.steps.export import check_run, export_run
+    from edgeseg.tasks.semantic.run import check_run, export_run
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export"))

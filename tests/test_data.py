@@ -123,7 +123,7 @@ def test_calibration_images_keep_uint8_frames_and_give_the_preprocessed_values()
     Preprocess.image gives, one NCHW image per item; slices stay lazy."""
     from types import SimpleNamespace
 
-    from edgeseg.steps.export import calibration_images
+    from edgeseg.tasks.semantic.run import calibration_images
     from exporters.base import batches
 
     pre = Preprocess(48, 64, resize="letterbox")

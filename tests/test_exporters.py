@@ -191,7 +191,7 @@ def test_core_ml_export_does_not_import_tensorflow(tiny_run, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "report.*"))
-    code = ("import sys\nfrom edgeseg.steps.export import export_runs\n"
+    code = ("import sys\nfrom edgeseg.tasks.semantic.run import export_runs\n"
             f"export_runs({str(run)!r}, [('coreml', 'fp16')], log=lambda s: None)\n"
             "print('after coreml', 'tensorflow' in sys.modules)\n"
             f"export_runs({str(run)!r}, [('tflite', 'fp16')], log=lambda s: None)\n"

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgeseg.steps.report.budget import load_budget
-from edgeseg.steps.bundle.build import verify_bundle
+from edgeseg.steps.bundle.verify import verify_bundle
 from edgeseg.train.config import TrainConfig
 from edgeseg.core.errors import EdgesegError
 

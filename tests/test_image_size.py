@@ -112,7 +112,7 @@ def test_camera_shaped_run_trains_exports_checks_reports_and_bundles(tmp_path):
     """44x60 (not a multiple of U-Net's stride 8: padded to 48x64 inside the graph) from 60x60 synthetic
     frames letterboxed into it: every target keeps the 44x60 NHWC/NCHW contract and passes its gate; the
     bundle states the size and the resize rule and its Kotlin fits frames the same way."""
-    from edgeseg.steps.bundle.build import validate, verify_bundle
+    from edgeseg.steps.bundle.verify import validate, verify_bundle
     from edgeseg.cli import main
     from edgeseg.train.config import TrainConfig
     from edgeseg.train.loop import train

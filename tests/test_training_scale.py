@@ -216,7 +216,7 @@ def test_sync_bn_on_cpu_is_refused(tmp_path):
 
 
 def test_export_and_check_use_the_chosen_weights(tmp_path):
-    from edgeseg.steps.export import check_run, export_run
+    from edgeseg.tasks.semantic.run import check_run, export_run
 
     train(_cfg(ema=0.8, epochs=1), tmp_path / "r", quiet=True, log=lambda s: None)
     rec = export_run(tmp_path / "r", "onnx", log=lambda s: None)

@@ -180,3 +180,18 @@ def open_split(spec: str, split: str, image_size: int | str = 128, strict: bool 
 
     kind, path, opts = parse_spec(spec)
     return DATASETS.get(kind)(spec, path, opts, split, max(parse_image_size(image_size)), strict=strict)
+
+
+def dataset_spec(spec: str, fmt: str | None = None, categories: str | None = None) -> str:
+    """A spec from ``edgeseg data check PATH --format F --categories C`` (or a spec given whole)."""
+    from edgeseg.core.errors import UsageError
+
+    if fmt:
+        if fmt not in DATASETS.names():
+            DATASETS.get(fmt)  # raises with a suggestion
+        if ":" in spec.split("/")[0] and spec.split(":")[0] in DATASETS.names():
+            raise UsageError(f"--format {fmt} given but '{spec}' is already a spec; give one or the other")
+        spec = f"{fmt}:{spec}"
+    if categories:
+        spec = with_option(spec, "categories", categories)
+    return spec

@@ -115,3 +115,24 @@ def format_report(report: dict[str, Any]) -> str:
                 for r in report["splits"].values())
     lines.append("OK: no problems found" if report["ok"] else f"FAILED: {n_bad} problem(s)")
     return "\n".join(lines)
+
+
+def describe_dataset(spec: str, image_size: str | int = 128) -> dict[str, Any]:
+    """``edgeseg data show``: the classes, and per split the image count and each class's pixel fraction."""
+    from edgeseg.data.transforms import class_frequencies
+
+    info: dict[str, Any] = {"spec": spec, "splits": {}}
+    for split in SPLITS:
+        ds = open_split(spec, split, image_size)
+        info["classes"] = [c.to_json() for c in ds.classes]
+        freq = class_frequencies(ds, len(ds.classes))
+        info["splits"][split] = {"images": len(ds),
+                                 "pixel_fraction": [round(float(f), 5) for f in freq / max(freq.sum(), 1)]}
+    return info
+
+
+def format_description(info: dict[str, Any]) -> str:
+    lines = [f"{info['spec']}: classes {', '.join(c['name'] for c in info['classes'])}"]
+    for s, d in info["splits"].items():
+        lines.append(f"  {s:5s} {d['images']:5d} images  pixel fraction per class {d['pixel_fraction']}")
+    return "\n".join(lines)

@@ -14,7 +14,7 @@ AEQ_TARGETS = ("tflite",)  # ai-edge-quantizer quantizes .tflite files
 PT2E_TARGETS = ("tflite",)  # litert-torch converts the PT2E graph
 ACCURACY_TARGETS = ("onnx", "openvino")  # where NNCF's accuracy control has a backend (ONNX; OpenVINO reads it)
 MIN_CALIBRATION = 16
-# (epochs, learning rate) by method. qat: NNCF's grid, ISBI/synthetic (README). pt2e: measured on CamVid val
+# (epochs, learning rate) by method. qat: NNCF's grid, ISBI/synthetic (docs/int8.md). pt2e: measured on CamVid val
 # (LR-ASPP, 256 px, distillation, fake-quant agreement / mask mIoU): lr 1e-5 x 2 epochs 98.62 % / 0.882;
 # lr 1e-4 per epoch 98.62, 98.88, 98.93, 98.96 % (mask mIoU 0.871 -> 0.898), and 98.97, 99.00 % / 0.903 at epochs
 # 5 and 6: 4 epochs keep most of the gain within the 15-minute budget.

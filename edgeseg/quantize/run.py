@@ -53,7 +53,7 @@ from edgeseg.quantize.records import summary_row, torch_parity, write_record
 from edgeseg.tasks.semantic.parity import ParityResult, compare, thresholds_for
 
 def _calibration(ckpt, count: int, log: Callable[[str], None]) -> list[np.ndarray]:
-    from edgeseg.steps.export import calibration_images
+    from edgeseg.tasks.semantic.run import calibration_images
 
     if count < MIN_CALIBRATION:
         raise UsageError(f"--calibration {count}: at least {MIN_CALIBRATION} images are needed for int8 ranges "

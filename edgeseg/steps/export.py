@@ -1,346 +1,71 @@
-"""The steps after training: export a run's model, check its parity, as library calls the CLI wraps.
+"""``edgeseg export`` / ``edgeseg check``: every (target, precision) pair of a run, whatever its task.
 
-Layout of a run directory::
-
-    RUN/checkpoint.pt  metrics.json  history.csv
-    RUN/export/<target>-<precision>/model.<suffix>  export.json  parity.json
-    RUN/export/.cache/<checkpoint digest>/          intermediate artifacts (TF SavedModel)
-    RUN/report.json  report.md
+The task (:func:`edgeseg.tasks.task_of`) says which targets and precisions it has and which options it takes;
+an option the run's task does not take, set to anything but its default, is refused naming the flag (it would
+otherwise be silently ignored). The work itself is the task's: a semantic run exports all pairs in one process
+with the checkpoint and calibration read once (:mod:`edgeseg.tasks.semantic.run`); an instance run builds the
+static graph and checks instance parity per export (:mod:`edgeseg.tasks.instance.run`).
 """
 
 from __future__ import annotations
 
-import collections.abc
-import json
-import shutil
-import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-import numpy as np
+from edgeseg.core.errors import UsageError
+from edgeseg.core.pairs import export_pairs
+from edgeseg.tasks import Task, task_of
 
-from edgeseg.core.atomic import ensure_dir, write_json
-from edgeseg.core.digest import file_digest
-from edgeseg.data import open_split
-from edgeseg.core.errors import CheckFailed, ExportError, UsageError
-from edgeseg.tasks.semantic.parity import (NOT_VERIFIED, LazySamples, ParityResult, combine_results, compare, not_verified,
-                            thresholds_for)
-from edgeseg.core.registry import check_choice
-from edgeseg.train.checkpoint import Checkpoint, load_checkpoint
-from edgeseg.core.versions import package_versions
-
-DEFAULT_CALIBRATION = 100
+# every export/check option and its default: a task that does not take one refuses a changed value
+OPTION_DEFAULTS: dict[str, Any] = {
+    "calibration": 100, "weights": "auto", "output": "logits", "input_kind": "image", "deployment_target": None,
+    "min_agreement": None, "min_mask_miou": None, "max_miou_drop": None, "data": None, "compute_units": None,
+    "threads": 2, "limit": None, "score_threshold": 0.3}
+FLAGS = {"input_kind": "--input"}
 
 
-def target_and_precision(target: str, precision: str | None) -> tuple[Any, str]:
-    """Validate a target/precision pair against the exporter table (with close-name suggestions)."""
-    from exporters import TARGETS
+@dataclass
+class Outcome:
+    """What a step did: the run's task, the pairs it worked on, the notes on pairs skipped (also logged before
+    the work), and the results (export records, or check results: the task's own type, ``task.describe``s them)."""
 
-    check_choice(target, list(TARGETS), "target")
-    t = TARGETS[target]
-    p = precision or t.default_precision
-    check_choice(p, list(t.precisions), f"precision for target '{target}'")
-    return t, p
-
-
-def export_pairs(targets: str, precisions: str | None, table: dict[str, tuple[tuple[str, ...], str]] | None = None
-                 ) -> tuple[list[tuple[str, str]], list[str]]:
-    """The (target, precision) pairs of ``--target a,b --precision x,y`` (``all`` = every target / every
-    precision of each target; no precision = each target's default), then the ``TARGET:PRECISION`` items of
-    ``--target`` (that pair alone, e.g. ``tflite,coreml:fp16 --precision all``), and a note for each listed
-    precision a listed target does not have (skipped). A precision no listed target has is an error.
-    ``table``: target -> (precisions, default precision); default: the semantic exporters' table."""
-    if table is None:
-        from exporters import TARGETS
-
-        table = {n: (t.precisions, t.default_precision) for n, t in TARGETS.items()}
-    items = list(table) if targets.strip() == "all" else [t.strip() for t in targets.split(",") if t.strip()]
-    if not items:
-        raise UsageError("--target is empty; give one or more of " + ", ".join(table))
-    fixed: list[tuple[str, str]] = []  # TARGET:PRECISION items: that pair only, whatever --precision says
-    names = []
-    for item in items:
-        n, _, p = item.partition(":")
-        check_choice(n, list(table), "target")
-        if p:
-            check_choice(p, list(table[n][0]), f"precision for target '{n}'")
-            fixed.append((n, p))
-        else:
-            names.append(n)
-    if not names:
-        return list(dict.fromkeys(fixed)), []
-    wanted = None if precisions is None or precisions.strip() == "all" else \
-        [p.strip() for p in precisions.split(",") if p.strip()]
-    pairs: list[tuple[str, str]] = []
-    skipped: list[str] = []
-    for n in dict.fromkeys(names):
-        have, default = table[n]
-        if precisions is None:
-            pairs.append((n, default))
-        elif wanted is None:
-            pairs += [(n, p) for p in have]
-        else:
-            pairs += [(n, p) for p in dict.fromkeys(wanted) if p in have]
-            skipped += [f"{n} has no {p} (it has {', '.join(have)}): skipped" for p in dict.fromkeys(wanted)
-                        if p not in have]
-    for p in wanted or ():
-        if not any(p == q for _, q in pairs):
-            every = sorted({q for n in names for q in table[n][0]})
-            check_choice(p, every, f"precision for target{'s' if len(names) > 1 else ''} '{','.join(names)}'")
-    return list(dict.fromkeys(pairs + fixed)), skipped
+    task: Task
+    pairs: list[tuple[str, str]]
+    notes: list[str]
+    results: list[Any]
 
 
-def export_dir(run: Path, target: str, precision: str, output: str = "logits", input_kind: str = "image") -> Path:
-    """``RUN/export/<target>-<precision>[-argmax][-multiarray|-pixels]``."""
-    suffix = ("-argmax" if output == "argmax" else "") + (f"-{input_kind}" if input_kind != "image" else "")
-    return Path(run) / "export" / f"{target}-{precision}{suffix}"
+def _options(task: Task, run: Path, action: str, given: dict[str, Any]) -> dict[str, Any]:
+    takes = task.options(action)
+    for k, v in given.items():
+        if k not in OPTION_DEFAULTS:
+            raise TypeError(f"unknown {action} option {k}")
+        if k not in takes and v != OPTION_DEFAULTS[k]:
+            flag = FLAGS.get(k, "--" + k.replace("_", "-"))
+            raise UsageError(f"{flag} applies to {'semantic' if task.name == 'instance' else 'instance'} runs; "
+                             f"'{run}' is a{'' if task.name == 'semantic' else 'n'} {task.name} run "
+                             f"({task.describe_options(action)})")
+    return {k: v for k, v in given.items() if k in takes}
 
 
-def _check_variant(target: str, output: str, input_kind: str) -> None:
-    if output not in ("logits", "argmax"):
-        raise UsageError(f"--output must be logits or argmax, not '{output}'")
-    kinds = {"coreml": ("image", "multiarray"), "tflite": ("image", "pixels")}.get(target, ("image",))
-    if input_kind not in kinds:
-        raise UsageError(f"--input {input_kind} does not apply to --target {target}; it takes "
-                         + " or ".join(kinds))
+def export(run: Path, targets: str, precisions: str | None = None, log: Callable[[str], None] = print,
+           **options: Any) -> Outcome:
+    """Export ``run`` to every pair of ``--target targets --precision precisions``; returns the records."""
+    task = task_of(run)
+    pairs, notes = export_pairs(targets, precisions, task.precisions())
+    opts = _options(task, run, "export", options)
+    for note in notes:
+        log(f"note: {note}")
+    return Outcome(task, pairs, notes, task.export(Path(run), pairs, log=log, **opts))
 
 
-class CalibrationImages(collections.abc.Sequence):
-    """Preprocessed calibration images, ``[1, 3, H, W]`` float32 each, kept as the resized uint8 frames they are
-    made from (a quarter of the memory: 79 MB instead of 315 MB for 100 images at 512 px) and normalized when
-    read; the values are those :meth:`Preprocess.image` gives."""
-
-    def __init__(self, frames: list[np.ndarray], preprocess) -> None:
-        self._frames, self._pre = frames, preprocess
-
-    def __len__(self) -> int:
-        return len(self._frames)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return CalibrationImages(self._frames[i], self._pre)
-        return self._pre.normalize(self._frames[i])[None]
-
-
-def calibration_images(ckpt: Checkpoint, count: int) -> CalibrationImages:
-    """``count`` preprocessed images from the training split (evenly spaced; all if fewer)."""
-    ds = open_split(ckpt.config.data, "train", ckpt.config.image_size)
-    n = min(count, len(ds))
-    idx = np.linspace(0, len(ds) - 1, n).round().astype(int) if n else []
-    return CalibrationImages([ckpt.preprocess.resize_image(ds[int(i)][0]) for i in idx], ckpt.preprocess)
-
-
-def export_run(run: Path, target: str, precision: str | None = None, calibration: int = DEFAULT_CALIBRATION,
-               log: Callable[[str], None] = print, weights: str | None = None, output: str = "logits",
-               input_kind: str = "image", deployment_target: str | None = None) -> dict[str, Any]:
-    """Export a run's checkpoint to one target and precision; returns the export record (also written as
-    export.json). See :func:`export_runs`."""
-    _, precision = target_and_precision(target, precision)
-    return export_runs(run, [(target, precision)], calibration, log, weights, output, input_kind,
-                       deployment_target)[0]
-
-
-def export_runs(run: Path, pairs: Sequence[tuple[str, str]], calibration: int = DEFAULT_CALIBRATION,
-                log: Callable[[str], None] = print, weights: str | None = None, output: str = "logits",
-                input_kind: str = "image", deployment_target: str | None = None) -> list[dict[str, Any]]:
-    """Export a run's checkpoint to every (target, precision) of ``pairs`` in this one process: the checkpoint
-    and the calibration images are read once, each toolchain is imported once, and the intermediates that
-    precisions share (ONNX, the TF SavedModel) are made once, in ``RUN/export/.cache``. Returns the export
-    records in order; the first failure stops (the exports before it are kept).
-
-    Serial on purpose: exporting Core ML in a worker process while this one made the TFLite files was measured
-    no faster on 2 cores (55.7 s vs 55.4 s wall for 3 TFLite + Core ML fp16, LR-ASPP 256 px): TensorFlow's
-    converter and calibration already keep both cores busy.
-
-    ``weights``: ``ema`` or ``raw`` for a run trained with ``--ema`` (default: the run's export_weights);
-    the choice is recorded, and ``check`` compares against the same weights.
-    """
-    from exporters import ExporterError, ExportOptions, Normalization
-
-    targets = [target_and_precision(tg, pr)[0] for tg, pr in pairs]  # every pair valid before any work
-    for tg, _ in pairs:
-        _check_variant(tg, output, input_kind)
-    if deployment_target is not None and not any(tg == "coreml" for tg, _ in pairs):
-        raise UsageError("--deployment-target applies to --target coreml only")
-    if calibration < 1:
-        raise UsageError(f"--calibration must be at least 1, got {calibration}")
-    ckpt = load_checkpoint(run)
-    run = Path(ckpt.path).parent
-    for t in targets:
-        try:
-            t.require()
-        except ExporterError as e:
-            raise ExportError(str(e)) from None
-    which = ckpt.weights_choice(weights)
-    pre = ckpt.preprocess
-    example = np.zeros((1, 3, pre.height, pre.width), np.float32)
-    digest = file_digest(ckpt.path)
-    key = digest if which == "raw" or ckpt.ema_weights is None else f"{digest}-{which}"
-    cache = Path(run) / "export" / ".cache"
-    for stale in cache.glob("*"):  # intermediates of checkpoints that have since been replaced
-        if not stale.name.startswith(digest):
-            shutil.rmtree(stale, ignore_errors=True)
-    work = ensure_dir(cache / key)
-    images: dict[int, list[np.ndarray]] = {}
-    records = []
-    for t, (target, precision) in zip(targets, pairs):
-        needs_calibration = (target, precision) in (("tflite", "int8"), ("coreml", "w8a8"), ("onnx", "int8"),
-                                                    ("openvino", "int8"))
-        # onnx2tf's own check inference wants 20 sample images even for float exports (see exporters/tflite.py)
-        count = calibration if needs_calibration else (20 if target == "tflite" else 0)
-        if count not in images:
-            images[count] = calibration_images(ckpt, count)
-        # built for each export: NNCF and the Core ML quantizers hook into the module they are given
-        model = ckpt.build_model(which)
-        out = export_dir(run, target, precision, output, input_kind)
-        fresh = not out.exists()
-        ensure_dir(out)
-        opts = ExportOptions(precision=precision, calibration=images[count],
-                             class_names=ckpt.class_names,
-                             normalization=Normalization(tuple(pre.mean), tuple(pre.std)),
-                             metadata={"author": "edgeseg", "edgeseg_model": ckpt.config.model,
-                                       "edgeseg_preprocess": json.dumps(pre.to_json()),
-                                       "edgeseg_classes": json.dumps([c.to_json() for c in ckpt.classes])},
-                             work_dir=work, output=output, input=input_kind,
-                             deployment_target=deployment_target if target == "coreml" else None)
-        log(f"exporting {ckpt.config.model} to {target} {precision} ...")
-        try:
-            res = t.export(model, example, opts, out)
-        except ExporterError as e:
-            if fresh and not any(out.iterdir()):
-                out.rmdir()  # a failed first export leaves no empty export directory behind
-            raise ExportError(f"export to {target} {precision} failed: {e}") from None
-        record = {"schema": "edgeseg.export/1", **res.to_json(),
-                  "path": str(res.path.relative_to(run)), "checkpoint": ckpt.path.name,
-                  "checkpoint_digest": digest, "weights": which, "classes": list(ckpt.class_names),
-                  "preprocess": pre.to_json(), "versions": package_versions(),
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        write_json(out / "export.json", record)
-        log(f"  wrote {res.path} ({res.size_bytes / 1e6:.2f} MB) in {res.seconds:.1f} s")
-        records.append(record)
-    return records
-
-
-def _load_export(run: Path, target: str, precision: str, output: str = "logits",
-                 input_kind: str = "image") -> tuple[Path, dict]:
-    d = export_dir(run, target, precision, output, input_kind)
-    rec = d / "export.json"
-    if not rec.exists():
-        extra = (f" --output {output}" if output != "logits" else "") + \
-                (f" --input {input_kind}" if input_kind != "image" else "")
-        raise UsageError(f"no {target} {precision}{extra} export in '{run}'; run: edgeseg export {run} "
-                         f"--target {target} --precision {precision}{extra}")
-    return d, json.loads(rec.read_text())
-
-
-def check_run(run: Path, target: str, precision: str | None = None, min_agreement: float | None = None,
-              min_mask_miou: float | None = None, limit: int | None = None, threads: int = 2,
-              log: Callable[[str], None] = print, compute_units: str | None = None, output: str = "logits",
-              input_kind: str = "image", data: str | None = None,
-              max_miou_drop: float | None = None) -> ParityResult:
-    """Run one exported model and the reference on the test split; see :func:`check_runs`."""
-    _, precision = target_and_precision(target, precision)
-    return check_runs(run, [(target, precision)], min_agreement, min_mask_miou, limit, threads, log, compute_units,
-                      output, input_kind, data, max_miou_drop)[0]
-
-
-#: the most memory the test images of a multi-export check may take to be read once and kept (beyond it
-#: they are streamed again for each export, as a single check always streams them)
-KEEP_SAMPLES_BYTES = 1 << 30
-
-
-def check_runs(run: Path, pairs: Sequence[tuple[str, str]], min_agreement: float | None = None,
-               min_mask_miou: float | None = None, limit: int | None = None, threads: int = 2,
-               log: Callable[[str], None] = print, compute_units: str | None = None, output: str = "logits",
-               input_kind: str = "image", data: str | None = None,
-               max_miou_drop: float | None = None) -> list[ParityResult]:
-    """Run each exported model of ``pairs`` and the reference (PyTorch; for an ONNX import the original file
-    in onnxruntime) on the test split (of ``data`` when given, else the run's dataset); write each export's
-    parity.json. One process: the checkpoint, the reference model and the test images (up to
-    :data:`KEEP_SAMPLES_BYTES`) are read once for every export.
-
-    Raises nothing on a failed threshold: the result's ``status`` says it (the CLI maps it to an
-    exit code). A target that cannot run here gives a ``not-verified`` result, never a pass. Core ML runs
-    in the Core ML runtime on macOS (``compute_units``) and by reference execution of the saved program
-    elsewhere; ``runtime`` in the result says which.
-    """
-    from exporters import TARGETS, ExporterError
-
-    # bad target, precision or threshold values fail first
-    checked = [(target_and_precision(tg, pr)[0], tg, pr, thresholds_for(pr, min_agreement, min_mask_miou,
-                                                                        max_miou_drop)) for tg, pr in pairs]
-    ckpt = load_checkpoint(run)
-    run = Path(ckpt.path).parent
-    if compute_units is not None and not any(tg == "coreml" for tg, _ in pairs):
-        raise UsageError(f"--compute-units applies to --target coreml only, not {','.join(tg for tg, _ in pairs)}")
-    digest = file_digest(ckpt.path)
-    found = []
-    for t, target, precision, thresholds in checked:  # every export present and current before any work
-        _check_variant(target, output, input_kind)
-        d, rec = _load_export(run, target, precision, output, input_kind)
-        if rec.get("checkpoint_digest") != digest:
-            raise UsageError(f"the {target} {precision} export in '{d}' was made from another checkpoint; "
-                             f"export again: edgeseg export {run} --target {target} --precision {precision}")
-        found.append((t, target, precision, thresholds, d, rec))
-    samples = None
-    references: dict[str, tuple[Any, str]] = {}
-    out = []
-    for t, target, precision, thresholds, d, rec in found:
-        units: list[str | None] = [None]
-        if compute_units is not None and target == "coreml":
-            units = [u.strip() for u in compute_units.split(",") if u.strip()]
-        elif target == "coreml":
-            from exporters.coreml import native_runtime
-
-            if native_runtime():  # the Core ML runtime on the CPU alone and with every unit (GPU, neural engine)
-                units = ["CPU_ONLY", "ALL"]
-        ok, why = t.can_run()
-        if not ok:
-            res = not_verified(target, precision, why, thresholds)
-            write_json(d / "parity.json", {"schema": "edgeseg.parity/1", **res.to_json()})
-            out.append(res)
-            continue
-        from edgeseg.core.latency import torch_runner
-
-        if samples is None:
-            test = open_split(data or ckpt.config.data, "test", ckpt.config.image_size)
-            if data and getattr(test, "labelled", True) and len(test.classes) != ckpt.num_classes:
-                raise UsageError(f"--data '{data}' has {len(test.classes)} classes but the model has "
-                                 f"{ckpt.num_classes}")
-            n = len(test) if limit is None else min(limit, len(test))
-            samples = LazySamples(test, n, ckpt.preprocess.image, ckpt.preprocess.mask)  # streamed: bounded memory
-            # several exports: read once and keep, when it fits (image + mask + label per test image)
-            if len(found) > 1 and n * ckpt.preprocess.height * ckpt.preprocess.width * 3 * 4 * 2 <= KEEP_SAMPLES_BYTES:
-                samples = samples.kept()
-        which = rec.get("weights", "raw")
-        if which not in references:
-            ref_model, ref_name = ckpt.reference_model(which)
-            references[which] = (torch_runner(ref_model, threads), ref_name)
-        reference, ref_name = references[which]
-        results = []
-        for unit in units:
-            try:
-                kw = {"compute_units": unit} if unit is not None else {}
-                runner = TARGETS[target].load(run / rec["path"], threads=threads, **kw)
-            except ExporterError as e:
-                if unit is None:
-                    raise ExportError(str(e)) from None
-                results.append(not_verified(target, precision, str(e), thresholds))
-                continue
-            log(f"checking {target} {precision} ({runner.runtime}) against {ref_name} on {samples.count} test "
-                f"images ...")
-            results.append(compare(reference, runner, samples.images, samples.masks, ckpt.class_names, thresholds,
-                                   target, precision, runtime=runner.runtime, labels=samples.labels,
-                                   to_label=ckpt.preprocess.to_label, region=ckpt.preprocess.region,
-                                   reference_runtime=ref_name))
-        res = combine_results(results) if len(results) > 1 else results[0]
-        write_json(d / "parity.json", {"schema": "edgeseg.parity/1", **res.to_json()})
-        out.append(res)
-    return out
-
-
-def raise_for_status(res: ParityResult) -> None:
-    if res.status == NOT_VERIFIED:
-        return
-    if not res.passed:
-        raise CheckFailed(f"{res.target} {res.precision} parity failed: {'; '.join(res.failures)}")
+def check(run: Path, targets: str, precisions: str | None = None, log: Callable[[str], None] = print,
+          **options: Any) -> Outcome:
+    """Check every existing export of the pairs against the task's reference; writes each parity.json."""
+    task = task_of(run)
+    pairs, notes = export_pairs(targets, precisions, task.precisions())
+    opts = _options(task, run, "check", options)
+    for note in notes:
+        log(f"note: {note}")
+    return Outcome(task, pairs, notes, task.check(Path(run), pairs, log=log, **opts))

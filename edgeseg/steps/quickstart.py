@@ -10,7 +10,7 @@ from edgeseg.core.atomic import ensure_dir
 from edgeseg.steps.bundle.build import make_bundle
 from edgeseg.train.config import TrainConfig
 from edgeseg.tasks.semantic.parity import ParityResult
-from edgeseg.steps.export import check_run, export_run
+from edgeseg.tasks.semantic.run import check_run, export_run
 from edgeseg.steps.report.build import build_report
 from edgeseg.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from edgeseg.train.loop import train

@@ -101,3 +101,15 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "edgeseg", *argv]
     return subprocess.call(cmd)
+
+
+def relaunch(nproc: int, argv: Sequence[str], global_batch: int) -> int:
+    """``edgeseg train ... --nproc-per-node N``: the same command line without that flag, under torchrun with
+    ``nproc`` processes; a batch that does not divide across them is refused before any process starts."""
+    if nproc < 1:
+        raise UsageError(f"--nproc-per-node must be >= 1, got {nproc}")
+    per_rank_batch(global_batch, nproc)
+    argv = list(argv)
+    i = next(k for k, v in enumerate(argv) if v.startswith("--nproc-per-node"))
+    del argv[i: i + (1 if "=" in argv[i] else 2)]
+    return launch(nproc, argv)

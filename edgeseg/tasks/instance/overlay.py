@@ -1,16 +1,14 @@
-"""``report.html`` of a Mask R-CNN run: the report as one self-contained page, with instance-mask overlays.
+"""Instance-mask overlays for ``report.html`` of a Mask R-CNN run (the page itself: :mod:`edgeseg.steps.report.html`).
 
-The same page as a semantic run's (:mod:`edgeseg.steps.report.html`: size and latency-vs-agreement plots, one table),
-with the instance figures in the table and, per checked export, for the first test images: the input, the
-PyTorch reference's instances, the export's instances and the pixels where they disagree. Detections are matched
-and counted by the instance-parity rule (:mod:`edgeseg.tasks.instance.parity`): a matched pair has one colour in both
-panels; a missed reference detection or an extra exported one is drawn with a red dashed box. Disagreement: red
-where exactly one of the two covers the pixel with an instance mask (probability >= 0.5).
+Per checked export, for the first test images: the input, the PyTorch reference's instances, the export's instances
+and the pixels where they disagree. Detections are matched and counted by the instance-parity rule
+(:mod:`edgeseg.tasks.instance.parity`): a matched pair has one colour in both panels; a missed reference detection or
+an extra exported one is drawn with a red dashed box. Disagreement: red where exactly one of the two covers the pixel
+with an instance mask (probability >= 0.5).
 """
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -82,11 +80,11 @@ def overlay_figures(report: dict[str, Any], run: Path, model, cfg: dict[str, Any
     import matplotlib.pyplot as plt
 
     from edgeseg.tasks.instance.check import GraphCounts, detections, load_runner, reference_detections, to_input
-    from edgeseg.tasks.instance.run import _test_samples
-    from edgeseg.steps.report.html import _png
+    from edgeseg.core.html import png
+    from edgeseg.tasks.instance.run import check_samples
     from exporters import ExporterError
 
-    images, _ = _test_samples(cfg, count)
+    images, _ = check_samples(cfg, count)
     if not images:
         return []
     refs: dict[GraphCounts, list[dict[str, np.ndarray]]] = {}
@@ -122,31 +120,5 @@ def overlay_figures(report: dict[str, Any], run: Path, model, cfg: dict[str, Any
             axes[i][3].set_title(f"{len(s['missed'])} missed, {len(s['extra'])} extra, {differ.mean():.2%} px",
                                  fontsize=8)
             axes[i][3].axis("off")
-        out.append((f"Instances: {row['name']} (score >= {t:g}; red dashed = missed / extra)", _png(fig)))
+        out.append((f"Instances: {row['name']} (score >= {t:g}; red dashed = missed / extra)", png(fig)))
     return out
-
-
-def write_instance_html(report: dict[str, Any], run: Path, model, cfg: dict[str, Any], path: Path,
-                        overlays: int = 3, threads: int = 2) -> None:
-    from edgeseg.core.atomic import write_text
-    from edgeseg.steps.report.html import _plots, page, table_row
-
-    m = report["model"]
-    figures = _plots(report) + overlay_figures(report, Path(run), model, cfg, overlays, threads)
-    f = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
-    rows = []
-    for r in report["results"]:
-        p, lat = r.get("instance_parity") or {}, r.get("latency") or {}
-        ra, ea = p.get("reference_ap") or {}, p.get("exported_ap") or {}
-        rows.append(table_row([
-            r["name"], f"{r['size_bytes'] / 1e6:.2f}", f"{lat['median_ms']:.2f}" if "median_ms" in lat else
-            "not measured", p.get("status", "reference" if r["target"] == "pytorch" else "not checked"),
-            f"{p['matched']} / {p['missed']} / {p['extra']}" if p else "", f(p.get("mask_iou_mean")),
-            f(p.get("box_iou_mean")), f"{f(ra.get('mask'))} → {f(ea.get('mask'))}" if ra else "",
-            lat.get("runtime", "")]))
-    intro = (f"<p>Mask R-CNN ({html.escape(str(m['kwargs'].get('backbone')))}), input "
-             f"{'x'.join(map(str, m['input']))}, {m['params'] / 1e6:.2f} M params, classes: "
-             f"{html.escape(', '.join(m['classes']))}</p>")
-    header = ("export", "size MB", "median ms", "parity", "matched / missed / extra", "mask IoU", "box IoU",
-              "mask AP ref → export", "runtime")
-    write_text(path, page("edgeseg report: Mask R-CNN", intro, header, rows, figures))

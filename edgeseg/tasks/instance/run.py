@@ -1,6 +1,6 @@
 """``edgeseg maskrcnn train`` / ``export`` / ``check``: a Mask R-CNN run directory.
 
-The layout is a semantic run's (:mod:`edgeseg.steps.export`), with the files that differ named apart::
+The layout is a semantic run's (:mod:`edgeseg.tasks.semantic.run`), with the files that differ named apart::
 
     RUN/maskrcnn.pt      {"config": ..., "state_dict": ...} (loaded with weights_only=True); its name tells every
                          command that the run is an instance run without unpickling it (a semantic run has
@@ -251,7 +251,8 @@ def load_run(run: Path):
     return model.eval(), cfg
 
 
-def _test_samples(cfg: dict[str, Any], limit: int):
+def check_samples(cfg: dict[str, Any], limit: int):
+    """The first ``limit`` test images (letterboxed HWC uint8) and their instance targets; DataError when none."""
     size = int(cfg["size"])
     test_ds, m = _datasets(cfg["data"], size, limit, "test")
     samples = [test_ds.instances(i) for i in range(m)]
@@ -274,10 +275,14 @@ def export_run(run: Path, target: str, precision: str | None = None, counts=None
     from edgeseg.tasks.instance.export import export_instance
 
     precision = check_precision(target, precision)
+    if max_float_macs is not None and precision != "int8-mixed":
+        raise UsageError("--max-float-macs applies to --precision int8-mixed (the mixed-precision search)")
+    if max_float_macs is not None and not 0 <= max_float_macs <= 100:
+        raise UsageError(f"--max-float-macs takes a percentage from 0 to 100, not {max_float_macs:g}")
     counts = counts or GraphCounts()
     model, cfg = load_run(run)
     size = int(cfg["size"])
-    images, targets = _test_samples(cfg, limit)
+    images, targets = check_samples(cfg, limit)
     out_dir = _export_dir(run, target, precision)
     log(f"graph vs torchvision eager on {len(images)} test images")
     same = graph_vs_eager(model, images, size, counts)
@@ -337,7 +342,7 @@ def check_run(run: Path, target: str, precision: str | None = None, limit: int =
         raise DataError(f"'{out_dir / RECORD}' is not an edgeseg Mask R-CNN export record ({type(e).__name__}: "
                         f"{e}); export again with: edgeseg maskrcnn export {run} --target {target}") from None
     model, cfg = load_run(run)
-    images, targets = _test_samples(cfg, limit)
+    images, targets = check_samples(cfg, limit)
     parity = _parity(model, target, precision, path, images, targets, counts, score_threshold, thresholds, log)
     record.update(score_threshold=score_threshold, parity=parity.to_json())
     return write_record(out_dir, record)

@@ -1,0 +1,60 @@
+"""``edgeseg check``: parity of existing exports against the reference (any task); exit 1 when one fails."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from edgeseg.cli.common import EPILOG, common, exit_code, log_of
+
+def add(sub) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("check", help="mask parity of an export vs PyTorch", epilog=EPILOG, formatter_class=fmt,
+                       description="Run the exported model and the PyTorch reference on the test split and "
+                       "compare their masks. Default thresholds: fp32 >= 99.9 %% agreement; fp16 >= 99.5 %%; "
+                       "int8, palettized and w8a8 >= 98 %% and mask mIoU >= 0.95; every precision: the dataset "
+                       "mIoU (vs the labels) drops by at most 0.01 (one point) from PyTorch to the export.")
+    common(p)
+    p.add_argument("run", type=Path)
+    p.add_argument("--target", required=True, help="as for export: one, several comma-separated, or all (the "
+                   "test images and the reference are read once for every export)")
+    p.add_argument("--precision", help="as for export: one, several comma-separated, or all")
+    p.add_argument("--min-agreement", type=float, help="minimum pixel agreement in %%")
+    p.add_argument("--min-mask-miou", type=float, help="minimum mIoU of exported vs reference masks")
+    p.add_argument("--max-miou-drop", type=float, help="largest allowed drop of the dataset mIoU from PyTorch to "
+                   "the export, absolute (default 0.01 = one point)")
+    p.add_argument("--limit", type=int, help="use only the first N test images")
+    p.add_argument("--data", metavar="SPEC",
+                   help="check on this dataset's test split instead of the run's (same classes), e.g. "
+                   "folder:/data/field-photos?split=0,0,1; images are streamed, a broken one stops the check "
+                   "(exit 1) with the figures of every image before it")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--output", default="logits", choices=("logits", "argmax"), help="which export to check")
+    p.add_argument("--input", dest="input_kind", default="image", choices=("image", "multiarray", "pixels"),
+                   help="which export to check (coreml: multiarray; tflite: pixels)")
+    p.add_argument("--compute-units", metavar="UNITS",
+                   help="coreml on macOS: Core ML runtime compute units to check, comma-separated from CPU_ONLY, "
+                   "CPU_AND_GPU, CPU_AND_NE, ALL (default CPU_ONLY,ALL; the check passes only if every one does). "
+                   "Elsewhere Core ML is checked by reference execution of the saved program; asking for "
+                   "compute units there is NOT VERIFIED (exit 3)")
+    p.add_argument("--score-threshold", type=float, default=0.3,
+                   help="Mask R-CNN runs: detections scoring below it are not compared (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print parity.json to stdout (a list for several exports)")
+
+
+def run(a: argparse.Namespace) -> int:
+    from edgeseg.steps.export import check
+
+    log = log_of(a)
+    out = check(a.run, a.target, a.precision, log=log, min_agreement=a.min_agreement,
+                min_mask_miou=a.min_mask_miou, max_miou_drop=a.max_miou_drop, limit=a.limit, threads=a.threads,
+                compute_units=a.compute_units, output=a.output, input_kind=a.input_kind, data=a.data,
+                score_threshold=a.score_threshold)
+    if a.json:
+        js = [out.task.to_json(r) for r in out.results]
+        print(json.dumps(js[0] if len(js) == 1 else js, indent=2, default=str))
+    else:
+        for r in out.results:
+            print(out.task.describe(r))
+    return exit_code([out.task.status(r) for r in out.results])
