@@ -302,8 +302,10 @@ def test_pt2e_qat_file_is_the_fine_tuned_fake_quant_model(run, capsys):
     assert m["needed"] and not m["passed"] and 1 <= len(m["float_tensors"]) <= 2
     assert m["float_macs_pct"] <= 10.0 and len(m["ranking"]) > 10
     assert all(t["float_macs_pct"] <= 10.0 for t in m["search"])
-    # what the search left in float is float in the file: the convolutions around those tensors
-    assert mixed["details"]["float_ops"].get("CONV_2D", 0) >= 1
+    # what the search left in float is float in the file: more float ops than the full-int8 file. (Which ops
+    # depends on which tensors the search picks, and that on the thread count's rounding: CONV_2D with one
+    # thread, an ADD or HARD_SWISH with two; the count rises either way.)
+    assert sum(mixed["details"]["float_ops"].values()) > sum(full["details"]["float_ops"].values())
     assert mixed["details"]["mixed_precision"]["float_tensors"] == m["float_tensors"]
     assert any("QAT loss per epoch" in n for n in s["notes"])
     rec = json.loads((run / "export" / "tflite-int8-pt2e" / "export.json").read_text())
