@@ -2,7 +2,8 @@
 
 Each architecture, at a tiny size: forward shapes, ``torch.export`` parity, training on the embedded data
 (loss decreases, masks become right), TFLite fp32/fp16/int8 with mask parity within the default
-thresholds, and Core ML fp16/int8 programs that convert and carry their labels.
+thresholds, and a Core ML int8 program that converts (fp32/fp16 of every architecture, with their outputs
+compared: test_coreml_reference.py).
 """
 
 import numpy as np
@@ -11,8 +12,7 @@ import torch
 
 from edgeseg.train.config import TrainConfig
 from edgeseg.models import MODELS, build_model
-from edgeseg.tasks.semantic.parity import compare, thresholds_for
-from edgeseg.tasks.semantic.run import check_run, export_run
+from edgeseg.tasks.semantic.run import check_runs, export_runs
 from edgeseg.train.loop import train
 
 # name -> (model kwargs for a tiny but faithful instance, learning rate). Encoders are spread over the
@@ -26,7 +26,13 @@ ARCHS = {
     "gscnn": ({"encoder": "resnet18", "channels": 32}, 3e-3),
     "lraspp": ({"encoder": "mobilenet_v3_small", "inter_channels": 32}, 3e-3),
 }
-DATA = "synthetic?train=96&val=16&test=16"
+# 64 training images: every architecture measured with a margin over the asserts below (val mIoU 0.51-0.67, final/
+# first loss 0.26-0.56 on AMD EPYC, one thread) but the MobileNetV2 U-Net (0.44 mIoU): it keeps 96.
+TRAIN_IMAGES = {"unet+mobilenet_v2": 96}
+
+
+def _data(key: str) -> str:
+    return f"synthetic?train={TRAIN_IMAGES.get(key, 64)}&val=16&test=16"
 
 
 def test_every_registered_architecture_is_tested():
@@ -63,7 +69,7 @@ def trained(tmp_path_factory):
     def get(key):
         if key not in cache:
             name, kw, lr = _arch(key)
-            cfg = TrainConfig(model=name, model_kwargs=kw, data=DATA, image_size=64, epochs=6, batch_size=8,
+            cfg = TrainConfig(model=name, model_kwargs=kw, data=_data(key), image_size=64, epochs=6, batch_size=8,
                               lr=lr, precise_bn_batches=8, seed=0)
             out = tmp_path_factory.mktemp(key.replace("+", "_")) / "run"
             cache[key] = (out, train(cfg, out, quiet=True, log=lambda s: None))
@@ -79,13 +85,13 @@ def test_trains_exports_and_keeps_masks(key, trained):
     hist = ck.metrics["history"]
     assert hist[-1]["loss"] < 0.7 * hist[0]["loss"], hist
     assert ck.metrics["val"]["miou"] > 0.4, ck.metrics["val"]
-    for precision in ("fp32", "fp16", "int8"):
-        export_run(run, "tflite", precision, log=lambda s: None)
-        res = check_run(run, "tflite", precision, log=lambda s: None)
-        assert res.passed, (precision, res.pixel_agreement, res.mask_miou, res.failures)
-    for precision in ("fp16", "int8"):
-        rec = export_run(run, "coreml", precision, log=lambda s: None)
-        assert rec["size_bytes"] > 0 and (run / rec["path"]).is_dir()
+    # one process, as `edgeseg export/check --target tflite,coreml:int8 --precision fp32,fp16,int8` runs them (Core
+    # ML fp32/fp16 of every architecture: test_coreml_reference.py, which also compares the outputs)
+    tflite = [("tflite", p) for p in ("fp32", "fp16", "int8")]
+    recs = export_runs(run, tflite + [("coreml", "int8")], log=lambda s: None)
+    for res in check_runs(run, tflite, log=lambda s: None):
+        assert res.passed, (res.precision, res.pixel_agreement, res.mask_miou, res.failures)
+    assert recs[-1]["size_bytes"] > 0 and (run / recs[-1]["path"]).is_dir()
 
 
 @pytest.mark.slow

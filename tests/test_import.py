@@ -93,9 +93,9 @@ def test_third_party_models_import_export_and_check_on_images_without_masks(tmp_
 
     assert load_checkpoint(run).num_classes == 4
     assert ("random initialization" in (run / "imported.txt").read_text()) == (not spec.startswith("smp:"))
+    assert main(["export", str(run), "--target", "tflite:fp32,coreml:fp16", "-q"]) == 0  # one process, as users do
+    assert main(["check", str(run), "--target", "tflite:fp32,coreml:fp16", "-q"]) == 0
     for target, precision in (("tflite", "fp32"), ("coreml", "fp16")):
-        assert main(["export", str(run), "--target", target, "--precision", precision, "-q"]) == 0
-        assert main(["check", str(run), "--target", target, "--precision", precision, "-q"]) == 0
         p = json.loads((run / "export" / f"{target}-{precision}" / "parity.json").read_text())
         assert p["status"] == "passed" and p["images"] == 6
         assert p["reference_miou"] is None and p["task_resolution"] == "none (no masks)"
@@ -126,9 +126,8 @@ def test_own_module_with_a_state_dict_through_export_check_report_and_bundle(tmp
         z = torch.nn.functional.interpolate(net.eval()(x), size=(48, 80), mode="bilinear", align_corners=False)
     # two logits [0, z]: argmax is sigmoid(z) > 0.5, exactly
     assert y.shape == (1, 2, 48, 80) and torch.equal(y.argmax(1), (z[:, 0] > 0).long())
-    for target, precision in (("tflite", "fp32"), ("coreml", "fp16")):
-        assert main(["export", str(run), "--target", target, "--precision", precision, "-q"]) == 0
-        assert main(["check", str(run), "--target", target, "--precision", precision, "-q"]) == 0
+    assert main(["export", str(run), "--target", "tflite:fp32,coreml:fp16", "-q"]) == 0  # one process, as users do
+    assert main(["check", str(run), "--target", "tflite:fp32,coreml:fp16", "-q"]) == 0
     assert main(["report", str(run), "--runs", "2", "-q", "--json"]) == 0
     dist = tmp_path / "dist"
     assert main(["bundle", str(run), "-o", str(dist), "-q"]) == 0
@@ -208,9 +207,8 @@ def test_torchscript_file_is_copied_into_the_run_and_exports(tmp_path, images, c
     x = torch.randn(1, 3, 48, 80)
     with torch.no_grad():
         assert torch.equal(load_checkpoint(run).build_model()(x).argmax(1), (net(x)[:, 0] > 0).long())
-    for target, precision in (("tflite", "fp32"), ("coreml", "fp16")):
-        assert main(["export", str(run), "--target", target, "--precision", precision, "-q"]) == 0
-        assert main(["check", str(run), "--target", target, "--precision", precision, "-q"]) == 0
+    assert main(["export", str(run), "--target", "tflite:fp32,coreml:fp16", "-q"]) == 0  # one process, as users do
+    assert main(["check", str(run), "--target", "tflite:fp32,coreml:fp16", "-q"]) == 0
     (run / "model.torchscript.pt").write_bytes(b"changed")
     with pytest.raises(CheckpointError, match=r"model.torchscript.pt' changed since the import"):
         load_checkpoint(run).build_model()
@@ -281,9 +279,10 @@ def test_onnx_file_is_translated_for_every_target_and_checked_against_onnxruntim
     assert a.shape == (3, 3, 48, 80)
     assert float((a - b).abs().max()) < 1e-4 and float((b - c).abs().max()) < 1e-4
     gates = {"fp32": (99.9, None), "int8": (98.0, 0.95), "fp16": (99.5, None)}
+    pairs = "tflite:fp32,tflite:int8,coreml:fp16,onnx:int8"
+    assert main(["export", str(run), "--target", pairs, "-q"]) == 0
+    assert main(["check", str(run), "--target", pairs, "-q"]) == 0
     for target, precision in (("tflite", "fp32"), ("tflite", "int8"), ("coreml", "fp16"), ("onnx", "int8")):
-        assert main(["export", str(run), "--target", target, "--precision", precision, "-q"]) == 0
-        assert main(["check", str(run), "--target", target, "--precision", precision, "-q"]) == 0, (target, precision)
         p = json.loads((run / "export" / f"{target}-{precision}" / "parity.json").read_text())
         assert p["reference"] == name and p["images"] == 6
         assert p["pixel_agreement"] >= gates[precision][0] and p["mask_miou"] >= (gates[precision][1] or 0)

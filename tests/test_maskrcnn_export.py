@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -23,13 +21,14 @@ COUNTS = GraphCounts(pre_nms_top_n=100, proposals=50, candidates=200, detections
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A tiny Mask R-CNN trained 16 steps on the embedded instance data (the CLI's own train command)."""
-    from edgeseg.tasks.instance.run import train_run
+    """A tiny Mask R-CNN trained 16 steps on the embedded instance data by the ordinary train command."""
+    from edgeseg.cli import main
 
     out = tmp_path_factory.mktemp("maskrcnn") / "run"
-    rec = train_run(out, "synthetic?train=64&test=8", size=SIZE, epochs=1, limit=64, log=lambda s: None,
-                    eval_images=8)
-    assert rec["steps"] == 16 and rec["skipped"] == {"no_instances": 0}
+    assert main(["train", "--model", "maskrcnn", "-o", str(out), "--data", "synthetic?train=64&test=8",
+                 "--image-size", str(SIZE), "--epochs", "1", "-q"]) == 0
+    rec = json.loads((out / "metrics.json").read_text())
+    assert rec["steps"] == 16 and rec["skipped"] == {"no_instances": 0} and rec["test_images"] == 8
     return out
 
 
@@ -215,16 +214,27 @@ def _suppress_every_detection(onnx_path):
     onnx.save(m, str(onnx_path))
 
 
-def test_cli_export_check_and_refusals(run, tmp_path):
-    cmd = [sys.executable, "-m", "edgeseg", "maskrcnn"]
-    args = ["export", str(run), "--target", "onnx", "--proposals", "50", "--pre-nms", "100"]
-    r = subprocess.run(cmd + args, capture_output=True, text=True)
+def _maskrcnn(capsys, *args):
+    """``edgeseg maskrcnn ARGS`` in this process: (exit code, stdout, stderr)."""
+    from edgeseg.cli import main
+
+    try:
+        code = main(["maskrcnn", *map(str, args)])
+    except SystemExit as e:  # argparse refusals
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_export_check_and_refusals(run, tmp_path, capsys):
+    args = ["export", run, "--target", "onnx", "--proposals", "50", "--pre-nms", "100"]
+    code, stdout, stderr = _maskrcnn(capsys, *args)
     # the barely trained model scores < 0.2: nothing compared at the default threshold is "not verified", exit 3
-    assert r.returncode == 3 and "the reference detects nothing scoring >= 0.3" in r.stdout, r.stdout + r.stderr
-    r = subprocess.run(cmd + args + ["--score-threshold", "0.05", "--max-unmatched", str(SWAPS / 160), "--json",
-                                     "-q"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-    rec = json.loads(r.stdout)
+    assert code == 3 and "the reference detects nothing scoring >= 0.3" in stdout, stdout + stderr
+    code, stdout, stderr = _maskrcnn(capsys, *args, "--score-threshold", "0.05", "--max-unmatched", SWAPS / 160, "--json",
+                               "-q")
+    assert code == 0, stdout + stderr
+    rec = json.loads(stdout)
     assert rec["parity"]["status"] == "passed" and rec["parity"]["reference_detections"] == 160
     g = rec["graph_vs_eager"]
     assert g["identical_detection_lists"] >= 8 - g["missed"] - g["extra"]
@@ -245,22 +255,22 @@ def test_cli_export_check_and_refusals(run, tmp_path):
     assert read_record(out)["details"]["graph"]["proposals"] == 50
     # check re-reads the file on disk: an export that detects nothing fails by all 160, exit 1 with the figures
     _suppress_every_detection(out / "model.onnx")
-    check = cmd + ["check", str(run), "--target", "onnx", "--score-threshold", "0.05"]
-    r = subprocess.run(check, capture_output=True, text=True)
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "0 matched, 160 missed, 0 extra of 160" in r.stdout
-    assert "FAILED: 160 missed + 0 extra of 160 reference detections > 2%" in r.stdout, r.stdout
+    check = ["check", run, "--target", "onnx", "--score-threshold", "0.05"]
+    code, stdout, stderr = _maskrcnn(capsys, *check)
+    assert code == 1, stdout + stderr
+    assert "0 matched, 160 missed, 0 extra of 160" in stdout
+    assert "FAILED: 160 missed + 0 extra of 160 reference detections > 2%" in stdout, stdout
     saved = read_record(out)
     assert saved["parity"]["status"] == "failed" and saved["details"]["graph"]["proposals"] == 50
     assert {"export.json", "parity.json"} <= {f.name for f in out.iterdir()}
     assert not (out / "instance-parity.json").exists()
-    r = subprocess.run(check + ["--max-unmatched", "1.5"], capture_output=True, text=True)
-    assert r.returncode == 2 and "--max-unmatched takes a number between 0 and 1, not 1.5" in r.stderr
-    r = subprocess.run(cmd + ["check", str(run), "--target", "tflite"], capture_output=True, text=True)
-    assert r.returncode == 2 and "has no Mask R-CNN tflite fp32 export" in r.stderr, r.stderr
-    assert f"edgeseg maskrcnn export {run} --target tflite --precision fp32" in r.stderr
-    r = subprocess.run(cmd + ["export", str(tmp_path), "--target", "onnx"], capture_output=True, text=True)
-    assert r.returncode == 2 and "has no maskrcnn.pt; train one with" in r.stderr
+    code, stdout, stderr = _maskrcnn(capsys, *check, "--max-unmatched", "1.5")
+    assert code == 2 and "--max-unmatched takes a number between 0 and 1, not 1.5" in stderr
+    code, stdout, stderr = _maskrcnn(capsys, "check", run, "--target", "tflite")
+    assert code == 2 and "has no Mask R-CNN tflite fp32 export" in stderr, stderr
+    assert f"edgeseg maskrcnn export {run} --target tflite --precision fp32" in stderr
+    code, stdout, stderr = _maskrcnn(capsys, "export", tmp_path, "--target", "onnx")
+    assert code == 2 and "has no maskrcnn.pt; train one with" in stderr
     bad = tmp_path / "evil"
     bad.mkdir()
 
@@ -269,20 +279,21 @@ def test_cli_export_check_and_refusals(run, tmp_path):
             return (print, ("pwned",))
 
     torch.save({"config": {}, "state_dict": Evil()}, bad / "maskrcnn.pt")
-    r = subprocess.run(cmd + ["export", str(bad), "--target", "onnx"], capture_output=True, text=True)
-    assert r.returncode == 1 and "cannot be loaded safely" in r.stderr and "pwned" not in r.stdout
+    code, stdout, stderr = _maskrcnn(capsys, "export", bad, "--target", "onnx")
+    assert code == 1 and "cannot be loaded safely" in stderr and "pwned" not in stdout
 
 
 @pytest.mark.slow
-def test_instance_run_through_the_ordinary_commands(tmp_path, capsys):
-    """train --model maskrcnn -> export -> check -> report with the same commands as a semantic run; models lists
-    it; semantic-only flags are refused naming the flag."""
+def test_instance_run_through_the_ordinary_commands(run, tmp_path, capsys):
+    """train --model maskrcnn (the module's run) -> export -> check -> report -> bundle with the same commands as a
+    semantic run; models lists it; semantic-only flags are refused naming the flag."""
+    import shutil
+
     from edgeseg.cli import main
     from edgeseg.core.schemas import problems
 
-    run = tmp_path / "run"
-    assert main(["train", "--model", "maskrcnn", "-o", str(run), "--data", "synthetic?train=64&test=8",
-                 "--image-size", "64", "--epochs", "1", "-q"]) == 0
+    trained, run = run, tmp_path / "run"
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns("export", "report.*", ".edgeseg.lock"))
     assert (run / "maskrcnn.pt").is_file() and not (run / "checkpoint.pt").exists()
     assert json.loads((run / "metrics.json").read_text())["steps"] == 16
     capsys.readouterr()
