@@ -43,29 +43,30 @@ def _options(task: Task, run: Path, action: str, given: dict[str, Any]) -> dict[
             raise TypeError(f"unknown {action} option {k}")
         if k not in takes and v != OPTION_DEFAULTS[k]:
             flag = FLAGS.get(k, "--" + k.replace("_", "-"))
-            raise UsageError(f"{flag} applies to {'semantic' if task.name == 'instance' else 'instance'} runs; "
-                             f"'{run}' is a{'' if task.name == 'semantic' else 'n'} {task.name} run "
-                             f"({task.describe_options(action)})")
+            other = "semantic" if task.name == "instance" else "instance"
+            raise UsageError(f"{flag} applies to {other} runs; '{run}' is {'an' if task.name[0] in 'aeiou' else 'a'} "
+                             f"{task.name} run ({task.describe_options(action)})")
     return {k: v for k, v in given.items() if k in takes}
 
 
 def export(run: Path, targets: str, precisions: str | None = None, log: Callable[[str], None] = print,
            **options: Any) -> Outcome:
-    """Export ``run`` to every pair of ``--target targets --precision precisions``; returns the records."""
-    task = task_of(run)
-    pairs, notes = export_pairs(targets, precisions, task.precisions())
-    opts = _options(task, run, "export", options)
-    for note in notes:
-        log(f"note: {note}")
-    return Outcome(task, pairs, notes, task.export(Path(run), pairs, log=log, **opts))
+    """Export ``run`` to every pair of ``--target targets --precision precisions``; the results are the records."""
+    return _step("export", run, targets, precisions, log, options)
 
 
 def check(run: Path, targets: str, precisions: str | None = None, log: Callable[[str], None] = print,
           **options: Any) -> Outcome:
     """Check every existing export of the pairs against the task's reference; writes each parity.json."""
+    return _step("check", run, targets, precisions, log, options)
+
+
+def _step(action: str, run: Path, targets: str, precisions: str | None, log: Callable[[str], None],
+          options: dict[str, Any]) -> Outcome:
     task = task_of(run)
     pairs, notes = export_pairs(targets, precisions, task.precisions())
-    opts = _options(task, run, "check", options)
+    opts = _options(task, run, action, options)
     for note in notes:
         log(f"note: {note}")
-    return Outcome(task, pairs, notes, task.check(Path(run), pairs, log=log, **opts))
+    work = task.export if action == "export" else task.check
+    return Outcome(task, pairs, notes, work(Path(run), pairs, log=log, **opts))

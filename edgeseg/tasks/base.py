@@ -49,12 +49,12 @@ def read_json(path: Path, what: str, fix: str) -> dict[str, Any]:
 
 @dataclass
 class BundleModel:
-    """What a task tells the bundle step about the run's model: the checkpoint the exports must come from, the
-    metadata written into the model files (``info``: name, version, author, license, description, classes) and
-    the manifest's task-specific head (schema, model, input, classes, and e.g. post-processing)."""
+    """What a task tells the bundle step about the run's model: its checkpoint file, the metadata written into
+    the model files (``info``: name, version, author, license, description, classes), the manifest's
+    task-specific head (model, input, classes, and e.g. post-processing) and what its writers need
+    (``context``)."""
 
     checkpoint: Path
-    digest: str
     info: dict[str, Any]
     manifest: dict[str, Any]
     context: dict[str, Any]
@@ -70,7 +70,7 @@ class Task(Protocol):
         """Whether ``run`` (a directory) is a run of this task."""
 
     def checkpoint(self, run: Path) -> Path:
-        """The file of ``run`` the exports are made from; a clear error when ``run`` is no run of this task."""
+        """The file of ``run`` the exports are made from (not loaded); a clear error when it is missing."""
 
     def exports(self, run: Path, target: str) -> list[ExportEntry]:
         """Every export of ``target`` in ``run``, in name order."""
@@ -78,9 +78,10 @@ class Task(Protocol):
     def export_name(self, target: str, choice: str) -> str:
         """The export directory a user's ``--tflite``/``--coreml`` choice names (``int8-pixels`` -> ``tflite-int8-pixels``)."""
 
-    def bundle_model(self, run: Path, name: str | None, version: str, author: str, license: str,
+    def bundle_model(self, checkpoint: Path, name: str | None, version: str, author: str, license: str,
                      description: str, chosen: dict[str, ExportEntry | None]) -> BundleModel:
-        """The model part of a bundle's manifest for the exports ``chosen`` per platform."""
+        """The model part of a bundle's manifest (of the run whose ``checkpoint`` this is) for the exports
+        ``chosen`` per platform."""
 
     def preference(self, target: str) -> Callable[[ExportEntry], Any]:
         """Sort key among passing exports of ``target`` when the bundle picks one itself (first wins)."""

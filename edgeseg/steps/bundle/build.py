@@ -145,8 +145,9 @@ def make_bundle(run: Path, output: Path, tflite: str = "auto", coreml: str = "au
     from exporters.base import path_size
 
     task = task_of(run)
-    run, output = run_dir(run), Path(output)
-    digest = file_digest(task.checkpoint(run))  # refuses a folder that is no run, naming what is missing
+    given, run, output = run, run_dir(run), Path(output)
+    checkpoint = task.checkpoint(given)  # a run directory or its checkpoint file; refuses a folder that is no run
+    digest = file_digest(checkpoint)
     check_output(run, output, force)
     chosen = {plat: select_export(task, run, PLATFORMS[plat], choice, digest, allow_unchecked)
               for plat, choice in (("android", tflite), ("ios", coreml))}
@@ -155,7 +156,7 @@ def make_bundle(run: Path, output: Path, tflite: str = "auto", coreml: str = "au
         raise UsageError(f"run '{run}' has no TFLite or Core ML export of its current checkpoint with a passing "
                          f"{task.parity_kind} check (exports: {have or 'none'}); run: edgeseg export {run} --target "
                          f"tflite,coreml, then edgeseg check {run} --target tflite,coreml")
-    model = task.bundle_model(run, name, version, author, license, description, chosen)
+    model = task.bundle_model(checkpoint, name, version, author, license, description, chosen)
     manifest: dict[str, Any] = {"schema": SCHEMA, **model.manifest, "platforms": {}}
     versions: dict[str, str] = {}
     with atomic_path(output) as tmp:

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from edgeseg.core.digest import file_digest, sha256
+from edgeseg.core.digest import sha256
 from edgeseg.core.errors import CheckFailed
 from edgeseg.tasks.base import BundleModel, ExportEntry, ReportSubject
 from edgeseg.tasks.instance.run import CHECKPOINT
@@ -78,10 +78,7 @@ class InstanceTask:
         return describe_instance(result, exported)
 
     def checkpoint(self, run: Path) -> Path:
-        from edgeseg.tasks.instance.run import load_run
-
-        load_run(run)  # a checkpoint that does not load safely is refused here
-        return Path(run) / CHECKPOINT
+        return Path(run) / CHECKPOINT  # owns() found it; load_run refuses one that does not load safely
 
     def exports(self, run: Path, target: str) -> list[ExportEntry]:
         from edgeseg.tasks.instance.run import instance_exports
@@ -94,13 +91,13 @@ class InstanceTask:
     def preference(self, target: str) -> Callable[[ExportEntry], Any]:
         return lambda e: (e.record["size_bytes"], e.name)
 
-    def bundle_model(self, run: Path, name: str | None, version: str, author: str, license: str,
+    def bundle_model(self, checkpoint: Path, name: str | None, version: str, author: str, license: str,
                      description: str, chosen: dict[str, ExportEntry | None]) -> BundleModel:
         from edgeseg.data.base import default_colors
         from edgeseg.models import count_params
         from edgeseg.tasks.instance.run import load_run
 
-        run = Path(run)
+        run = Path(checkpoint).parent
         model, cfg = load_run(run)
         names = list(cfg.get("classes") or ["background", "object"])
         classes = [{"index": i, "name": c, "color": list(col)}
@@ -130,7 +127,7 @@ class InstanceTask:
             "postprocess": {"detections": d, "mask_size": m, "score_threshold": max(score_thresholds),
                             "mask_threshold": 0.5, "paste": PASTE_RULE},
         }
-        return BundleModel(run / CHECKPOINT, file_digest(run / CHECKPOINT), info, manifest,
+        return BundleModel(run / CHECKPOINT, info, manifest,
                            {"size": size, "detections": d, "mask_size": m})
 
     def write_android(self, entry: ExportEntry, dst: Path, model: BundleModel) -> dict[str, Any]:

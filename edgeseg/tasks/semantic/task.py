@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from edgeseg.core.digest import file_digest, sha256
+from edgeseg.core.digest import sha256
 from edgeseg.tasks.base import BundleModel, ExportEntry, ReportSubject, read_json
 from edgeseg.train.checkpoint import CHECKPOINT_NAME
 
@@ -59,9 +59,9 @@ class SemanticTask:
         return describe_parity(result)
 
     def checkpoint(self, run: Path) -> Path:
-        from edgeseg.train.checkpoint import load_checkpoint
+        from edgeseg.train.checkpoint import resolve_checkpoint
 
-        return Path(load_checkpoint(run).path)
+        return resolve_checkpoint(run)
 
     def exports(self, run: Path, target: str) -> list[ExportEntry]:
         out = []
@@ -80,15 +80,15 @@ class SemanticTask:
         pref = PREFERRED_INPUT[target]
         return lambda e: (e.record.get("details", {}).get("input", "image") != pref, e.record["size_bytes"], e.name)
 
-    def bundle_model(self, run: Path, name: str | None, version: str, author: str, license: str,
+    def bundle_model(self, checkpoint: Path, name: str | None, version: str, author: str, license: str,
                      description: str, chosen: dict[str, ExportEntry | None]) -> BundleModel:
         from edgeseg.data.transforms import RESIZE_RULES
         from edgeseg.models import count_params
         from edgeseg.train.checkpoint import load_checkpoint
 
-        ckpt = load_checkpoint(run)
+        ckpt = load_checkpoint(checkpoint)
         classes = [{"index": i, "name": c.name, "color": list(c.color)} for i, c in enumerate(ckpt.classes)]
-        model_name = name or f"{Path(run).name} {ckpt.config.model}"
+        model_name = name or f"{Path(ckpt.path).parent.name} {ckpt.config.model}"
         info = {"name": model_name, "version": version, "author": author, "license": license,
                 "description": description or f"Semantic segmentation ({ckpt.config.model}, {len(classes)} classes) "
                                               f"made with edgeseg", "classes": classes}
@@ -105,7 +105,7 @@ class SemanticTask:
                                         "formula": "(pixel / 255 - mean) / std"}},
             "classes": classes,
         }
-        return BundleModel(ckpt.path, file_digest(ckpt.path), info, manifest, {})
+        return BundleModel(ckpt.path, info, manifest, {})
 
     def write_android(self, entry: ExportEntry, dst: Path, model: BundleModel) -> dict[str, Any]:
         from exporters import tflite_metadata
