@@ -65,6 +65,7 @@ class Task(Protocol):
 
     name: str  # "semantic" or "instance"
     parity_kind: str  # how its check is named in messages: "parity", "instance-parity"
+    outputs: str  # what its check compares: "masks", "instances"
 
     def owns(self, run: Path) -> bool:
         """Whether ``run`` (a directory) is a run of this task."""

@@ -57,7 +57,7 @@ def build_report(run: Path, runs: int = 20, warmup: int = 3, threads: int = 2,
             if runner is None:
                 row["latency"] = {"not_measured": why}
             elif getattr(runner, "is_reference", False) or "reference execution" in getattr(runner, "runtime", ""):
-                row["latency"] = {"not_measured": f"{runner.runtime} checks {task.name} outputs; its speed is not "
+                row["latency"] = {"not_measured": f"{runner.runtime} checks {task.outputs}; its speed is not "
                                                   f"a device's (the Core ML runtime needs macOS)"}
             else:
                 log(f"timing {row['target']} {row['precision']} ({runs} runs after {warmup} warm-up) ...")

@@ -32,6 +32,7 @@ PASTE_RULE = ("torchvision paste_masks_in_image with padding 1: pad the M x M ma
 class InstanceTask:
     name = "instance"
     parity_kind = "instance-parity"
+    outputs = "instances"
 
     def owns(self, run: Path) -> bool:
         from edgeseg.train.checkpoint import CHECKPOINT_NAME

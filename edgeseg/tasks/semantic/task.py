@@ -18,6 +18,7 @@ PREFERRED_INPUT = {"tflite": "pixels", "coreml": "image"}
 class SemanticTask:
     name = "semantic"
     parity_kind = "parity"
+    outputs = "masks"
 
     def owns(self, run: Path) -> bool:
         return (Path(run) / CHECKPOINT_NAME).is_file()
