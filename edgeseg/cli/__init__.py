@@ -60,8 +60,6 @@ def _lock(a: argparse.Namespace):
     return run_lock(run, a.command)
 
 
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ap = parser()
     a = ap.parse_args(argv)

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any, Callable, Iterable
 
-from edgeseg.core.errors import EXIT_FAILURE, EXIT_NOT_VERIFIED, EXIT_OK, UsageError
+from edgeseg.core.errors import EXIT_FAILURE, EXIT_NOT_VERIFIED, EXIT_OK, UsageError, worst_status
 
 EPILOG = """exit codes:
   0  success (every check that ran passed)
@@ -60,7 +60,4 @@ def log_of(a: argparse.Namespace, quiet_json: bool = True) -> Callable[[str], No
 
 def exit_code(statuses: Iterable[str]) -> int:
     """1 when a result failed, else 3 when one could not be verified here, else 0."""
-    statuses = list(statuses)
-    if "failed" in statuses:
-        return EXIT_FAILURE
-    return EXIT_NOT_VERIFIED if "not-verified" in statuses else EXIT_OK
+    return {"failed": EXIT_FAILURE, "not-verified": EXIT_NOT_VERIFIED}.get(worst_status(statuses), EXIT_OK)

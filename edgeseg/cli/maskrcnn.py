@@ -92,6 +92,7 @@ def add(sub) -> None:
 def run(a: argparse.Namespace) -> int:
     if a.maskrcnn_command == "train":
         from edgeseg.tasks.instance.run import train_run
+        from edgeseg.tasks.instance.text import describe_training
 
         layers = tuple(int(v) for v in a.mask_layers.split(",") if v.strip()) if a.mask_layers else ()
         rec = train_run(a.output, a.data, a.backbone, a.size, a.epochs, a.batch_size, a.lr, a.limit, layers,
@@ -99,9 +100,7 @@ def run(a: argparse.Namespace) -> int:
         if a.json:
             print(json.dumps(rec, indent=2))
         else:
-            print(f"trained {rec['steps']} steps on {rec['train_images']} images in {rec['seconds']} s "
-                  f"(skipped: {rec['skipped']}); loss {rec['first_loss']:.3f} -> {rec['last_loss']:.3f}; "
-                  f"test mask AP {rec['ap']['mask']['AP']:.4f}, box AP {rec['ap']['box']['AP']:.4f}")
+            print(describe_training(rec))
         return EXIT_OK
     if a.maskrcnn_command in ("export", "check"):
         from edgeseg.tasks import TASKS

@@ -78,12 +78,11 @@ def run(a: argparse.Namespace) -> int:
 
     if a.model == "maskrcnn":
         from edgeseg.steps.train import train_instance
+        from edgeseg.tasks.instance.text import describe_training
 
         rec = train_instance(a.output, a.data, parse_opt(a.model_opt) if a.model_opt else {}, a.image_size,
                              a.epochs, a.batch_size, a.lr, a.seed, a.config, log_of(a))
-        print(f"trained {rec['steps']} steps on {rec['train_images']} images in {rec['seconds']} s "
-              f"(skipped: {rec['skipped']}); loss {rec['first_loss']:.3f} -> {rec['last_loss']:.3f}; "
-              f"test mask AP {rec['ap']['mask']['AP']:.4f}, box AP {rec['ap']['box']['AP']:.4f}")
+        print(describe_training(rec))
         return EXIT_OK
     from edgeseg.train.loop import train
 

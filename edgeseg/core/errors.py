@@ -49,3 +49,12 @@ class ExportError(EdgesegError):
 
 class CheckFailed(EdgesegError):
     """A parity check ran and one of its thresholds failed."""
+
+
+def worst_status(statuses) -> str:
+    """The status of several results: failed before not-verified before passed (what exit codes 1, 3, 0 say)."""
+    statuses = list(statuses)
+    for s in ("failed", "not-verified"):
+        if s in statuses:
+            return s
+    return "passed"

@@ -12,11 +12,10 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from edgeseg.core.errors import UsageError
+from edgeseg.core.errors import UsageError, worst_status
 from edgeseg.core.latency import measure_latency
 from edgeseg.core.versions import hardware, package_versions
 from edgeseg.tasks import run_dir, task_of
-from edgeseg.tasks.semantic.report import worst
 
 SCHEMA = "edgeseg.report/1"
 
@@ -73,7 +72,7 @@ def build_report(run: Path, runs: int = 20, warmup: int = 3, threads: int = 2,
     if limits is not None:
         lines = check_budget(report, limits)
         report["budget"] = {"file": str(budget) if budget is not None else "--max-miou-drop", "lines": lines,
-                            "status": worst(b["status"] for b in lines)}
+                            "status": worst_status(b["status"] for b in lines)}
         verdicts.append(report["budget"]["status"])
     if previous is not None:
         diff = compare_baseline(report, previous)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgeseg.core.errors import DataError, UsageError
+from edgeseg.core.errors import DataError, UsageError, worst_status
 from edgeseg.core.html import table_row
 from edgeseg.tasks.base import ExportEntry, Task
 
@@ -90,11 +90,11 @@ class InstanceReport:
     def runner(self, entry: ExportEntry, threads: int) -> tuple[Callable[[np.ndarray], Any] | None, str]:
         from edgeseg.tasks.instance.check import load_runner
 
-        return load_runner(entry.record["target"], self.run / self.row(entry)["path"], threads), ""
+        path = entry.dir / Path(entry.record["path"]).name  # as row() names it
+        return load_runner(entry.record["target"], path, threads), ""
 
     def status(self, rows: list[dict[str, Any]], verdicts: list[str]) -> str:
-        statuses = {r["instance_parity"]["status"] for r in rows[1:]}
-        return "failed" if "failed" in statuses else "not-verified" if "not-verified" in statuses else "passed"
+        return worst_status(r["instance_parity"]["status"] for r in rows[1:])
 
     def table(self, report: dict[str, Any]) -> tuple[str, tuple[str, ...], list[str]]:
         m = report["model"]

@@ -28,3 +28,10 @@ def describe_instance(rec: dict[str, Any], exported: bool) -> str:
     if p["reason"]:
         lines.append(f"  {p['reason']}")
     return "\n".join(lines)
+
+
+def describe_training(rec: dict[str, Any]) -> str:
+    """A Mask R-CNN training record (metrics.json) in one line."""
+    return (f"trained {rec['steps']} steps on {rec['train_images']} images in {rec['seconds']} s "
+            f"(skipped: {rec['skipped']}); loss {rec['first_loss']:.3f} -> {rec['last_loss']:.3f}; "
+            f"test mask AP {rec['ap']['mask']['AP']:.4f}, box AP {rec['ap']['box']['AP']:.4f}")

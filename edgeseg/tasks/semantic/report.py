@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgeseg.core.errors import UsageError
+from edgeseg.core.errors import UsageError, worst_status
 from edgeseg.core.html import colorize, png, table_row
 from edgeseg.tasks.base import ExportEntry, Task
 
@@ -52,8 +52,7 @@ class SemanticReport:
                 "parity": None}
 
     def entries(self) -> list[ExportEntry]:
-        found = [e for t in sorted({p.parent.name.split("-")[0] for p in (self.run / "export").glob("*-*/export.json")})
-                 for e in self.task.exports(self.run, t)]
+        found = self.task.exports(self.run, "*")
         if not found:
             raise UsageError(f"run '{self.run}' has no exports to report on; first: edgeseg export {self.run} --target "
                              f"tflite (and edgeseg check for parity)")
@@ -74,7 +73,7 @@ class SemanticReport:
         return (TARGETS[target].load(self.run / entry.record["path"], threads=threads), "") if ok else (None, why)
 
     def status(self, rows: list[dict[str, Any]], verdicts: list[str]) -> str:
-        return worst(verdicts) if verdicts else "no-gates"  # nothing was gated: not a pass
+        return worst_status(verdicts) if verdicts else "no-gates"  # nothing was gated: not a pass
 
     def table(self, report: dict[str, Any]) -> tuple[str, tuple[str, ...], list[str]]:
         m = report["model"]
@@ -204,12 +203,3 @@ class SemanticReport:
                   "the parity record says `task_resolution: label`, else at the model's size. Latency: batch 1 on "
                   "this CPU, not a phone.", ""]
         return "\n".join(lines)
-
-
-def worst(statuses) -> str:
-    """failed before not-verified before passed."""
-    statuses = list(statuses)
-    for s in ("failed", "not-verified"):
-        if s in statuses:
-            return s
-    return "passed"

@@ -67,7 +67,7 @@ class SemanticTask:
     def exports(self, run: Path, target: str) -> list[ExportEntry]:
         out = []
         for rec_path in sorted((Path(run) / "export").glob(f"{target}-*/export.json")):
-            fix = f"export it again with: edgeseg export {run} --target {target}"
+            fix = f"export it again with: edgeseg export {run} --target {rec_path.parent.name.split('-')[0]}"
             rec = read_json(rec_path, "export record", fix)
             parity_path = rec_path.parent / "parity.json"
             parity = read_json(parity_path, "parity record", fix) if parity_path.exists() else None
