@@ -2,9 +2,16 @@
 
 A target module provides a :class:`Target`: ``name``, file ``suffix``, the precisions it supports,
 ``is_available()``, ``export(model, example, options, out_dir) -> ExportResult`` and
-``load(path, threads) -> Runner``. A Runner is callable like the model: NCHW float32 (already
-normalized) in, NCHW float32 logits out; the target handles NHWC layout and int8 (de)quantization
-inside. Parity is then one function for every target.
+``load(path, threads, outputs=...) -> Runner``. Every task goes through the same two functions; what differs
+is named by ``ExportOptions.outputs``:
+
+* ``("logits",)`` (a semantic model): the Runner is callable like the model, NCHW float32 (already normalized)
+  in, NCHW float32 logits out; the target handles NHWC layout and int8 (de)quantization inside.
+* several names (a multi-output graph such as Mask R-CNN's export graph, a module returning a tuple of tensors
+  in that order, NCHW RGB input in [0, 1]): the file carries those names, the target's ``graph_precisions``
+  apply, and the Runner returns ``{name: array}``.
+
+Parity is then one function per task for every target.
 
 This package never imports ``edgeseg``: it takes a plain ``nn.Module``, an example input,
 optional calibration tensors and options.
@@ -57,6 +64,9 @@ class ExportOptions:
             precisions (e.g. the TF SavedModel); created by the caller, may be None.
         quantized: the model already carries NNCF quantizers (``edgeseg quantize``): int8 targets that read
             them (ONNX QDQ, OpenVINO) convert them instead of calibrating their own.
+        outputs: the names of the module's outputs, in order; more than one makes a multi-output graph (see the
+            module docstring).
+        description: a one-line description written into the file where the format has a place for it.
     """
 
     precision: str
@@ -69,6 +79,13 @@ class ExportOptions:
     metadata: dict[str, str] = field(default_factory=dict)
     work_dir: Path | None = None
     quantized: bool = False
+    outputs: tuple[str, ...] = ("logits",)
+    description: str = ""
+
+    @property
+    def graph(self) -> bool:
+        """A multi-output graph rather than a logits model."""
+        return len(self.outputs) > 1
 
     def replace(self, **changes: Any) -> "ExportOptions":
         return dataclasses.replace(self, **changes)
@@ -94,11 +111,12 @@ class ExportResult:
 
 
 class Runner(Protocol):
-    """A loaded exported model: NCHW float32 normalized input -> NCHW float32 logits."""
+    """A loaded exported model: NCHW float32 normalized input -> NCHW float32 logits (a one-output model), or
+    ``{output name: array}`` (a multi-output graph, loaded with its ``outputs`` names)."""
 
     runtime: str
 
-    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+    def __call__(self, x: np.ndarray) -> np.ndarray | dict[str, np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -114,6 +132,7 @@ class Target:
     load: Callable[..., Runner]
     can_run: Callable[[], tuple[bool, str]]
     extra: str = ""
+    graph_precisions: tuple[str, ...] = ()  # the precisions of a multi-output graph (empty: none)
 
     def is_available(self) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in self.requires)
@@ -125,6 +144,15 @@ class Target:
                 f"target '{self.name}' needs {', '.join(missing)}; install it with "
                 f"pip install 'edgeseg[{self.extra or self.name}]'"
             )
+
+
+def check_precision(target: Target, options: ExportOptions) -> None:
+    """Refuse a precision the target has not for this kind of model (logits model or multi-output graph)."""
+    allowed = target.graph_precisions if options.graph else target.precisions
+    if options.precision not in allowed:
+        kind = "a multi-output graph" if options.graph else "this model"
+        raise ExporterError(f"target '{target.name}' has no precision '{options.precision}' for {kind} "
+                            f"({', '.join(allowed) or 'none'})")
 
 
 def path_size(path: Path) -> int:

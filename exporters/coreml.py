@@ -32,7 +32,7 @@ import numpy as np
 
 from exporters.atomic import atomic_path
 from exporters.native import quiet_native
-from exporters.base import ExporterError, ExportOptions, ExportResult, Target, path_size
+from exporters.base import ExporterError, ExportOptions, ExportResult, Target, check_precision, path_size
 from exporters.coreml_tools import INPUT_NAME, OUTPUT_NAME, import_ct, package_io, to_pixels
 
 def _wrapped(model, std: tuple[float, float, float]):
@@ -111,8 +111,14 @@ def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) ->
     import torch
 
     precision = options.precision
-    if precision not in TARGET.precisions:
-        raise ExporterError(f"target 'coreml' has no precision '{precision}'")
+    check_precision(TARGET, options)
+    if options.graph:
+        t0 = time.time()
+        final = Path(out_dir) / "model.mlpackage"
+        details = _export_graph(model, example, final, options.outputs, precision, options.metadata,
+                                options.description)
+        return ExportResult("coreml", precision, final, path_size(final), time.time() - t0, tuple(example.shape),
+                            details)
     if options.output not in ("logits", "argmax"):
         raise ExporterError(f"target 'coreml' has no output '{options.output}' (logits or argmax)")
     if options.input not in ("image", "multiarray"):
@@ -247,9 +253,13 @@ class CoreMLRunner:
         return np.concatenate(outs)
 
 
-def load(path: Path, threads: int = 2, compute_units: str | None = None):
+def load(path: Path, threads: int = 2, compute_units: str | None = None,
+         outputs: tuple[str, ...] = ("logits",)):
     """The Core ML runtime on macOS (``compute_units``, default CPU_ONLY); elsewhere the reference
-    execution of the saved program, unless a compute unit was asked for, which only macOS has."""
+    execution of the saved program, unless a compute unit was asked for, which only macOS has. Several ``outputs``:
+    a multi-output graph, run to ``{name: array}``."""
+    if len(outputs) > 1:
+        return _load_graph(Path(path), threads)
     if native_runtime():
         return CoreMLRunner(Path(path), compute_units or "CPU_ONLY")
     if compute_units is not None:
@@ -264,7 +274,8 @@ def load(path: Path, threads: int = 2, compute_units: str | None = None):
 TARGET = Target(name="coreml", suffix=".mlpackage",
                 precisions=("fp32", "fp16", "int8", "palettize4", "palettize6", "palettize8", "palettize4-uniform",
                             "palettize6-uniform", "palettize8-uniform", "w8a8"),
-                default_precision="fp16", requires=("coremltools",), export=export, load=load, can_run=can_run)
+                default_precision="fp16", requires=("coremltools",), export=export, load=load, can_run=can_run,
+                graph_precisions=("fp16", "fp32", "int8", "palettize6", "palettize8"))
 
 
 def _compress_weights(ml, precision: str):
@@ -283,20 +294,13 @@ def _compress_weights(ml, precision: str):
     return ml
 
 
-#: precisions of a multi-output graph (weights compressed after an fp16 conversion; activations stay fp16)
-GRAPH_PRECISIONS = ("fp16", "fp32", "int8", "palettize6", "palettize8")
-
-
-def export_graph(module, example: np.ndarray, path: Path, output_names: tuple[str, ...], precision: str = "fp16",
-                 metadata: dict[str, str] | None = None, description: str = "") -> dict:
+def _export_graph(module, example: np.ndarray, path: Path, output_names: tuple[str, ...], precision: str = "fp16",
+                  metadata: dict[str, str] | None = None, description: str = "") -> dict:
     """A multi-output graph (Mask R-CNN's export graph, input RGB in [0, 1]) as an ML Program whose input is an
     RGB image (``scale = 1/255`` in the model, so apps pass a ``CVPixelBuffer``); fp16 or fp32 compute; int8 and
     palettize6/8 store the weights compressed (fp16 compute)."""
     import torch
 
-    if precision not in GRAPH_PRECISIONS:
-        raise ExporterError(f"target 'coreml' has no precision '{precision}' for this graph "
-                            f"({', '.join(GRAPH_PRECISIONS)})")
     ct = import_ct()
     t0 = time.time()
     x = torch.from_numpy(np.asarray(example, np.float32))
@@ -331,7 +335,7 @@ def export_graph(module, example: np.ndarray, path: Path, output_names: tuple[st
             "convert_seconds": round(time.time() - t0, 2)}
 
 
-def load_graph(path: Path, threads: int = 2):
+def _load_graph(path: Path, threads: int = 2):
     """``{output name: array}`` from an exported graph: the Core ML runtime on macOS, elsewhere the reference
     execution of the saved program. Input: NCHW RGB float32 in [0, 1]."""
     from exporters.coreml_reference import GraphReferenceRunner

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from exporters.atomic import atomic_path
-from exporters.base import ExporterError, ExportOptions, ExportResult, Target, path_size
+from exporters.base import ExporterError, ExportOptions, ExportResult, Target, check_precision, path_size
 
 OPSET = 17
 INPUT_NAME = "image"
@@ -156,16 +156,19 @@ def fold_weight_quantization(path: Path) -> int:
 
 
 def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) -> ExportResult:
-    """Write ``out_dir/model.onnx`` (fp32, or int8 QDQ)."""
-    if options.precision not in TARGET.precisions:
-        raise ExporterError(f"target 'onnx' has no precision '{options.precision}' (fp32 or int8)")
+    """Write ``out_dir/model.onnx`` (fp32, or int8 QDQ; a multi-output graph: fp32 with its output names)."""
+    check_precision(TARGET, options)
     t0 = time.time()
+    final = Path(out_dir) / "model.onnx"
+    if options.graph:
+        details = _write_graph(model, example, final, options.outputs)
+        return ExportResult("onnx", options.precision, final, path_size(final), time.time() - t0,
+                            tuple(example.shape), details)
     details: dict[str, object] = {"opset": OPSET, "exporter": "torch.onnx (TorchScript-based)"}
     if options.precision == "int8":
         from exporters.nncf_tools import int8_model
 
         model = int8_model(model, example, options, details)
-    final = Path(out_dir) / "model.onnx"
     with atomic_path(final) as tmp:
         write_onnx(model, example, tmp)
         if options.precision == "int8":
@@ -179,7 +182,10 @@ def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) ->
                         details)
 
 
-def load(path: Path, threads: int = 2) -> "OnnxRunner":
+def load(path: Path, threads: int = 2, outputs: tuple[str, ...] = ("logits",)):
+    """onnxruntime on the file: logits (one output) or ``{name: array}`` (several ``outputs``)."""
+    if len(outputs) > 1:
+        return GraphRunner(Path(path), outputs, threads)
     return OnnxRunner(Path(path), threads)
 
 
@@ -211,11 +217,12 @@ class OnnxRunner:
 
 
 TARGET = Target(name="onnx", suffix=".onnx", precisions=("fp32", "int8"), default_precision="fp32",
-                requires=("onnx", "onnxruntime"), export=export, load=load, can_run=can_run)
+                requires=("onnx", "onnxruntime"), export=export, load=load, can_run=can_run,
+                graph_precisions=("fp32",))
 
 
-def export_graph(module, example: np.ndarray, path: Path, output_names: tuple[str, ...]) -> dict:
-    """A multi-output graph (Mask R-CNN's export graph) as fp32 ONNX with named outputs; returns details."""
+def _write_graph(module, example: np.ndarray, path: Path, output_names: tuple[str, ...]) -> dict:
+    """A multi-output graph as fp32 ONNX with named outputs; returns details."""
     import torch
 
     t0 = time.time()
@@ -234,7 +241,7 @@ def export_graph(module, example: np.ndarray, path: Path, output_names: tuple[st
 class GraphRunner:
     """onnxruntime on a multi-output graph: NCHW float32 in, ``{output name: array}`` out."""
 
-    def __init__(self, path: Path, threads: int = 2) -> None:
+    def __init__(self, path: Path, outputs: tuple[str, ...], threads: int = 2) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -245,6 +252,8 @@ class GraphRunner:
             raise ExporterError(f"onnxruntime cannot load '{path}': {str(e)[:300]}") from None
         self.input = self.session.get_inputs()[0].name
         self.names = tuple(o.name for o in self.session.get_outputs())
+        if self.names != tuple(outputs):
+            raise ExporterError(f"'{path}' has the outputs {', '.join(self.names)}, not {', '.join(outputs)}")
         self.runtime = f"onnxruntime {ort.__version__} (CPU), {threads} threads"
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from exporters.atomic import atomic_path
-from exporters.base import ExporterError, ExportOptions, ExportResult, Target, path_size
+from exporters.base import ExporterError, ExportOptions, ExportResult, Target, check_precision, path_size
 
 
 # OpenVINO runs float ops in bf16 on CPUs that have it (AVX512_BF16, AMX) unless told otherwise: edgeseg
@@ -35,8 +35,7 @@ def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) ->
     """Write ``out_dir/model.xml`` and ``model.bin`` (fp32 or int8)."""
     import torch
 
-    if options.precision not in TARGET.precisions:
-        raise ExporterError(f"target 'openvino' has no precision '{options.precision}' (fp32 or int8)")
+    check_precision(TARGET, options)
     ov = _ov()
     t0 = time.time()
     details: dict[str, object] = {"converter": f"openvino.convert_model {ov.__version__}"}

@@ -40,7 +40,9 @@ import numpy as np
 from exporters import tflite_metadata
 from exporters.atomic import atomic_path
 from exporters.native import import_tensorflow, quiet_native
-from exporters.base import ExporterError, ExportOptions, ExportResult, Target, batches, iter_batches, path_size
+from exporters.base import (ExporterError, ExportOptions, ExportResult, Target, batches, check_precision, iter_batches,
+                            path_size)
+from exporters.tflite_litert import PRECISIONS as GRAPH_PRECISIONS
 
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 
@@ -331,9 +333,18 @@ def tensor_types(path: Path) -> dict[str, object]:
 
 
 def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) -> ExportResult:
-    """Write ``out_dir/model.tflite`` at ``options.precision`` (fp32, fp16 or int8)."""
-    if options.precision not in TARGET.precisions:
-        raise ExporterError(f"target 'tflite' has no precision '{options.precision}'")
+    """Write ``out_dir/model.tflite`` at ``options.precision`` (fp32, fp16 or int8). A multi-output graph goes by
+    litert-torch instead (:mod:`exporters.tflite_litert`: onnx2tf mis-shapes detection post-processing), NCHW, with
+    the graph precisions fp32, fp16, int8, int8-weights."""
+    check_precision(TARGET, options)
+    if options.graph:
+        from exporters.tflite_litert import export_graph
+
+        t0 = time.time()
+        final = Path(out_dir) / "model.tflite"
+        details = export_graph(model, example, options.precision, final, batches(options.calibration))
+        return ExportResult("tflite", options.precision, final, path_size(final), time.time() - t0,
+                            tuple(example.shape), details)
     if options.output not in ("logits", "argmax"):
         raise ExporterError(f"target 'tflite' has no output '{options.output}' (logits or argmax)")
     if options.input not in ("image", "pixels"):
@@ -417,8 +428,15 @@ class TFLiteRunner:
         return y.astype(np.float32).transpose(0, 3, 1, 2) if y.ndim == 4 else y.astype(np.float32)
 
 
-def load(path: Path, threads: int = 2, xnnpack: bool = True) -> TFLiteRunner:
-    return TFLiteRunner(path, threads, xnnpack)
+def load(path: Path | bytes, threads: int = 2, xnnpack: bool = True, outputs: tuple[str, ...] = ("logits",)):
+    """LiteRT's interpreter on the file: logits (one output), or ``{name: array}`` of a multi-output graph (several
+    ``outputs``, by its signature runner; ``path`` may then be the file's bytes, as a mixed-precision search makes
+    them)."""
+    if len(outputs) > 1:
+        from exporters.tflite_litert import GraphRunner
+
+        return GraphRunner(path, outputs, threads)
+    return TFLiteRunner(Path(path), threads, xnnpack)
 
 
 def can_run() -> tuple[bool, str]:
@@ -427,4 +445,4 @@ def can_run() -> tuple[bool, str]:
 
 TARGET = Target(name="tflite", suffix=".tflite", precisions=("fp32", "fp16", "int8"), default_precision="fp32",
                 requires=("tensorflow", "onnx2tf", "ai_edge_litert", "onnx"), export=export, load=load,
-                can_run=can_run)
+                can_run=can_run, graph_precisions=GRAPH_PRECISIONS)

@@ -21,6 +21,23 @@ TINY = dict(model="unet", model_kwargs={"base": 12, "depth": 3}, data="synthetic
             image_size=64, epochs=6, batch_size=8, lr=1e-2, precise_bn_batches=6, seed=1)
 
 
+# Modules whose module-scoped fixtures train or export (tens of seconds): under `make test` (--dist loadgroup) each
+# runs on one worker, so those fixtures are built once instead of once per worker (measured: test_budget's was
+# built on both workers, 33 s + 10 s of setup).
+SHARED_FIXTURE_MODULES = ("test_budget", "test_bundle", "test_maskrcnn_export")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.module.__name__.rpartition(".")[2]
+        if name in SHARED_FIXTURE_MODULES:
+            item.add_marker(pytest.mark.xdist_group(name))
+    # the slow tests (training, converters: tens of seconds) first, the quick ones after: xdist hands tests out in
+    # this order, so no worker is left running one long test alone at the end (longest-first scheduling)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A finished tiny training run shared by the export/check/report tests."""

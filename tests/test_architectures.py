@@ -21,7 +21,8 @@ ARCHS = {
     "unet": ({"base": 8, "depth": 3}, 1e-2),
     "unet+mobilenet_v2": ({"encoder": "mobilenet_v2", "base": 8}, 1e-2),
     "deeplabv3": ({"encoder": "resnet18", "channels": 32, "output_stride": 8}, 3e-3),
-    "deeplabv3plus": ({"encoder": "resnet18", "channels": 32, "output_stride": 8}, 3e-3),
+    # output stride 16 (dilation in the last stage): trains in 19.5 s instead of ~40 at 8, val mIoU 0.62
+    "deeplabv3plus": ({"encoder": "resnet18", "channels": 32, "output_stride": 16}, 3e-3),
     "fastfcn": ({"encoder": "resnet18", "width": 32}, 3e-3),
     "gscnn": ({"encoder": "resnet18", "channels": 32}, 3e-3),
     "lraspp": ({"encoder": "mobilenet_v3_small", "inter_channels": 32}, 3e-3),

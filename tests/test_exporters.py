@@ -201,3 +201,39 @@ def test_core_ml_export_does_not_import_tensorflow(tiny_run, tmp_path):
     assert "after coreml False" in out.stdout and "after tflite True" in out.stdout, out.stdout
     assert (run / "export" / "coreml-fp16" / "model.mlpackage").is_dir()
     assert (run / "export" / "tflite-fp16" / "model.tflite").is_file()
+
+
+class _TwoHeads(torch.nn.Module):
+    """A multi-output graph (as Mask R-CNN's): a tuple of tensors, named by ``ExportOptions.outputs``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y.amax(dim=(2, 3)), torch.sigmoid(y[:, :2])
+
+
+def test_one_target_contract_names_the_outputs_of_a_multi_output_graph(tmp_path):
+    """export/load with ``outputs``: the file carries the names, the runner returns them; the graph precisions are
+    refused by name where a target has none (OpenVINO) or not that one (ONNX int8)."""
+    torch.manual_seed(0)
+    module = _TwoHeads().eval()
+    x = np.random.default_rng(0).random((1, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        want = [t.numpy() for t in module(torch.from_numpy(x))]
+    opts = ExportOptions(precision="fp32", outputs=("scores", "masks"))
+    res = TARGETS["onnx"].export(module, x, opts, tmp_path)
+    assert res.path == tmp_path / "model.onnx" and res.input_shape == (1, 3, 16, 16)
+    out = TARGETS["onnx"].load(res.path, 1, outputs=("scores", "masks"))(x)
+    assert list(out) == ["scores", "masks"] and out["masks"].shape == (1, 2, 16, 16)
+    np.testing.assert_allclose(out["scores"], want[0], atol=1e-5)
+    np.testing.assert_allclose(out["masks"], want[1], atol=1e-5)
+    with pytest.raises(ExporterError, match="has the outputs scores, masks, not boxes, masks"):
+        TARGETS["onnx"].load(res.path, 1, outputs=("boxes", "masks"))
+    with pytest.raises(ExporterError, match="'onnx' has no precision 'int8' for a multi-output graph \\(fp32\\)"):
+        TARGETS["onnx"].export(module, x, opts.replace(precision="int8"), tmp_path)
+    with pytest.raises(ExporterError, match="'openvino' has no precision 'fp32' for a multi-output graph \\(none\\)"):
+        TARGETS["openvino"].export(module, x, opts, tmp_path)
+    assert TARGETS["tflite"].graph_precisions == ("fp32", "fp16", "int8", "int8-weights")

@@ -131,7 +131,7 @@ class _Outlier(nn.Module):
 def test_mixed_precision_stops_when_the_threshold_holds_and_keeps_layers_float(tmp_path):
     from edgeseg.core.latency import torch_runner
     from edgeseg.tasks.semantic.parity import compare, thresholds_for
-    from edgeseg.quantize.run import mixed_search
+    from edgeseg.quantize.nncf import mixed_search
     from exporters import ExportOptions, Normalization
     from exporters.tflite import float_ops, load, saved_model
 
@@ -148,7 +148,8 @@ def test_mixed_precision_stops_when_the_threshold_holds_and_keeps_layers_float(t
         return compare(reference, load(path), held_out, masks, list("abcd"), thresholds_for("int8"), "tflite", "int8")
 
     path, kept, tried = mixed_search(sm, calib, evaluate, 4, tmp_path, log=lambda s: None)
-    assert [t["float_layers"] for t in tried] == [0, 1]  # full int8 fails, one float layer passes: stop there
+    assert [t["float"] for t in tried] == [0, 1]  # full int8 fails, one float layer passes: stop there
+    assert [t["order"] for t in tried] == ["full-int8", "ranked"]  # the debugger's ranking: no sensitivity pass
     assert tried[0]["pixel_agreement"] < 98.0 <= tried[1]["pixel_agreement"]
     assert len(kept) == 1 and kept[0]["op"] == "CONV_2D"
     assert float_ops(path) == ["CONV_2D"]  # really float in the file, and only that one
@@ -249,8 +250,9 @@ def test_aeq_through_the_cli_searches_by_the_mask_metric(run, capsys):
     m = s["mixed"] if s else json.loads((run / "export" / "quantize-aeq.json").read_text())["mixed"]
     assert m["needed"] and len(m["ranking"]) > 10
     assert m["ranking_images"] == 12  # the tiny run's whole validation split: fewer than RANK_IMAGES (24)
-    assert {t["order"] for t in m["search"]} == {"ranked", "from-input"}
-    assert all(t["float_ops"] <= 2 and t["float_macs_pct"] <= 10.0 for t in m["search"])
+    # the one search: full int8, each op alone (the whole split here), then the walks, the graph order among them
+    assert {"full-int8", "sensitivity", "from-input"} <= {t["order"] for t in m["search"]}
+    assert all(t["float"] <= 2 and t["float_macs_pct"] <= 10.0 for t in m["search"])
     assert (run / "export" / "tflite-int8-aeq-mixed" / "parity.json").exists()
     assert code == (0 if m["passed"] else 1)
     if code:

@@ -15,6 +15,8 @@ import pytest
 from edgeseg.cli import main
 from edgeseg.core.lock import LOCK_NAME, run_lock
 
+pytestmark = pytest.mark.slow  # kills and restarts real commands: tens of seconds each
+
 
 @pytest.fixture
 def run(tiny_run, tmp_path):

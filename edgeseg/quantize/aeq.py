@@ -11,10 +11,12 @@ to full int8 (:mod:`exporters.tflite_aeq`). With ``--mixed-precision``, when tha
 2. *Search*: two orders are walked cumulatively, one op more per step — the ranking, and the graph order from the
    input (measured on CamVid: the error enters in the first layers — the stem convolution's int8 weights alone cost
    0.03 mask mIoU — and every later layer carries it). Each step is one quantization (~0.1 s) and one check.
-   Every step is checked on the whole validation split. A step that would put more than ``--max-float-macs`` % of
-   the multiply-adds in float ends that order.
+   Every step is checked on the whole validation split. An op that would put more than ``--max-float-macs`` % of
+   the multiply-adds in float is skipped.
 3. The cheapest mix (fewest float multiply-adds) that passes is kept; if none does, the best one (highest mask
    mIoU) is written and checked anyway so that its figures are on record, and the command exits 1.
+
+Steps 1-3 are the one search of every int8 route (:mod:`edgeseg.core.mixed_precision`), judged by mask parity.
 
 The search never looks at the test split, which then measures the result (``parity.json``).
 """
@@ -23,16 +25,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from edgeseg.core.atomic import ensure_dir
 from edgeseg.core.errors import ExportError
-from edgeseg.quantize.records import figures, memo
-from edgeseg.tasks.semantic.parity import ParityResult, compare
+from edgeseg.quantize.job import Job
+from edgeseg.core.mixed_precision import Policy, Space, search
+from edgeseg.quantize.records import memo
+from edgeseg.tasks.semantic.parity import JUDGE, ParityResult, compare
 
-DEFAULT_MAX_FLOAT_MACS = 10.0  # % of multiply-adds allowed in float (the mobile teams' rule of thumb: ~int8 speed)
 # Validation images the per-op ranking checks (all of them when fewer). The ranking is most of the search's time
 # (one check per op: 110 on LR-ASPP, 150+ on DeepLabV3+); measured on CamVid val (LR-ASPP, 110 ops, no
 # equalization) against the ranking on all 101 images: the same five top ops (mask-mIoU gains
@@ -42,9 +44,13 @@ DEFAULT_MAX_FLOAT_MACS = 10.0  # % of multiply-adds allowed in float (the mobile
 RANK_IMAGES = 24
 
 
-def quantize_aeq(run: Path, ckpt, model, example, calib, val, test, reference, thresholds, opts, base_opts,
-                 extra: dict, summary: dict, log: Callable[[str], None]) -> list[str]:
+def quantize_aeq(job: Job) -> list[str]:
     """Write ``tflite-int8-aeq`` (and ``tflite-int8-aeq-mixed`` when searched); returns the failures."""
+    run, ckpt, model, example, calib = job.run, job.ckpt, job.model, job.example, job.calib
+    val, test = job.val, job.test
+    reference, thresholds, opts, base_opts, log, summary = (job.reference, job.thresholds, job.opts, job.base_opts,
+                                                           job.log, job.summary)
+    extra = job.extra
     from exporters import TARGETS as EXPORTERS
     from exporters import ExporterError, tflite_metadata
     from exporters.tflite import load, model_info, tensor_types
@@ -104,76 +110,44 @@ def quantize_aeq(run: Path, ckpt, model, example, calib, val, test, reference, t
         scratch.write_bytes(q.quantize(float_ops))
         return compare(ref_val, load(scratch), *split, ckpt.class_names, thresholds, "tflite", "int8")
 
-    t_search = time.time()
-    plain = evaluate([])
-    if plain.passed:
-        log(f"  mixed precision not needed: full int8 passes on the validation split ({plain.pixel_agreement:.3f} %, "
-            f"mask mIoU {plain.mask_miou:.4f})")
-        summary["mixed"] = {"needed": False, "validation": figures(plain)}
+    by_index = {o.index: o for o in q.candidates()}
+    space = Space(candidates=list(by_index), float_macs=q.float_macs, quick_is_full=len(pick) == len(images),
+                  evaluate=lambda keep, quick: evaluate(keep, rank_split if quick else (images, masks)),
+                  describe=lambda i: {"op": i, "type": by_index[i].type, "macs": by_index[i].macs})
+    log(f"  mixed precision: measuring each of {len(by_index)} ops kept in float alone on {len(pick)} validation "
+        f"images, then walking the ranking and the graph order ...")
+    from edgeseg.core.progress import progress_bar
+
+    with progress_bar(len(by_index), "sensitivity (mask mIoU)") as bar:
+        found = search(space, JUDGE, Policy(opts.max_float_macs, opts.max_float_layers, ("ranked", "from-input")),
+                       log, progress=lambda i, n: bar.advance())
+    record = {**found.to_json(JUDGE), "ranking_images": len(pick)}
+    if not found.needed:
+        log("  mixed precision not needed: full int8 passes on the validation split")
+        summary["mixed"] = record
         if not full_parity.passed:  # passes where it was searched, not where it is measured: the gate says so
             failures.append(f"tflite-int8-aeq: passes on the validation split but not on test: "
                             f"{'; '.join(full_parity.failures)}")
         return failures
-    cands = q.candidates()
-    log(f"  full int8 on validation: {plain.pixel_agreement:.3f} %, mask mIoU {plain.mask_miou:.4f}: measuring "
-        f"each of {len(cands)} ops kept in float alone on {len(pick)} validation images ...")
-    from edgeseg.core.progress import progress_bar
-
-    base = plain if len(pick) == len(images) else evaluate([], rank_split)
-    ranking = []
-    with progress_bar(len(cands), "sensitivity (mask mIoU)") as bar:
-        for op in cands:
-            r = evaluate([op.index], rank_split)
-            ranking.append({"op": op.index, "type": op.type, "macs": op.macs,
-                            "mask_miou_gain": round(r.mask_miou - base.mask_miou, 5),
-                            "agreement_gain": round(r.pixel_agreement - base.pixel_agreement, 4)})
-            bar.advance()
-    ranking.sort(key=lambda r: (-r["mask_miou_gain"], -r["agreement_gain"], r["macs"]))
-    budget = opts.max_float_macs / 100.0
-    orders = {"ranked": [r["op"] for r in ranking], "from-input": [o.index for o in cands]}
-    tried: list[dict] = []
-    best: tuple[tuple, list[int], ParityResult] | None = None
-    for order_name, order in orders.items():
-        for k in range(1, min(opts.max_float_layers, len(order)) + 1):
-            keep = order[:k]
-            share = q.float_macs(keep)
-            if share > budget:
-                break
-            r = evaluate(keep)
-            tried.append({"order": order_name, "float_ops": k, "float_macs_pct": round(100 * share, 2), **figures(r)})
-            log(f"  {order_name} {k:2d} float op(s), {100 * share:4.1f} % MACs: agreement {r.pixel_agreement:.3f} %, "
-                f"mask mIoU {r.mask_miou:.4f}{'  PASS' if r.passed else ''}")
-            # passing beats failing; among passing mixes the fewest float MACs; among failing the best mask mIoU
-            key = (1, -share) if r.passed else (0, r.mask_miou)
-            if best is None or key > best[0]:
-                best = (key, list(keep), r)
-            if r.passed:
-                break
-    search_seconds = round(time.time() - t_search, 1)
-    if best is None:
-        failures.append(f"tflite-int8-aeq: {'; '.join(full_parity.failures)} (no op can be kept in float within "
-                        f"--max-float-macs {opts.max_float_macs:g} %)")
-        summary["mixed"] = {"needed": True, "passed": False, "ranking": ranking, "ranking_images": len(pick),
-                            "search": tried, "search_seconds": search_seconds}
+    if not found.keep:
+        failures.append(f"tflite-int8-aeq: {'; '.join(full_parity.failures)} (no op kept in float within "
+                        f"--max-float-macs {opts.max_float_macs:g} % improved on full int8)")
+        summary["mixed"] = record
         return failures
-    _, keep, val_res = best
-    by_index = {o.index: o for o in q.ops}
+    keep, val_res, search_seconds = found.keep, found.result, found.seconds
     from edgeseg.core.latency import measure_latency
 
     mixed_bytes = q.quantize(keep)
     details = {"float_ops": [{"op": i, "type": by_index[i].type, "macs": by_index[i].macs} for i in keep],
                "float_macs_pct": round(100 * q.float_macs(keep), 2),
-               "search": {"validation": figures(val_res), "tried": len(tried), "seconds": search_seconds}}
+               "search": {"validation": JUDGE.figures(val_res), "tried": len(found.tried), "seconds": search_seconds}}
     path, rec, parity = write("tflite-int8-aeq-mixed", mixed_bytes, details)
     x = np.asarray(calib[0][:1], np.float32)
     lat = {name: measure_latency(load(p), x, 10, 2)["median_ms"]
            for name, p in (("fp32", fp32.path), ("full_int8", full_path), ("mixed", path))}
-    summary["mixed"] = {"needed": True, "passed": bool(val_res.passed), "name": "tflite-int8-aeq-mixed",
-                        "float_ops": details["float_ops"], "float_macs_pct": details["float_macs_pct"],
+    summary["mixed"] = {**record, "name": "tflite-int8-aeq-mixed", "float_ops": details["float_ops"],
                         "pixel_agreement": parity.pixel_agreement, "mask_miou": parity.mask_miou,
-                        "size_cost_bytes": rec["size_bytes"] - full_path.stat().st_size, "latency_ms": lat,
-                        "ranking": ranking, "ranking_images": len(pick), "search": tried,
-                        "search_seconds": search_seconds}
+                        "size_cost_bytes": rec["size_bytes"] - full_path.stat().st_size, "latency_ms": lat}
     log(f"  mix: {len(keep)} float op(s), {details['float_macs_pct']} % of MACs; latency fp32 {lat['fp32']:.2f} / "
         f"int8 {lat['full_int8']:.2f} / mix {lat['mixed']:.2f} ms; search {search_seconds:.0f} s")
     if not val_res.passed:

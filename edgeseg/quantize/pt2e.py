@@ -17,20 +17,24 @@ file is the model that was trained: the gap is the int8 kernels' own rounding).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from edgeseg.core.atomic import ensure_dir
 from edgeseg.core.errors import ExportError
+from edgeseg.quantize.job import Job
 from edgeseg.tasks.semantic.parity import compare
 
 RANK_IMAGES = 24  # validation images that rank the quantizers (each is measured alone: ~100 evaluations)
 
 
-def quantize_pt2e(run: Path, ckpt, model, example, calib, val, test, reference, thresholds, opts, base_opts,
-                  extra: dict, summary: dict, log: Callable[[str], None]) -> list[str]:
+def quantize_pt2e(job: Job) -> list[str]:
     """Write ``tflite-int8-pt2e`` (and, with ``--mixed-precision`` when full int8 misses the gate on validation,
     ``tflite-int8-pt2e-mixed``); returns the failures."""
+    run, ckpt, model, example, calib = job.run, job.ckpt, job.model, job.example, job.calib
+    val, test = job.val, job.test
+    reference, thresholds, opts, base_opts, log, summary = (job.reference, job.thresholds, job.opts, job.base_opts,
+                                                           job.log, job.summary)
+    extra = job.extra
     import copy
 
     from exporters import ExporterError, tflite_metadata
@@ -138,23 +142,25 @@ def quantize_pt2e(run: Path, ckpt, model, example, calib, val, test, reference, 
 
 def _search(graph, ckpt, val, reference, thresholds, opts, log: Callable[[str], None]) -> dict[str, Any]:
     """Mixed precision by the mask metric on the fine-tuned fake-quant graph: which activation tensors to leave in
-    float. Each activation quantizer is switched off alone and the validation mask mIoU measured (on the first
-    ``RANK_IMAGES`` validation images: ~100 quantizers); the ranking is then walked one tensor more per step on the
-    whole validation split until the gate holds, at most ``--max-float-macs`` % of the multiply-adds in float and
-    ``--max-float-layers`` tensors. Switching a quantizer off in PyTorch is exactly what dropping it from the graph
-    does in the file, so no conversion is needed until the chosen mix is written. The test split is not used."""
+    float — the one search (:mod:`edgeseg.core.mixed_precision`) over the activation quantizers, the sensitivity
+    pass on the first ``RANK_IMAGES`` validation images (~100 quantizers), the ranked order walked on the whole
+    split, at most ``--max-float-macs`` % of the multiply-adds in float and ``--max-float-layers`` tensors.
+    Switching a quantizer off in PyTorch is exactly what dropping it from the graph does in the file, so no
+    conversion is needed until the chosen mix is written. The test split is not used."""
     from exporters import tflite_pt2e as pt2e
 
     from edgeseg.core.latency import torch_runner
+    from edgeseg.core.mixed_precision import Policy, Space, search
     from edgeseg.core.progress import progress_bar
-    from edgeseg.quantize.records import figures, memo
+    from edgeseg.quantize.records import memo
+    from edgeseg.tasks.semantic.parity import JUDGE
 
-    t0 = time.time()
     images, masks = val
     ref = memo(reference)
     view = pt2e.nchw_view(graph)
 
-    def evaluate(names, n=None):
+    def evaluate(names, quick: bool):
+        n = RANK_IMAGES if quick else None
         pt2e.set_float(graph, names)
         try:
             return compare(ref, torch_runner(view, 2), images[:n], masks[:n], ckpt.class_names, thresholds,
@@ -162,47 +168,10 @@ def _search(graph, ckpt, val, reference, thresholds, opts, log: Callable[[str], 
         finally:
             pt2e.set_float(graph, names, False)
 
-    plain = evaluate([])
-    if plain.passed:
-        log(f"  mixed precision not needed: the fake-quant graph passes on validation ({plain.pixel_agreement:.3f} %, "
-            f"mask mIoU {plain.mask_miou:.4f})")
-        return {"needed": False, "passed": True, "float_tensors": [], "float_macs_pct": 0.0, "validation": figures(plain),
-                "search_seconds": round(time.time() - t0, 1)}
     names = pt2e.activation_quantizers(graph)
-    log(f"  fake-quant graph on validation: {plain.pixel_agreement:.3f} %, mask mIoU {plain.mask_miou:.4f}: measuring "
-        f"each of {len(names)} activation quantizers left out alone ...")
-    budget = opts.max_float_macs / 100.0
-    base = evaluate([], RANK_IMAGES)
-    ranking = []
+    space = Space(candidates=names, evaluate=evaluate, float_macs=lambda keep: pt2e.float_macs(graph, keep),
+                  quick_is_full=len(images) <= RANK_IMAGES)
     with progress_bar(len(names), f"sensitivity (mask mIoU, {min(RANK_IMAGES, len(images))} val images)") as bar:
-        for n in names:
-            share = pt2e.float_macs(graph, [n])
-            if share <= budget:
-                r = evaluate([n], RANK_IMAGES)
-                ranking.append({"tensor": n, "float_macs_pct": round(100 * share, 2),
-                                "mask_miou_gain": round(r.mask_miou - base.mask_miou, 5),
-                                "agreement_gain": round(r.pixel_agreement - base.pixel_agreement, 4)})
-            bar.advance()
-    ranking.sort(key=lambda r: (-r["mask_miou_gain"], -r["agreement_gain"], r["float_macs_pct"]))
-    tried: list[dict] = []
-    best_key, best, best_res = (0, plain.mask_miou), [], plain
-    keep: list[str] = []
-    for r in ranking[: opts.max_float_layers]:
-        if r["mask_miou_gain"] <= 0:
-            break
-        share = pt2e.float_macs(graph, [*keep, r["tensor"]])
-        if share > budget:
-            continue  # a cheaper tensor further down may still fit
-        keep.append(r["tensor"])
-        res = evaluate(keep)
-        tried.append({"float_tensors": len(keep), "float_macs_pct": round(100 * share, 2), **figures(res)})
-        log(f"  {len(keep):2d} float tensor(s), {100 * share:4.1f} % MACs: agreement {res.pixel_agreement:.3f} %, "
-            f"mask mIoU {res.mask_miou:.4f}{'  PASS' if res.passed else ''}")
-        key = (1, -share) if res.passed else (0, res.mask_miou)
-        if key > best_key:
-            best_key, best, best_res = key, list(keep), res
-        if res.passed:
-            break
-    return {"needed": True, "passed": bool(best_res.passed), "float_tensors": best,
-            "float_macs_pct": round(100 * pt2e.float_macs(graph, best), 2), "validation": figures(best_res),
-            "ranking": ranking, "search": tried, "search_seconds": round(time.time() - t0, 1)}
+        found = search(space, JUDGE, Policy(opts.max_float_macs, opts.max_float_layers, ("ranked",)), log,
+                       progress=lambda i, n: bar.advance())
+    return {**found.to_json(JUDGE), "float_tensors": found.keep}

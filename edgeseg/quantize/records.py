@@ -1,12 +1,12 @@
 """What every int8 route writes: the export record and parity.json of a quantized file, its line in
-``quantize-<method>.json``, the figures of one search step, and parity of a fake-quantized PyTorch model."""
+``quantize-<method>.json``, and parity of a fake-quantized PyTorch model."""
 
 from __future__ import annotations
 
 import hashlib
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -53,9 +53,3 @@ def memo(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.nd
         return cache[key]
 
     return run
-
-
-def figures(r: ParityResult) -> dict[str, Any]:
-    """The figures a search step records: agreement, mask mIoU, mIoU drop, passed."""
-    return {"pixel_agreement": round(r.pixel_agreement, 4), "mask_miou": round(r.mask_miou, 5),
-            "miou_drop": None if r.miou_drop is None else round(r.miou_drop, 5), "passed": r.passed}

@@ -27,11 +27,16 @@ Cross-layer equalization (``equalize``, :mod:`edgeseg.quantize.equalize`): befor
 channels between two convolutions are rescaled (float outputs unchanged) so int8 keeps more of them; the
 reference every export is checked against stays the original model.
 
+Each method is a :class:`~edgeseg.quantize.route.Route` (what it runs, the targets it writes, its measured defaults);
+this module loads the run, the splits and the gate once, equalizes when asked, and hands the route a
+:class:`~edgeseg.quantize.route.Job`: ``nncf`` (ptq, qat, accuracy), ``aeq``, ``pt2e``.
+
 Mixed precision (``mixed_precision``, TFLite): when the int8 file misses the parity threshold on the validation
-split, the TF Lite converter's quantization debugger measures each layer's error on calibration data
-(RMSE / scale); the most sensitive layers are kept in float one at a time, re-converting and re-checking on the
-validation split, until the threshold holds; the kept layers, and the size and latency cost, are recorded. The
-search never looks at the test split, which then measures the result.
+split, the one search (:mod:`edgeseg.core.mixed_precision`) keeps parts of it in float until the gate holds —
+ptq/qat: the layers the TF Lite converter's quantization debugger ranks (RMSE / scale: a candidate file is a
+conversion), one at a time; aeq: ops ranked by the validation mask mIoU, then graph order; pt2e: activation
+tensors of the fake-quant graph. The kept parts, and the size and latency cost, are recorded. The search never
+looks at the test split, which then measures the result.
 """
 
 from __future__ import annotations
@@ -47,10 +52,13 @@ import numpy as np
 from edgeseg.core.atomic import ensure_dir, write_json
 from edgeseg.core.errors import CheckFailed, DataError, ExportError, UsageError
 from edgeseg.core.digest import file_digest
-from edgeseg.quantize.finetune import fine_tune
-from edgeseg.quantize.options import MIN_CALIBRATION, WARN_CALIBRATION, QuantizeOptions, validate
-from edgeseg.quantize.records import summary_row, torch_parity, write_record
-from edgeseg.tasks.semantic.parity import ParityResult, compare, thresholds_for
+from edgeseg.quantize.job import Job
+from edgeseg.quantize.options import MIN_CALIBRATION, WARN_CALIBRATION, QuantizeOptions
+from edgeseg.quantize.route import ROUTES, validate
+from edgeseg.tasks.semantic.parity import thresholds_for
+
+__all__ = ["QuantizeOptions", "quantize_run"]
+
 
 def _calibration(ckpt, count: int, log: Callable[[str], None]) -> list[np.ndarray]:
     from edgeseg.tasks.semantic.run import calibration_images
@@ -88,80 +96,6 @@ def _labelled(ckpt, split: str, limit: int | None = None) -> tuple[list[np.ndarr
                         f"labelled {split} images (the {'search and accuracy control' if split == 'val' else 'check'} "
                         f"measure masks against them)")
     return images, masks
-
-
-def _accuracy_control(model, ckpt, calib, val, opts: QuantizeOptions, work: Path, log):
-    """NNCF accuracy-controlled quantization on the ONNX backend; returns the path of the QDQ ONNX model."""
-    from exporters.nncf_tools import import_nncf
-    from exporters.native import quiet_native
-    from exporters.onnx import INPUT_NAME, write_onnx
-
-    import onnx
-    import onnxruntime as ort
-
-    from edgeseg.core.metrics import confusion, mean_iou
-
-    nncf = import_nncf()
-    fp = work / "float.onnx"
-    write_onnx(model, calib[0], fp)
-    images, masks = val
-    n_cls = ckpt.num_classes
-
-    def validate(qmodel: onnx.ModelProto, items) -> float:
-        sess = ort.InferenceSession(qmodel.SerializeToString(), providers=["CPUExecutionProvider"])
-        cm = np.zeros((n_cls, n_cls), np.int64)
-        for img, mask in items:
-            pred = sess.run(None, {INPUT_NAME: img[None]})[0].argmax(1)[0]
-            cm += confusion(mask, pred, n_cls)
-        return float(mean_iou(cm))
-
-    log(f"accuracy-controlled quantization (ONNX backend, max mIoU drop {opts.max_drop}) ...")
-    with quiet_native() as text:
-        try:
-            q = nncf.quantize_with_accuracy_control(
-                onnx.load(str(fp)), nncf.Dataset([{INPUT_NAME: c} for c in calib]),
-                nncf.Dataset(list(zip(images, masks))), validate, max_drop=opts.max_drop,
-                drop_type=nncf.DropType.ABSOLUTE, preset=nncf.QuantizationPreset(opts.preset),
-                subset_size=len(calib), fast_bias_correction=opts.fast_bias_correction)
-        except Exception as e:  # noqa: BLE001 - NNCF raises many types; keep its words
-            raise ExportError(f"NNCF accuracy control failed: {e}\n{text.getvalue()[-1500:]}") from None
-    log_text = text.getvalue()
-    reverted = [ln.strip() for ln in log_text.splitlines() if "revert" in ln.lower() or "Reverted" in ln][:20]
-    opts.notes.append("accuracy control: " + ("; ".join(reverted) if reverted else "no quantizer reverted"))
-    out = work / "accuracy.onnx"
-    onnx.save(q, str(out))
-    return out
-
-
-def mixed_search(sm: Path, calibration, evaluate: Callable[[Path], ParityResult], max_float_layers: int,
-                 work: Path, log: Callable[[str], None] = print) -> tuple[Path, list[dict], list[dict]]:
-    """Greedy mixed precision: rank the TFLite layers by quantization sensitivity (the converter's debugger), then
-    convert with the top 0, 1, 2, ... of them kept in float and ``evaluate`` each file (parity on held-out data);
-    stop at the first that passes. Returns (file, float layers, every try). Raises CheckFailed with the best mix
-    when none of up to ``max_float_layers`` passes."""
-    from exporters.tflite import convert_mixed, layer_sensitivity
-
-    ranking = layer_sensitivity(sm, calibration)
-    tried: list[dict] = []
-    best: tuple[int, ParityResult] | None = None
-    for k in range(0, min(max_float_layers, len(ranking)) + 1):
-        path = work / f"mixed-{k}.tflite"
-        path.write_bytes(convert_mixed(sm, calibration, [r["tensor"] for r in ranking[:k]]))
-        res = evaluate(path)
-        tried.append({"float_layers": k, "pixel_agreement": res.pixel_agreement, "mask_miou": res.mask_miou,
-                      "size_bytes": path.stat().st_size})
-        log(f"  {k} float layer(s){' (+' + str(ranking[k - 1]['op']) + ')' if k else ''}: agreement "
-            f"{res.pixel_agreement:.3f} %, mask mIoU {res.mask_miou:.4f}")
-        if best is None or res.pixel_agreement > best[1].pixel_agreement:
-            best = (k, res)
-        if res.passed:
-            return path, ranking[:k], tried
-    assert best is not None
-    k, res = best
-    raise CheckFailed(f"mixed precision: no mix of up to {max_float_layers} float layers reaches the threshold "
-                      f"({'; '.join(f'{a} {v}' for a, v in res.thresholds.items())}) on held-out data; best: "
-                      f"{k} float layer(s), {res.pixel_agreement:.3f} % agreement, mask mIoU {res.mask_miou:.4f}. "
-                      f"Raise --max-float-layers, try --method qat, or lower the threshold")
 
 
 def quantize_run(run: Path, opts: QuantizeOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -213,28 +147,6 @@ def quantize_run(run: Path, opts: QuantizeOptions, log: Callable[[str], None] = 
         if not eq.pairs:
             opts.notes.append(f"--equalize {opts.equalize}: no equalizable convolution pair in this model (every "
                               f"pair passes through hard-swish, ReLU6, a residual or another non-homogeneous step)")
-    quantized = None
-    if opts.method in ("ptq", "qat"):
-        from exporters.nncf_tools import float_weights, ptq
-
-        log(f"NNCF post-training quantization ({opts.preset}, {len(calib)} calibration images) ...")
-        try:
-            quantized = ptq(model, calib, opts.preset, opts.ignored, opts.fast_bias_correction)
-        except ExporterError as e:
-            raise ExportError(str(e)) from None
-        if opts.method == "qat":
-            quantized = fine_tune(quantized, ckpt, opts, log)
-        fq = torch_parity(quantized, reference, *test, ckpt, thresholds)
-        summary["pytorch_fake_quant"] = {"pixel_agreement": fq.pixel_agreement, "mask_miou": fq.mask_miou,
-                                         "exported_miou": fq.exported_miou, "reference_miou": fq.reference_miou}
-        log(f"PyTorch with fake quantization: agreement {fq.pixel_agreement:.3f} %, mask mIoU {fq.mask_miou:.4f}")
-        adapted = copy.deepcopy(model)  # NNCF quantized a copy: this one holds the (equalized) float weights
-        adapted.load_state_dict(float_weights(quantized, adapted))
-        adapted.eval()
-    elif opts.method == "accuracy":
-        onnx_q = _accuracy_control(model, ckpt, calib, val, opts, work, log)
-    # aeq quantizes the float model's own TFLite file, pt2e captures the model itself (below): nothing to prepare
-    summary["quantize_seconds"] = round(time.time() - t0, 1)
     base_opts = ExportOptions(precision="int8", calibration=calib, class_names=ckpt.class_names,
                               normalization=Normalization(tuple(pre.mean), tuple(pre.std)),
                               metadata={"author": "edgeseg", "edgeseg_model": ckpt.config.model,
@@ -244,53 +156,12 @@ def quantize_run(run: Path, opts: QuantizeOptions, log: Callable[[str], None] = 
                                         "edgeseg_preprocess": json.dumps(pre.to_json()),
                                         "edgeseg_classes": json.dumps([c.to_json() for c in ckpt.classes])},
                               work_dir=work)
-    failures = []
-    if opts.method == "aeq":
-        from edgeseg.quantize.aeq import quantize_aeq
-
-        extra = {"method": "aeq", "weights": which, "classes": list(ckpt.class_names), "preprocess": pre.to_json(),
-                 **eq_extra}
-        failures += quantize_aeq(run, ckpt, model, example, calib, val, test, reference, thresholds, opts, base_opts,
-                                 extra, summary, log)
-    if opts.method == "pt2e":
-        from edgeseg.quantize.pt2e import quantize_pt2e
-
-        extra = {"method": "pt2e", "weights": which, "classes": list(ckpt.class_names), "preprocess": pre.to_json(),
-                 **eq_extra}
-        failures += quantize_pt2e(run, ckpt, model, example, calib, val, test, reference, thresholds, opts,
-                                  base_opts, extra, summary, log)
-    for target in (() if opts.method in ("aeq", "pt2e") else opts.targets):
-        precision = "w8a8" if target == "coreml" else "int8"
-        name = f"{target}-{precision}-{opts.method}"
-        out = ensure_dir(run / "export" / name)
-        log(f"exporting {name} ...")
-        extra: dict[str, Any] = {"method": opts.method, "weights": which, "classes": list(ckpt.class_names),
-                                 "preprocess": pre.to_json(), **eq_extra}
-        try:
-            if opts.method == "accuracy":
-                res = _export_accuracy(target, onnx_q, example, out, base_opts)
-            elif target in ("onnx", "openvino"):
-                res = EXPORTERS[target].export(quantized, example, base_opts.replace(quantized=True), out)
-            elif target == "coreml":
-                res = EXPORTERS[target].export(adapted, example, base_opts.replace(precision="w8a8"), out)
-            else:
-                res = EXPORTERS[target].export(adapted, example, base_opts, out)
-        except ExporterError as e:
-            raise ExportError(f"{name}: {e}") from None
-        runner = EXPORTERS[target].load(res.path)
-        parity = compare(reference, runner, *test, ckpt.class_names, thresholds, target, precision,
-                         runtime=runner.runtime)
-        rec = write_record(run, out, res.to_json(), parity, extra)
-        summary["targets"][name] = summary_row(rec, parity, {k: v for k, v in res.details.items()
-                                                             if k in ("tensor_dtypes", "runtime_precisions", "ops",
-                                                                      "input_dtype", "int8_weights")})
-        log(f"  {name}: {parity.status.upper()} agreement {parity.pixel_agreement:.3f} %, mask mIoU "
-            f"{parity.mask_miou:.4f} ({res.size_bytes / 1e6:.2f} MB)")
-        if target == "tflite" and opts.mixed_precision:
-            summary["mixed"] = _mixed(run, ckpt, adapted, example, calib, val, test, reference, thresholds, opts,
-                                      work, base_opts, extra, res, log)
-        elif not parity.passed:
-            failures.append(f"{name}: {'; '.join(parity.failures)}")
+    extra = {"method": opts.method, "weights": which, "classes": list(ckpt.class_names), "preprocess": pre.to_json(),
+             **eq_extra}
+    job = Job(run, ckpt, model, example, calib, val, test, reference, thresholds, opts, base_opts, extra, summary,
+              log)
+    failures = ROUTES[opts.method].quantize(job)
+    summary.setdefault("quantize_seconds", round(time.time() - t0, 1))
     summary["notes"] = opts.notes
     write_json(run / "export" / f"quantize-{opts.method}.json", summary)
     if failures:
@@ -299,76 +170,3 @@ def quantize_run(run: Path, opts: QuantizeOptions, log: Callable[[str], None] = 
     return summary
 
 
-def _export_accuracy(target: str, onnx_q: Path, example, out: Path, base_opts):
-    """The accuracy-controlled QDQ ONNX model as an ONNX or OpenVINO export."""
-    import shutil
-
-    from exporters import ExportResult
-    from exporters.base import path_size
-    from exporters.onnx import fold_weight_quantization, op_counts
-
-    t0 = time.time()
-    if target == "onnx":
-        final = out / "model.onnx"
-        from edgeseg.core.atomic import atomic_path
-
-        with atomic_path(final) as tmp:
-            shutil.copy(onnx_q, tmp)
-            folded = fold_weight_quantization(tmp)
-        return ExportResult("onnx", "int8", final, path_size(final), time.time() - t0, tuple(example.shape),
-                            {"quantizer": "NNCF quantize_with_accuracy_control (ONNX backend)",
-                             "int8_weights": folded, "ops": op_counts(final)})
-    from exporters.openvino import from_onnx
-
-    return from_onnx(onnx_q, example, out, "NNCF quantize_with_accuracy_control (ONNX backend)")
-
-
-def _mixed(run, ckpt, adapted, example, calib, val, test, reference, thresholds, opts, work, base_opts, extra,
-           full, log) -> dict[str, Any]:
-    """Mixed precision for the TFLite export ``full`` (already written and checked on the test split)."""
-    from edgeseg.core.latency import measure_latency
-    from exporters.tflite import float_ops, load, saved_model, tensor_types
-
-    images, masks = val
-    plain = compare(reference, load(full.path), images, masks, ckpt.class_names, thresholds, "tflite", "int8")
-    if plain.passed:
-        log(f"  mixed precision not needed: full int8 passes on the validation split ({plain.pixel_agreement:.3f} %)")
-        return {"needed": False, "validation_agreement": plain.pixel_agreement}
-    log(f"  full int8 misses the threshold on the validation split ({plain.pixel_agreement:.3f} %); searching ...")
-    sm, _ = saved_model(adapted, example, base_opts)
-
-    def evaluate(path: Path) -> ParityResult:  # the validation split: the test split then measures the result
-        return compare(reference, load(path), images, masks, ckpt.class_names, thresholds, "tflite", "int8")
-
-    path, kept, tried = mixed_search(sm, calib, evaluate, opts.max_float_layers, work, log)
-    name = f"tflite-int8-{opts.method}-mixed"
-    out = ensure_dir(run / "export" / name)
-    final = out / "model.tflite"
-    from edgeseg.core.atomic import atomic_path
-    from exporters import tflite_metadata
-    from exporters.tflite import model_info
-
-    with atomic_path(final) as tmp:
-        tmp.write_bytes(tflite_metadata.populate(path.read_bytes(), model_info(base_opts)))
-    runner = load(final)
-    parity = compare(reference, runner, *test, ckpt.class_names, thresholds, "tflite", "int8", runtime=runner.runtime)
-    x = np.asarray(calib[0], np.float32)
-    lat_full = measure_latency(load(full.path), x, 10, 2)["median_ms"]
-    lat_mixed = measure_latency(runner, x, 10, 2)["median_ms"]
-    types = tensor_types(final)
-    mixed = {"float_layers": [{"op": r["op"], "tensor": r["tensor"], "sensitivity": r["sensitivity"]} for r in kept],
-             "float_ops_in_file": float_ops(final), "search": tried, "size_cost_bytes": final.stat().st_size - full.size_bytes,
-             "latency_ms": {"full_int8": lat_full, "mixed": lat_mixed}}
-    res_json = {"target": "tflite", "precision": "int8", "path": str(final), "size_bytes": final.stat().st_size,
-                "seconds": 0.0, "input_shape": list(example.shape),
-                "details": {"converter": "TF Lite converter, selective quantization (quantization debugger "
-                                         "denylist)", "mixed_precision": mixed, **types}}
-    write_record(run, out, res_json, parity, {**extra, "mixed_precision": True})
-    log(f"  {name}: {len(kept)} float layer(s), {parity.status.upper()} on test: agreement "
-        f"{parity.pixel_agreement:.3f} %, mask mIoU {parity.mask_miou:.4f}; size +{mixed['size_cost_bytes'] / 1e3:.1f} "
-        f"KB, latency {lat_full:.2f} -> {lat_mixed:.2f} ms")
-    if not parity.passed:
-        raise CheckFailed(f"{name}: passes on the validation split but not on the test split: "
-                          f"{'; '.join(parity.failures)}")
-    return {"needed": True, "name": name, "pixel_agreement": parity.pixel_agreement, "mask_miou": parity.mask_miou,
-            **mixed}

@@ -4,7 +4,7 @@ counts, the runner of each exported file, and instance parity of a file against 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -34,16 +34,6 @@ class GraphCounts:
         return dict(self.__dict__)
 
 
-@dataclass
-class InstanceExport:
-    target: str
-    precision: str
-    path: Path
-    size_bytes: int
-    seconds: float
-    details: dict[str, Any] = field(default_factory=dict)
-
-
 def to_input(img: np.ndarray) -> np.ndarray:
     """An HWC uint8 image as the graph's NCHW float input in [0, 1]."""
     return (np.asarray(img, np.float32).transpose(2, 0, 1)[None] / 255.0).astype(np.float32)
@@ -59,20 +49,15 @@ def check_precision(target: str, precision: str | None) -> str:
     return precision
 
 
-def load_runner(target: str, path: Path, threads: int = 2) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    if target == "onnx":
-        from exporters.onnx import GraphRunner
+def load_runner(target: str, path: Path | bytes, threads: int = 2) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """The target's own runner of an exported graph (by its output names): NCHW [0, 1] in, ``{name: array}`` out.
+    ``path`` may be a TFLite file's bytes (a mixed-precision search's candidate)."""
+    from exporters import TARGETS
 
-        return GraphRunner(Path(path), threads)
-    if target == "tflite":
-        from exporters.tflite_litert import GraphRunner as TFLiteGraphRunner
-
-        return TFLiteGraphRunner(Path(path), OUTPUTS, threads)
-    if target == "coreml":
-        from exporters.coreml import load_graph
-
-        return load_graph(Path(path), threads)
-    raise UsageError(f"Mask R-CNN exports to {', '.join(PRECISIONS)}; '{target}' is not one of them")
+    if target not in PRECISIONS:
+        raise UsageError(f"Mask R-CNN exports to {', '.join(PRECISIONS)}; '{target}' is not one of them")
+    return TARGETS[target].load(path if isinstance(path, (bytes, bytearray)) else Path(path), threads,
+                                outputs=OUTPUTS)
 
 
 def detections(out: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:

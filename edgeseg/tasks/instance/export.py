@@ -17,8 +17,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edgeseg.tasks.instance.check import FILES, GraphCounts, InstanceExport, check_precision, to_input
+from edgeseg.tasks.instance.check import FILES, GraphCounts, check_precision, to_input
 from edgeseg.tasks.instance.static_graph import OUTPUTS, build_static
+from exporters import TARGETS, ExportOptions, ExportResult
+from exporters.base import path_size
+
+DESCRIPTION = ("Mask R-CNN instance segmentation: boxes, scores, classes, num_detections, masks (per-box mask "
+               "probabilities)")
 
 
 def export_instance(model, target: str, precision: str | None, out_dir: Path, size: int,
@@ -26,7 +31,7 @@ def export_instance(model, target: str, precision: str | None, out_dir: Path, si
                     metadata: dict[str, str] | None = None, validation: Sequence[tuple[np.ndarray, dict]] = (),
                     max_float_macs: float | None = None, score_threshold: float = 0.3,
                     thresholds: dict[str, float | None] | None = None,
-                    log: Callable[[str], None] = print) -> InstanceExport:
+                    log: Callable[[str], None] = print) -> ExportResult:
     """Build the export graph of ``model`` for ``size`` x ``size`` inputs and write it for ``target``.
     ``calibration``: HWC uint8 images (int8 TFLite); ``validation``: (image, target) pairs the int8-mixed search
     checks on (the int8 gate with ``thresholds``' overrides), with ``max_float_macs`` % of the multiply-adds allowed
@@ -36,29 +41,18 @@ def export_instance(model, target: str, precision: str | None, out_dir: Path, si
     example = np.full((1, 3, size, size), 0.5, np.float32)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / FILES[target]
-    t0 = time.time()
-    if target == "onnx":
-        from exporters.onnx import export_graph
-
-        details = export_graph(graph, example, path, OUTPUTS)
-    elif target == "tflite" and precision == "int8-mixed":
+    if target == "tflite" and precision == "int8-mixed":
         from edgeseg.tasks.instance.mixed import DEFAULT_MAX_FLOAT_MACS, export_mixed
 
+        t0 = time.time()
+        path = out_dir / FILES[target]
         details = export_mixed(graph, model, example, path, calibration, [img for img, _ in validation], counts,
                                [t for _, t in validation], max_float_macs if max_float_macs is not None else
                                DEFAULT_MAX_FLOAT_MACS, score_threshold, thresholds, log)
-    elif target == "tflite":
-        from exporters.tflite_litert import export_graph
-
-        details = export_graph(graph, example, precision, path, [to_input(c) for c in calibration])
+        exp = ExportResult(target, precision, path, path_size(path), time.time() - t0, tuple(example.shape), details)
     else:
-        from exporters.coreml import export_graph
-
-        details = export_graph(graph, example, path, OUTPUTS, precision, metadata,
-                               description="Mask R-CNN instance segmentation: boxes, scores, classes, "
-                                           "num_detections, masks (per-box mask probabilities)")
-    from exporters.base import path_size
-
-    details["graph"] = graph.config
-    return InstanceExport(target, precision, path, path_size(path), time.time() - t0, details)
+        options = ExportOptions(precision, calibration=[to_input(c) for c in calibration], outputs=OUTPUTS,
+                                metadata=dict(metadata or {}), description=DESCRIPTION)
+        exp = TARGETS[target].export(graph, example, options, out_dir)
+    exp.details["graph"] = graph.config
+    return exp

@@ -12,6 +12,8 @@ instances kept in float, found by the instance-parity metric on the validation s
    the MACs, gave 0.837.)
 4. *Search*: the ranked ops are kept in float cumulatively, one more per step (an op that would exceed
    ``max_float_macs`` % of the multiply-adds is skipped), until the mix passes or ``max_steps`` ops are float.
+   Steps 2-5 are the one search of every int8 route (:mod:`edgeseg.core.mixed_precision`), judged by instance
+   parity; this graph walks the ranked order only.
 5. The passing mix with the fewest float multiply-adds (a single op that passes alone counts) is written; if none
    passes, the closest miss (fewest failed gates, then fewest missed + extra, then the best mask IoU), and the
    export's parity on the test split says it failed.
@@ -21,85 +23,38 @@ The test split is not looked at during the search; it measures the result.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-DEFAULT_MAX_FLOAT_MACS = 10.0  # % of multiply-adds allowed in float, as for the semantic search
+from edgeseg.core.mixed_precision import DEFAULT_MAX_FLOAT_MACS, Policy, Space, search
+from edgeseg.tasks.instance.parity import JUDGE
+
 DEFAULT_MAX_STEPS = 12
-
-
-def _rank_key(t: dict[str, Any]) -> tuple:
-    return (t["passed"], -len(t["failures"]), -(t["missed"] + t["extra"]), t["mask_iou_mean"] or 0.0,
-            t["box_iou_mean"] or 0.0)
+# the ranked order only: a prefix in graph order does not help this graph (module docstring, step 3)
+ORDERS = ("ranked",)
 
 
 def search_mix(q, evaluate: Callable[[bytes], Any], max_float_macs: float = DEFAULT_MAX_FLOAT_MACS,
                max_steps: int = DEFAULT_MAX_STEPS, log: Callable[[str], None] = print,
                progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """The cheapest mix of ``q``'s convolution/fully-connected ops kept in float whose file passes ``evaluate``
-    (bytes -> :class:`~edgeseg.tasks.instance.parity.InstanceParity`), within ``max_float_macs`` % of the multiply-adds.
+    (bytes -> :class:`~edgeseg.tasks.instance.parity.InstanceParity`), within ``max_float_macs`` % of the multiply-adds:
+    the one search (:mod:`edgeseg.core.mixed_precision`) over ``q``'s ops, judged by instance parity.
     Returns ``{"float_ops", "float_op_types", "float_op_scopes", "passed", "validation", "ranking", "tried",
     "seconds", ...}``."""
-    t0 = time.time()
     cands = [o for o in q.candidates() if o.macs > 0]
     by_index = {o.index: o for o in cands}
-    budget = max_float_macs / 100.0
-
-    def trial(keep: Sequence[int], stage: str) -> dict[str, Any]:
-        p = evaluate(q.quantize(list(keep)))
-        return {"stage": stage, "float_ops": list(keep), "float_macs_pct": round(100 * q.float_macs(keep), 3),
-                "passed": bool(p.passed), "mask_iou_mean": p.mask_iou_mean, "box_iou_mean": p.box_iou_mean,
-                "matched": p.matched, "missed": p.missed, "extra": p.extra, "failures": list(p.failures)}
-
-    def show(t: dict[str, Any]) -> str:
-        f = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
-        return (f"{len(t['float_ops'])} float op(s), {t['float_macs_pct']:.2f} % MACs: mask IoU "
-                f"{f(t['mask_iou_mean'])}, box IoU {f(t['box_iou_mean'])}, {t['missed']} missed / {t['extra']} "
-                f"extra{'  PASS' if t['passed'] else ''}")
-
-    full = trial([], "full-int8")
-    log(f"  full int8: {show(full)}")
-    singles, walk = [], []
-    if not full["passed"]:
-        log(f"  sensitivity: each of {len(cands)} convolution/fully-connected ops alone in float ...")
-        for n, o in enumerate(cands):
-            if q.float_macs([o.index]) <= budget:
-                singles.append(trial([o.index], "sensitivity"))
-            if progress:
-                progress(n + 1, len(cands))
-        singles.sort(key=lambda t: (*_rank_key(t), -t["float_macs_pct"]), reverse=True)
-        if singles:
-            log(f"  most sensitive: op {singles[0]['float_ops'][0]} ({by_index[singles[0]['float_ops'][0]].type}) "
-                f"alone in float: {show(singles[0])}")
-        if not any(t["passed"] for t in singles):
-            keep: list[int] = []
-            for t in singles:
-                if len(keep) >= max_steps:
-                    break
-                i = t["float_ops"][0]
-                if q.float_macs(keep + [i]) > budget:
-                    continue
-                keep.append(i)
-                if len(keep) == 1:
-                    continue  # measured in the sensitivity pass
-                walk.append(trial(keep, "ranked"))
-                log(f"  ranked {show(walk[-1])}")
-                if walk[-1]["passed"]:
-                    break
-    tried = [full, *singles, *walk]
-    passing = [t for t in tried if t["passed"]]
-    best = (min(passing, key=lambda t: (t["float_macs_pct"], len(t["float_ops"]))) if passing else
-            max(tried, key=lambda t: (*_rank_key(t), -t["float_macs_pct"])))
-    keep = best["float_ops"]
+    space = Space(candidates=[o.index for o in cands], evaluate=lambda keep, quick: evaluate(q.quantize(keep)),
+                  float_macs=q.float_macs, quick_is_full=True,
+                  describe=lambda i: {"op": i, "type": by_index[i].type, "scope": by_index[i].scope})
+    found = search(space, JUDGE, Policy(max_float_macs, max_steps, ORDERS), log, progress)
+    keep = found.keep
     return {"float_ops": keep, "float_op_types": [by_index[i].type for i in keep],
-            "float_op_scopes": [by_index[i].scope for i in keep], "passed": bool(passing), "validation": best,
-            "ranking": [{"op": t["float_ops"][0], "type": by_index[t["float_ops"][0]].type,
-                         "mask_iou_mean": t["mask_iou_mean"], "box_iou_mean": t["box_iou_mean"],
-                         "missed": t["missed"], "extra": t["extra"], "passed": t["passed"]} for t in singles],
-            "tried": [full, *walk], "trials": len(tried), "candidates": len(cands), "max_float_macs": max_float_macs,
-            "seconds": round(time.time() - t0, 1)}
+            "float_op_scopes": [by_index[i].scope for i in keep], "passed": found.passed,
+            "validation": {"float_macs_pct": found.float_macs_pct, **JUDGE.figures(found.result)},
+            "ranking": found.ranking, "tried": found.tried, "trials": len(found.tried), "candidates": len(cands),
+            "max_float_macs": max_float_macs, "seconds": found.seconds}
 
 
 def instance_evaluator(model, images: Sequence[np.ndarray], counts, targets: Sequence[dict] | None = None,
@@ -107,16 +62,14 @@ def instance_evaluator(model, images: Sequence[np.ndarray], counts, targets: Seq
                        ) -> Callable[[bytes], Any]:
     """``evaluate(tflite_bytes)``: the file's instance parity on ``images`` (HWC uint8) against the eager model
     (computed once), with the int8 gate and ``thresholds``' overrides; ``targets`` add the mask-AP gate."""
-    from edgeseg.tasks.instance.check import check_instance, reference_detections
+    from edgeseg.tasks.instance.check import check_instance, load_runner, reference_detections
     from edgeseg.tasks.instance.parity import instance_thresholds
-    from edgeseg.tasks.instance.static_graph import OUTPUTS
-    from exporters.tflite_litert import GraphRunner
 
     refs = reference_detections(model, images, counts)
     gate = instance_thresholds("int8", **(thresholds or {}))
 
     def evaluate(data: bytes):
-        return check_instance(model, GraphRunner(data, OUTPUTS, threads=2), "tflite", "int8-mixed", images, targets,
+        return check_instance(model, load_runner("tflite", data, threads=2), "tflite", "int8-mixed", images, targets,
                               counts, gate, score_threshold, references=refs)
 
     return evaluate

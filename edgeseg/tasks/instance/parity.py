@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from edgeseg.core.mixed_precision import Judge
 from edgeseg.tasks.semantic.parity import FAILED, NOT_VERIFIED, PASSED
 
 DEFAULT_INSTANCE_THRESHOLDS: dict[str, dict[str, float]] = {
@@ -153,3 +154,20 @@ def compare_instances(references: Sequence[dict[str, np.ndarray]], exported: Seq
         res.reason = (f"the reference detects nothing scoring >= {score_threshold} on these {res.images} images: "
                       f"nothing to compare (train longer, or lower the score threshold)")
     return res
+
+
+def _figures(p: InstanceParity) -> dict[str, Any]:
+    return {"passed": bool(p.passed), "mask_iou_mean": p.mask_iou_mean, "box_iou_mean": p.box_iou_mean,
+            "matched": p.matched, "missed": p.missed, "extra": p.extra, "failures": list(p.failures)}
+
+
+def _show(p: InstanceParity) -> str:
+    f = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
+    return (f"mask IoU {f(p.mask_iou_mean)}, box IoU {f(p.box_iou_mean)}, {p.missed} missed / {p.extra} extra"
+            f"{'  PASS' if p.passed else ''}")
+
+
+#: what the mixed-precision search asks of instance parity: closer to passing is fewer gates failed, then fewer
+#: missed + extra detections, then the matched mask and box IoU
+JUDGE = Judge(score=lambda p: (bool(p.passed), -len(p.failures), -(p.missed + p.extra), p.mask_iou_mean or 0.0,
+                               p.box_iou_mean or 0.0), figures=_figures, show=_show)

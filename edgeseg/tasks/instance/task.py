@@ -132,13 +132,13 @@ class InstanceTask:
                            {"size": size, "detections": d, "mask_size": m})
 
     def write_android(self, entry: ExportEntry, dst: Path, model: BundleModel) -> dict[str, Any]:
+        from edgeseg.tasks.instance.check import load_runner
         from edgeseg.tasks.instance.static_graph import OUTPUTS
-        from exporters.tflite_litert import GraphRunner
 
         src = entry.dir / Path(entry.record["path"]).name
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
-        sig = GraphRunner(dst, OUTPUTS, threads=1).tensors()
+        sig = load_runner("tflite", dst, threads=1).tensors()
         io = {"input": {**sig["input"], "layout": "NCHW",
                         "values": "RGB / 255 (0 to 1); normalization is in the model"},
               "output": {"kind": "detections", "tensors": [{"name": n, **sig["outputs"][n], "meaning": MEANING[n]}

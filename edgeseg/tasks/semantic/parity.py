@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edgeseg.core.metrics import confusion, iou_per_class, mean_iou
+from edgeseg.core.mixed_precision import Judge
 
 # Default thresholds per precision: minimum pixel agreement (%) and minimum mask mIoU vs reference, and for every
 # precision the task figure: the dataset mIoU (against the labels) may drop by at most 1 point (0.01) from the
@@ -270,3 +271,14 @@ def combine_results(results: Sequence[ParityResult]) -> ParityResult:
 def not_verified(target: str, precision: str, reason: str, thresholds: dict[str, float]) -> ParityResult:
     return ParityResult(target=target, precision=precision, status=NOT_VERIFIED, reason=reason,
                         thresholds=dict(thresholds))
+
+
+def _figures(r: ParityResult) -> dict[str, Any]:
+    return {"pixel_agreement": round(r.pixel_agreement, 4), "mask_miou": round(r.mask_miou, 5),
+            "miou_drop": None if r.miou_drop is None else round(r.miou_drop, 5), "passed": r.passed}
+
+
+#: what the mixed-precision search asks of mask parity: closer to passing is a higher mask mIoU, then agreement
+JUDGE = Judge(score=lambda r: (r.passed, r.mask_miou, r.pixel_agreement), figures=_figures,
+              show=lambda r: (f"agreement {r.pixel_agreement:.3f} %, mask mIoU {r.mask_miou:.4f}"
+                              f"{'  PASS' if r.passed else ''}"))
