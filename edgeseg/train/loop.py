@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import random
@@ -28,6 +27,7 @@ from edgeseg.train.distributed import DistContext, all_reduce_sum, barrier, clea
 from edgeseg.train.evaluate import evaluate, recalibrate_batchnorm
 from edgeseg.train.logger import RunLogger
 from edgeseg.train.state import capture_rng, restore_rng
+from edgeseg.train.step import lr_lambda, optimizer_step
 from edgeseg.core.versions import package_versions
 
 BEST_NAME = "best.pt"
@@ -46,17 +46,6 @@ def compute_class_weights(freq: np.ndarray, mode: str) -> np.ndarray | None:
     else:
         w[present] = np.median(f[present]) / f[present]
     return w.astype(np.float32)
-
-
-def lr_lambda(total_steps: int, warmup_steps: int, schedule: str) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        t = min(max(t, 0.0), 1.0)
-        return 0.5 * (1 + math.cos(math.pi * t)) if schedule == "cosine" else (1 - t) ** 0.9
-
-    return f
 
 
 def _seed_all(seed: int) -> None:
@@ -340,27 +329,18 @@ def _train(cfg: TrainConfig, out_dir: Path, ctx: DistContext, device: torch.devi
 def _optimizer_step(cfg: TrainConfig, forward, train_model: nn.Module, model: nn.Module, group: list,
                     criterion: CompositeLoss, epoch: int, opt, scaler, device: torch.device, amp_dtype,
                     ctx: DistContext) -> float:
-    """Forward/backward over ``group``'s micro-batches (gradients synchronized on the last), then one
-    optimizer step with optional gradient clipping. Returns the mean loss."""
-    opt.zero_grad(set_to_none=True)
-    total = 0.0
-    for j, batch in enumerate(group):
+    """The shared step (:func:`edgeseg.train.step.optimizer_step`) with the semantic loss: the criterion on the
+    model's outputs for each micro-batch's images, masks and distance maps. Returns the mean loss."""
+
+    def loss_of(batch) -> torch.Tensor:
         x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         dist = batch[2].to(device, non_blocking=True) if len(batch) > 2 else None
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        sync = train_model.no_sync() if ctx.enabled and j < len(group) - 1 else contextlib.nullcontext()
-        with sync:
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss = criterion(forward(x), y, dist, epoch) / len(group)
-            scaler.scale(loss).backward()
-        total += float(loss.detach())
-    if cfg.clip_grad is not None:
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-    scaler.step(opt)
-    scaler.update()
-    return total
+        return criterion(forward(x), y, dist, epoch)
+
+    return optimizer_step(group, loss_of, opt, scaler, model.parameters(), device, amp_dtype, cfg.clip_grad,
+                          no_sync=(lambda j: train_model.no_sync()) if ctx.enabled else None)
 
 
 def _amp_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -13,10 +13,12 @@ import numpy as np
 from edgeseg.core.errors import UsageError
 from edgeseg.tasks.instance.parity import InstanceParity, compare_instances, instance_thresholds
 from edgeseg.tasks.instance.static_graph import OUTPUTS, build_static, configure_eager, paste_masks, valid_detections
+from exporters import TARGETS
 
-PRECISIONS: dict[str, tuple[str, ...]] = {"onnx": ("fp32",),
-                                          "tflite": ("fp32", "fp16", "int8", "int8-weights", "int8-mixed"),
-                                          "coreml": ("fp16", "fp32", "int8", "palettize6", "palettize8")}
+#: per target, the precisions of the export graph: the target's own (``Target.graph_precisions``; the first is the
+#: default) and, for TFLite, the int8-mixed route (:mod:`edgeseg.tasks.instance.mixed`)
+PRECISIONS: dict[str, tuple[str, ...]] = {t: TARGETS[t].graph_precisions + (("int8-mixed",) if t == "tflite" else ())
+                                          for t in ("onnx", "tflite", "coreml")}
 FILES = {"onnx": "model.onnx", "tflite": "model.tflite", "coreml": "model.mlpackage"}
 
 
@@ -52,8 +54,6 @@ def check_precision(target: str, precision: str | None) -> str:
 def load_runner(target: str, path: Path | bytes, threads: int = 2) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
     """The target's own runner of an exported graph (by its output names): NCHW [0, 1] in, ``{name: array}`` out.
     ``path`` may be a TFLite file's bytes (a mixed-precision search's candidate)."""
-    from exporters import TARGETS
-
     if target not in PRECISIONS:
         raise UsageError(f"Mask R-CNN exports to {', '.join(PRECISIONS)}; '{target}' is not one of them")
     return TARGETS[target].load(path if isinstance(path, (bytes, bytearray)) else Path(path), threads,

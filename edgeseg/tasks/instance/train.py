@@ -1,4 +1,5 @@
-"""A plain Mask R-CNN training loop and batch prediction, device-agnostic (AMP only on CUDA)."""
+"""Mask R-CNN training and batch prediction, device-agnostic: the epoch loop over instance batches, with the shared
+training step (:mod:`edgeseg.train.step`: schedule, AMP only on CUDA, gradient scaler, clipping)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,10 @@ def train_instance(model, dataset, epochs: int = 1, batch_size: int = 4, lr: flo
     9,000 on fresh heads: unclipped, the second step overflows)."""
     import torch
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from edgeseg.core.device import pick_device
+    from edgeseg.train.step import lr_lambda, optimizer_step
+
+    device = pick_device("auto")
     num_classes = model.roi_heads.box_predictor.cls_score.out_features
     keep, skipped = usable_indices(dataset, num_classes)
     if not keep:
@@ -58,35 +62,32 @@ def train_instance(model, dataset, epochs: int = 1, batch_size: int = 4, lr: flo
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
     per_epoch = math.ceil(len(keep) / batch_size)
     total = min(epochs * per_epoch, max_steps or epochs * per_epoch)
-    warm = min(50, total // 5 + 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
-    amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, min(50, total // 5 + 1), "cosine"))
+    amp_dtype = torch.float16 if device.type == "cuda" else None  # AMP only on CUDA
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is not None)
     gen = torch.Generator().manual_seed(seed)
     losses: list[float] = []
+    parts: dict[str, Any] = {}
+
+    def loss_of(indices) -> Any:
+        """torchvision's own loss dictionary of one batch, summed (the parts kept for the log)."""
+        xs, ts = zip(*(to_tensors(*dataset.instances(i), device) for i in indices))
+        parts.clear()
+        parts.update(model(list(xs), list(ts)))
+        return sum(parts.values())
+
     step = 0
     while step < total:
         order = [keep[int(i)] for i in torch.randperm(len(keep), generator=gen)]
         for b in range(0, len(order), batch_size):
             if step >= total:
                 break
-            xs, ts = zip(*(to_tensors(*dataset.instances(i), device) for i in order[b : b + batch_size]))
-            with torch.autocast(device.type, enabled=amp):
-                parts = model(list(xs), list(ts))
-                loss = sum(parts.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"Mask R-CNN loss became {float(loss)} at step {step}; lower the learning "
-                                         f"rate")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if clip_grad:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(params, clip_grad)
-            scaler.step(opt)
-            scaler.update()
+            loss = optimizer_step([order[b : b + batch_size]], loss_of, opt, scaler, params, device, amp_dtype,
+                                  clip_grad)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"Mask R-CNN loss became {loss} at step {step}; lower the learning rate")
             sched.step()
-            losses.append(float(loss.detach()))
+            losses.append(loss)
             step += 1
             if step % max(1, total // 10) == 0:
                 log(f"step {step}/{total}: loss {losses[-1]:.4f} "
