@@ -21,20 +21,12 @@ TINY = dict(model="unet", model_kwargs={"base": 12, "depth": 3}, data="synthetic
             image_size=64, epochs=6, batch_size=8, lr=1e-2, precise_bn_batches=6, seed=1)
 
 
-# Modules whose module-scoped fixtures train or export (tens of seconds): under `make test` (--dist loadgroup) each
-# runs on one worker, so those fixtures are built once instead of once per worker (measured: test_budget's was
-# built on both workers, 33 s + 10 s of setup).
-SHARED_FIXTURE_MODULES = ("test_budget", "test_bundle", "test_maskrcnn_export")
-
-
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        name = item.module.__name__.rpartition(".")[2]
-        if name in SHARED_FIXTURE_MODULES:
-            item.add_marker(pytest.mark.xdist_group(name))
-    # modules with slow tests (training, converters: tens of seconds) first, the quick ones after: xdist hands tests
-    # out in this order, so no worker is left running one long test alone at the end (longest-first scheduling).
+    # Modules with slow tests (training, converters: tens of seconds) first, the quick ones after. `make test` runs
+    # xdist with --dist loadgroup and no groups: every test is its own unit, handed to whichever worker is free, in
+    # this order (longest first: no worker is left running one long test alone at the end). xdist_group marks
+    # would not take here: xdist 3.8 groups by renaming item._nodeid, which pytest 9.2 no longer reads (measured:
+    # a marked module's tests still went to both workers).
     # A module's tests stay together and in their order: pytest tears a module's fixtures down when the next test
     # is from another module (measured: interleaving rebuilt test_maskrcnn_export's trained model four times).
     slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
