@@ -128,15 +128,15 @@ def search(space: Space, judge: Judge, policy: Policy = Policy(), log: Callable[
     if space.prior is not None:
         ranked = list(space.prior)
     else:
-        fit = [c for c in space.candidates if fits([c])]
-        log(f"  sensitivity: each of {len(fit)} candidates alone in float ...")
+        log(f"  sensitivity: each of {sum(fits([c]) for c in space.candidates)} candidates within the budget alone "
+            f"in float ...")
         base = full if space.quick_is_full else space.evaluate([], True)
         scored = []
-        for n, c in enumerate(fit):
-            r = trial([c], "sensitivity", quick=True)
-            scored.append((c, r))
+        for n, c in enumerate(space.candidates):
+            if fits([c]):
+                scored.append((c, trial([c], "sensitivity", quick=True)))
             if progress:
-                progress(n + 1, len(fit))
+                progress(n + 1, len(space.candidates))
         scored.sort(key=lambda cr: (judge.score(cr[1]), -(share([cr[0]]) or 0.0)), reverse=True)
         ranking = [{"candidate": c, "float_macs_pct": pct([c]), **space.describe(c), **judge.figures(r),
                     "helped": judge.score(r) > judge.score(base)} for c, r in scored]

@@ -32,8 +32,8 @@ class Route:
     hint: str  # where to go for the targets it cannot write
     quantize: Callable[[Job], list[str]]
     fine_tuning: tuple[int, float] = (2, 1e-5)  # (epochs, learning rate) where the route fine-tunes
-    equalize: str = "off"  # cross-layer equalization by default (measured: edgeseg.quantize.options)
-    search: str = ""  # what the mixed-precision search keeps in float, for --help and the docs
+    equalize: str = "off"  # cross-layer equalization by default (measured: the comment above ROUTES)
+    max_float_layers: int = 8  # the mixed-precision search's steps (candidates kept float) by default
 
 
 def _nncf(job: Job) -> list[str]:
@@ -68,17 +68,16 @@ _NOT_TFLITE = "Use --targets tflite (Core ML/ONNX/OpenVINO: --method ptq or qat)
 # 0.727 (fake-quant 92.89 -> 94.06 %, but the file drifts from it: 98.98 -> 96.86 %). On ISBI (LR-ASPP, U-Net) aeq
 # is unchanged within 0.03 point either way.
 ROUTES: dict[str, Route] = {r.name: r for r in (
-    Route("ptq", "runs NNCF post-training quantization", ALL_TARGETS, _NNCF_DEFAULT, "", _nncf,
-          search="TFLite layers ranked by the converter debugger's RMSE"),
-    Route("qat", "fine-tunes NNCF's fake-quantized model", ALL_TARGETS, _NNCF_DEFAULT, "", _nncf, (2, 1e-5),
-          search="TFLite layers ranked by the converter debugger's RMSE"),
+    # ptq, qat: the search walks TFLite layers ranked by the converter debugger's RMSE (a candidate is a conversion)
+    Route("ptq", "runs NNCF post-training quantization", ALL_TARGETS, _NNCF_DEFAULT, "", _nncf),
+    Route("qat", "fine-tunes NNCF's fake-quantized model", ALL_TARGETS, _NNCF_DEFAULT, "", _nncf, (2, 1e-5)),
     Route("accuracy", "runs NNCF's accuracy control, whose backends here are ONNX and OpenVINO",
           ("onnx", "openvino"), ("onnx", "openvino"),
           "For TFLite use --method qat and/or --mixed-precision; for Core ML --method qat (W8A8)", _nncf),
     Route("aeq", "runs ai-edge-quantizer, which quantizes TFLite files", ("tflite",), ("tflite",), _NOT_TFLITE,
-          _aeq, equalize="weights", search="ops ranked by the validation mask mIoU, then graph order"),
+          _aeq, equalize="weights", max_float_layers=DEFAULT_MAX_STEPS),  # ops by the mask metric, then graph order
     Route("pt2e", "converts the PT2E graph with litert-torch, which writes TFLite", ("tflite",), ("tflite",),
-          _NOT_TFLITE, _pt2e, (4, 1e-4), search="activation tensors ranked by the fake-quant graph's mask mIoU"),
+          _NOT_TFLITE, _pt2e, (4, 1e-4), max_float_layers=DEFAULT_MAX_STEPS),  # activation tensors
 )}
 
 
@@ -93,7 +92,7 @@ def validate(opts: QuantizeOptions) -> None:
     opts.epochs = epochs if opts.epochs is None else opts.epochs
     opts.lr = lr if opts.lr is None else opts.lr
     if opts.max_float_layers is None:
-        opts.max_float_layers = DEFAULT_MAX_STEPS if opts.method in ("aeq", "pt2e") else 8
+        opts.max_float_layers = route.max_float_layers
     for t in opts.targets:
         check_choice(t, list(ALL_TARGETS), "--targets entry")
     if not opts.targets:
