@@ -34,11 +34,13 @@ def test_budget_pass_fail_and_not_verified(reported, tmp_path, capsys):
     size = (reported / "export" / "tflite-fp32" / "model.tflite").stat().st_size / 1e6
     ok = tmp_path / "ok.yaml"
     ok.write_text(f"defaults:\n  min_agreement: 99\nexports:\n  tflite-fp32:\n    max_size_mb: {size + 0.01:.3f}\n"
-                  f"    max_latency_ms: 10000\n    max_miou_drop: 0.01\n")
+                  f"    max_latency_ms: 10000\n    max_miou_drop: 0.01\n    max_class_drop: 0.02\n")
     code, rep = _report(reported, "--budget", ok, capsys=capsys)
     assert code == 0 and rep["budget"]["status"] == "passed" and rep["status"] == "passed"
     got = {b["limit"]: b for b in rep["budget"]["lines"]}
     assert got["max_size_mb"]["value"] == pytest.approx(size) and got["min_agreement"]["value"] >= 99.9
+    change = json.loads((reported / "export" / "tflite-fp32" / "parity.json").read_text())["iou_change"]
+    assert got["max_class_drop"]["value"] == max(0.0, -min(v for v in change.values() if v is not None))
     tight = tmp_path / "tight.yaml"
     tight.write_text(f"exports:\n  tflite-fp32:\n    max_size_mb: {size / 2:.3f}\n")
     code, rep = _report(reported, "--budget", tight, capsys=capsys)
@@ -70,6 +72,33 @@ def test_baseline_diff_and_regression(reported, tmp_path, capsys):
     worse.write_text(json.dumps(base))
     code, rep = _report(reported, "--baseline", worse, capsys=capsys)
     assert code == 1 and any("size" in x for d in rep["baseline"]["rows"] for x in d["regressions"])
+
+
+def test_class_drop_budget_line_hand_computed():
+    """The budget's max_class_drop reads the class that fell most; a class that got better is no drop."""
+    from edgeseg.steps.report.budget import check_budget
+
+    def row(name, change):
+        return {"name": name, "target": "tflite", "size_bytes": 1, "latency": {},
+                "parity": {"status": "passed", "pixel_agreement": 99.0, "reference_miou": 0.5, "exported_miou": 0.5,
+                           "iou_change": change}}
+
+    report = {"results": [row("tflite-int8", {"road": -0.002, "sign": -0.035, "sky": 0.01, "pole": None}),
+                          row("tflite-fp32", {"road": 0.0, "sky": 0.001}),
+                          row("coreml-fp16", {})]}
+    lines = check_budget(report, {"defaults": {"max_class_drop": 0.02}})
+    by = {b["export"]: b for b in lines}
+    assert by["tflite-int8"]["value"] == pytest.approx(0.035) and by["tflite-int8"]["status"] == "failed"
+    assert by["tflite-fp32"]["value"] == 0.0 and by["tflite-fp32"]["status"] == "passed"
+    assert by["coreml-fp16"]["status"] == "not-verified" and "no class IoU" in by["coreml-fp16"]["reason"]
+
+
+def test_drop_flags_make_a_budget(reported, capsys):
+    code, rep = _report(reported, "--max-class-drop", "0.02", "--max-miou-drop", "0.01", capsys=capsys)
+    assert code == 0 and rep["budget"]["file"] == "--max-miou-drop --max-class-drop"
+    assert {b["limit"] for b in rep["budget"]["lines"]} == {"max_miou_drop", "max_class_drop"}
+    assert main(["report", str(reported), "--max-class-drop", "2", "-q"]) == 2
+    assert "--max-class-drop must be between 0 and 1, got 2.0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("content,msg", [
@@ -115,8 +144,9 @@ def test_report_html_is_self_contained_with_plots_and_overlays(reported):
     p = Images()
     p.feed(page)
     assert page.startswith("<!doctype html>") and "</html>" in page
-    # size + latency-vs-agreement + per-class IoU change + one overlay figure for the checked TFLite export
-    assert len(p.srcs) >= 4 and all(s.startswith("data:image/png;base64,") for s in p.srcs)
+    # size + latency-vs-agreement + per-class IoU change + the export's per-class IoU bars + one overlay figure
+    assert len(p.srcs) >= 5 and all(s.startswith("data:image/png;base64,") for s in p.srcs)
+    assert "Per-class IoU: tflite-fp32" in page and "<th>worst class (IoU Δ)</th>" in page
     assert "Masks: tflite-fp32" in page and "http" not in page.replace("http-equiv", "")
 
 

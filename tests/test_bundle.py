@@ -59,6 +59,7 @@ def test_bundle_layout_manifest_and_evidence(run, dist):
     assert a["output"]["kind"] == "logits" and a["output"]["shape"] == [1, 64, 64, len(m["classes"])]
     parity = json.loads((run / "export" / "tflite-int8-pixels" / "parity.json").read_text())
     assert a["parity"]["pixel_agreement"] == parity["pixel_agreement"] and a["parity"]["status"] == "passed"
+    assert a["parity"]["worst_class"] == parity["worst_class"] and parity["worst_class"]["name"] in parity["iou_change"]
     report = {r["name"]: r for r in json.loads((run / "report.json").read_text())["results"]}
     assert a["latency"]["median_ms"] == report["tflite-int8-pixels"]["latency"]["median_ms"]
     assert i["file"] == "ios/TinyMembranes.mlpackage" and i["export"] == "coreml-fp16"
@@ -70,6 +71,8 @@ def test_bundle_layout_manifest_and_evidence(run, dist):
     assert md["associated_files"]["labels.txt"] == (dist / "labels.txt").read_text()
     readme = (dist / "README.md").read_text()
     assert "```kotlin" in readme and "```swift" in readme and "TinyMembranes(configuration: config)" in readme
+    w = parity["worst_class"]
+    assert f"worst class against the test labels: {w['name']}, IoU {w['reference_iou']:.4f}" in readme
     assert "const val W = 64" in readme and "input.put(r.toByte())" in readme  # uint8 pixels, as the model takes
     assert verify_bundle(dist) == []
 

@@ -77,8 +77,20 @@ def test_end_to_end_export_check_report(tiny_run, capsys, monkeypatch):
                  "--min-agreement", "0", "--min-mask-miou", "0", "--json", "-q"]) == (1 if res["miou_drop"] > 0 else 0)
     capsys.readouterr()
     assert main(["check", str(tiny_run), "--target", "tflite", "--precision", "int8", "--max-miou-drop", "5"]) == 2
-    assert "--max-miou-drop must be between 0 and 1, got 5.0 (an absolute mIoU drop: 0.01 is one point)" \
+    assert "--max-miou-drop must be between 0 and 1, got 5.0 (an absolute IoU drop: 0.01 is one point)" \
         in capsys.readouterr().err
+    # the per-class gate: the worst class's drop is the record's; a limit below it fails naming the class
+    worst = res["worst_class"]
+    assert res["thresholds"]["max_class_drop"] == 0.02 and worst["name"] in res["iou_change"]
+    assert worst["change"] == min(v for v in res["iou_change"].values() if v is not None)
+    assert worst["change"] == pytest.approx(worst["exported_iou"] - worst["reference_iou"])
+    if worst["change"] < 0:
+        assert main(["check", str(tiny_run), "--target", "tflite", "--precision", "int8", "--max-class-drop",
+                     str(-worst["change"] * 0.99), "-q"]) == 1
+        assert f"FAILED: class IoU drop {-worst['change']:.4f} on '{worst['name']}'" in capsys.readouterr().out
+    assert main(["check", str(tiny_run), "--target", "tflite", "--precision", "int8", "--max-class-drop",
+                 str(max(0.0, -worst["change"]) + 1e-9), "--json", "-q"]) == 0
+    capsys.readouterr()
     assert main(["check", str(tiny_run), "--target", "tflite", "--precision", "int8", "-q"]) == 0
     assert "drop " in capsys.readouterr().out
     saved = json.loads((tiny_run / "export" / "tflite-int8" / "parity.json").read_text())

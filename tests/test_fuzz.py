@@ -21,6 +21,7 @@ trees = st.recursive(scalars, lambda kids: st.lists(kids, max_size=4) | st.dicti
 # near-valid documents: the real keys with random values, where bugs hide
 budget_docs = st.fixed_dictionaries({}, optional={
     "defaults": st.dictionaries(st.sampled_from(["max_size_mb", "max_latency_ms", "min_agreement", "max_miou_drop",
+                                                 "max_class_drop",
                                                  "max_sise_mb"]), scalars, max_size=3) | trees,
     "exports": st.dictionaries(st.sampled_from(["tflite-int8", "coreml-fp16", "x"]), trees, max_size=3) | trees})
 

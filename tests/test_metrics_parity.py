@@ -52,17 +52,21 @@ def test_not_verified_is_never_a_pass():
 
 
 def test_default_thresholds():
-    assert thresholds_for("fp32") == {"min_agreement": 99.9, "max_miou_drop": 0.01}
-    assert thresholds_for("fp16") == {"min_agreement": 99.5, "max_miou_drop": 0.01}
-    assert thresholds_for("int8") == {"min_agreement": 98.0, "min_mask_miou": 0.95, "max_miou_drop": 0.01}
+    task = {"max_miou_drop": 0.01, "max_class_drop": 0.02}
+    assert thresholds_for("fp32") == {"min_agreement": 99.9, **task}
+    assert thresholds_for("fp16") == {"min_agreement": 99.5, **task}
+    assert thresholds_for("int8") == {"min_agreement": 98.0, "min_mask_miou": 0.95, **task}
     assert thresholds_for("int8", min_agreement=90)["min_agreement"] == 90
     assert thresholds_for("int8", max_miou_drop=0.005)["max_miou_drop"] == 0.005
+    assert thresholds_for("int8", max_class_drop=0.1)["max_class_drop"] == 0.1
 
 
 @pytest.mark.parametrize("kw,flag", [({"min_agreement": 101}, "--min-agreement"),
                                      ({"min_mask_miou": -0.1}, "--min-mask-miou"),
                                      ({"max_miou_drop": 1.5}, "--max-miou-drop"),
-                                     ({"max_miou_drop": float("nan")}, "--max-miou-drop")])
+                                     ({"max_miou_drop": float("nan")}, "--max-miou-drop"),
+                                     ({"max_class_drop": -0.01}, "--max-class-drop"),
+                                     ({"max_class_drop": float("inf")}, "--max-class-drop")])
 def test_bad_threshold_names_its_flag(kw, flag):
     from edgeseg.core.errors import UsageError
 
@@ -81,6 +85,10 @@ def test_dataset_miou_drop_gate_hand_computed():
     # export vs labels: class 0 IoU 16/20 = 0.8, class 1 IoU 12/16 = 0.75 -> mIoU 0.775; reference 1.0
     res = compare(ref, exp, images, list(labels), ["bg", "a"], {"min_agreement": 80.0, "max_miou_drop": 0.2},
                   "t", "int8")
+    assert res.reference_class_iou == {"bg": 1.0, "a": 1.0}
+    assert res.exported_class_iou == {"bg": pytest.approx(0.8), "a": pytest.approx(0.75)}
+    assert res.worst_class == {"name": "a", "reference_iou": 1.0, "exported_iou": pytest.approx(0.75),
+                               "change": pytest.approx(-0.25)}
     assert res.reference_miou == 1.0 and res.exported_miou == pytest.approx(0.775)
     assert res.miou_drop == pytest.approx(0.225)
     assert res.pixel_agreement == pytest.approx(87.5)  # passes the agreement gate: only the drop fails it
@@ -110,3 +118,102 @@ def test_results_of_several_runtimes_combine_to_the_worst():
     assert both.failures and all(f.startswith("Core ML runtime (ALL): ") for f in both.failures)
     skipped = not_verified("coreml", "fp16", "needs macOS", t)
     assert combine_results([good, skipped]).status == NOT_VERIFIED
+
+
+def test_class_gate_fails_one_damaged_class_the_miou_gate_lets_through():
+    """Ten classes in stripes; the export turns 2 of class 9's 4 rows into class 8 (hand-computed IoUs):
+    class 9 falls from 1 to 2/4 = 0.5 and class 8 from 1 to 4/6, the dataset mIoU only by (0.5 + 1/3) / 10."""
+    labels = np.repeat(np.arange(10), 4)[None, :, None].repeat(4, 2)  # (1, 40, 4): class c on rows 4c..4c+3
+    exp_masks = labels.copy()
+    exp_masks[0, 36:38] = 8
+    images = [np.zeros((3, 40, 4), np.float32)]
+    ref = lambda x: _logits(labels, 10)  # noqa: E731
+    exp = lambda x: _logits(exp_masks, 10)  # noqa: E731
+    names = [f"c{i}" for i in range(10)]
+    t = {"min_agreement": 90.0, "max_miou_drop": 0.1, "max_class_drop": 0.4}
+    res = compare(ref, exp, images, list(labels), names, t, "t", "int8")
+    assert res.pixel_agreement == pytest.approx(95.0)
+    assert res.miou_drop == pytest.approx((0.5 + 1 / 3) / 10)  # 0.083 < 0.1: the mIoU gate passes it
+    assert res.worst_class["name"] == "c9" and res.worst_class["change"] == pytest.approx(-0.5)
+    assert res.iou_change["c8"] == pytest.approx(4 / 6 - 1)
+    assert res.status == "failed" and res.failures == [
+        "class IoU drop 0.5000 on 'c9' (1.0000 -> 0.5000) > 0.4"]
+    strict = compare(ref, exp, images, list(labels), names, {**t, "max_class_drop": 0.3}, "t", "int8")
+    assert strict.failures == ["class IoU drop 0.5000 on 'c9' (1.0000 -> 0.5000) > 0.3 "
+                               "(every class over: c8 -0.3333, c9 -0.5000)"]
+    assert compare(ref, exp, images, list(labels), names, {**t, "max_class_drop": 0.5}, "t", "int8").passed
+    unlabelled = compare(ref, exp, images, [np.full((40, 4), 255)], names, t, "t", "int8")
+    assert unlabelled.worst_class is None and unlabelled.passed  # no labels: no class figure, no class gate
+
+
+class _ClassNineOnAKnifeEdge(__import__("torch").nn.Module):
+    """Ten classes from two input channels, exact in float: channel 0 (v) picks class c = v through hat functions
+    (logit 4 at v = c, 0 one step away); channel 1 (s) decides between classes 8 and 9 where v = 8:
+    logit_9 - logit_8 = -2 + (2 + eps) s, i.e. -2 at s = 0, eps at s = 1 and 2 + 2 eps at s = 2. At s = 1 the
+    margin (eps = 0.001) is far below the int8 output step (~0.03): full int8 rounds both logits to the same level
+    and the tie goes to class 8. Class 9 loses exactly its s = 1 pixels; nothing else moves."""
+
+    def __init__(self, eps: float = 0.001):
+        import torch
+        from torch import nn
+
+        super().__init__()
+        self.hid, self.out = nn.Conv2d(3, 30, 1), nn.Conv2d(30, 10, 1)
+        with torch.no_grad():
+            for p in (*self.hid.parameters(), *self.out.parameters()):
+                p.zero_()
+            for c in range(9):  # hat_c(v) = relu(v-c+1) - 2 relu(v-c) + relu(v-c-1)
+                for j, (off, w) in enumerate(((-1, 1.0), (0, -2.0), (1, 1.0))):
+                    self.hid.weight[3 * c + j, 0] = 1.0
+                    self.hid.bias[3 * c + j] = -(c + off)
+                    self.out.weight[c, 3 * c + j] = 4.0 * w
+                    self.out.weight[9, 3 * 8 + j] = 4.0 * w  # class 9 starts from class 8's hat
+            self.hid.weight[27, 1] = 1.0  # relu(s)
+            self.out.weight[9, 27] = 2.0 + eps
+            self.out.bias[9] = -2.0
+
+    def forward(self, x):
+        return self.out(self.hid(x).relu())
+
+
+def test_class_gate_fails_a_class_full_int8_destroys(tmp_path):
+    """A real full-int8 TFLite file (LiteRT, XNNPACK) whose rounding destroys 4 % of one class: agreement 99.6 %,
+    mask mIoU 0.99 and a dataset-mIoU drop of 0.8 point pass every other default gate; the class gate fails it."""
+    import torch
+
+    from exporters import TARGETS, ExportOptions
+
+    model = _ClassNineOnAKnifeEdge().eval()
+    rng = np.random.default_rng(0)
+    images = []
+    for _ in range(10):  # 40 x 25 px: class c on rows 4c..4c+3 (100 px each); class 9's rows carry s = 2 ...
+        v = np.repeat(np.arange(10, dtype=np.float32), 4)[:, None].repeat(25, 1)
+        s = np.zeros_like(v)
+        v[36:], s[36:] = 8.0, 2.0
+        s[36:].reshape(-1)[rng.choice(100, 4, replace=False)] = 1.0  # ... but 4 of its 100 pixels s = 1
+        images.append(np.stack([v, s, np.zeros_like(v)]))
+
+    def reference(x):
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+
+    labels = [reference(i[None])[0].argmax(0) for i in images]  # the float model is right everywhere
+    assert np.bincount(np.concatenate([m.ravel() for m in labels])).tolist() == [1000] * 10
+    res = TARGETS["tflite"].export(model, images[0][None], ExportOptions("int8", calibration=[i[None] for i in images]),
+                                   tmp_path)
+    exported = TARGETS["tflite"].load(res.path, threads=1)
+    names = [f"c{i}" for i in range(10)]
+    got = compare(reference, exported, images, labels, names, thresholds_for("int8"), "tflite", "int8")
+    # the 40 s = 1 pixels of class 9 became class 8 (hand-computed: IoU_9 = 960/1000, IoU_8 = 1000/1040)
+    assert got.pixel_agreement == pytest.approx(99.6)
+    assert got.worst_class["name"] == "c9" and got.worst_class["change"] == pytest.approx(-0.04)
+    assert got.iou_change["c8"] == pytest.approx(1000 / 1040 - 1)
+    assert all(got.iou_change[c] == 0 for c in names[:8])
+    assert got.miou_drop == pytest.approx((0.04 + 40 / 1040) / 10) and got.miou_drop < 0.01
+    assert got.mask_miou > 0.95
+    assert got.status == "failed" and len(got.failures) == 1 and got.failures[0].startswith(
+        "class IoU drop 0.0400 on 'c9' (1.0000 -> 0.9600) > 0.02")
+    # without the class gate (as before it existed) the same file passes every gate
+    loose = compare(reference, exported, images, labels, names, {**thresholds_for("int8"), "max_class_drop": 1.0},
+                    "tflite", "int8")
+    assert loose.passed

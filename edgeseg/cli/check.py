@@ -12,9 +12,10 @@ def add(sub) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("check", help="mask parity of an export vs PyTorch", epilog=EPILOG, formatter_class=fmt,
                        description="Run the exported model and the PyTorch reference on the test split and "
-                       "compare their masks. Default thresholds: fp32 >= 99.9 %% agreement; fp16 >= 99.5 %%; "
-                       "int8, palettized and w8a8 >= 98 %% and mask mIoU >= 0.95; every precision: the dataset "
-                       "mIoU (vs the labels) drops by at most 0.01 (one point) from PyTorch to the export.")
+                       "compare their masks. Default thresholds: fp32 >= 99.9 % agreement; fp16 >= 99.5 %; "
+                       "int8, palettized and w8a8 >= 98 % and mask mIoU >= 0.95; every precision: the dataset "
+                       "mIoU (vs the labels) drops by at most 0.01 (one point) from PyTorch to the export, and no class's "
+                       "IoU by more than 0.02 (two points).")
     common(p)
     p.add_argument("run", type=Path)
     p.add_argument("--target", required=True, help="as for export: one, several comma-separated, or all (the "
@@ -24,6 +25,8 @@ def add(sub) -> None:
     p.add_argument("--min-mask-miou", type=float, help="minimum mIoU of exported vs reference masks")
     p.add_argument("--max-miou-drop", type=float, help="largest allowed drop of the dataset mIoU from PyTorch to "
                    "the export, absolute (default 0.01 = one point)")
+    p.add_argument("--max-class-drop", type=float, help="largest allowed drop of any one class's IoU (vs the labels) "
+                   "from PyTorch to the export, absolute (default 0.02 = two points)")
     p.add_argument("--limit", type=int, help="use only the first N test images")
     p.add_argument("--data", metavar="SPEC",
                    help="check on this dataset's test split instead of the run's (same classes), e.g. "
@@ -48,7 +51,8 @@ def run(a: argparse.Namespace) -> int:
 
     log = log_of(a)
     out = check(a.run, a.target, a.precision, log=log, min_agreement=a.min_agreement,
-                min_mask_miou=a.min_mask_miou, max_miou_drop=a.max_miou_drop, limit=a.limit, threads=a.threads,
+                min_mask_miou=a.min_mask_miou, max_miou_drop=a.max_miou_drop,
+                max_class_drop=a.max_class_drop, limit=a.limit, threads=a.threads,
                 compute_units=a.compute_units, output=a.output, input_kind=a.input_kind, data=a.data,
                 score_threshold=a.score_threshold)
     if a.json:

@@ -78,6 +78,8 @@ def add(sub) -> None:
     p.add_argument("--min-mask-miou", type=float, help="parity threshold (default 0.95)")
     p.add_argument("--max-miou-drop", type=float, help="largest allowed drop of the dataset mIoU from the float "
                    "model to the int8 export, absolute (default 0.01 = one point)")
+    p.add_argument("--max-class-drop", type=float, help="largest allowed drop of any one class's IoU (vs the labels) "
+                   "from the float model to the int8 export, absolute (default 0.02 = two points)")
     p.add_argument("--limit", type=int, help="check on the first N test images only")
     p.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -97,7 +99,8 @@ def run(a: argparse.Namespace) -> int:
         max_float_macs=a.max_float_macs, ranges=a.ranges, equalize=a.equalize,
         float_types=() if a.float_ops.strip().lower() == "none" else tuple(t.strip().upper() for t in
                                                                          a.float_ops.split(",") if t.strip()),
-        min_agreement=a.min_agreement, min_mask_miou=a.min_mask_miou, max_miou_drop=a.max_miou_drop, limit=a.limit,
+        min_agreement=a.min_agreement, min_mask_miou=a.min_mask_miou, max_miou_drop=a.max_miou_drop,
+        max_class_drop=a.max_class_drop, limit=a.limit,
         weights=None if a.weights == "auto" else a.weights)
     summary = quantize_run(a.run, opts, log=log_of(a))
     if a.json:

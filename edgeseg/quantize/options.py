@@ -33,6 +33,7 @@ class QuantizeOptions:
     min_agreement: float | None = None
     min_mask_miou: float | None = None
     max_miou_drop: float | None = None
+    max_class_drop: float | None = None
     limit: int | None = None
     weights: str | None = None
     seed: int = 0

@@ -27,7 +27,8 @@ def summary_row(rec: dict, parity: ParityResult, details: dict) -> dict:
     """One export's line in ``quantize-<method>.json``."""
     return {"size_bytes": rec["size_bytes"], "pixel_agreement": parity.pixel_agreement, "mask_miou": parity.mask_miou,
             "exported_miou": parity.exported_miou, "reference_miou": parity.reference_miou,
-            "miou_drop": parity.miou_drop, "status": parity.status, "details": details}
+            "miou_drop": parity.miou_drop, "worst_class": parity.worst_class, "status": parity.status,
+            "details": details}
 
 
 def write_record(run: Path, out: Path, res_json: dict, parity: ParityResult, extra: dict) -> dict:

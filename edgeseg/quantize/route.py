@@ -135,4 +135,5 @@ def validate(opts: QuantizeOptions) -> None:
                          f"not '{opts.preset}'")
     if opts.max_float_layers < 1:
         raise UsageError(f"--max-float-layers must be at least 1, got {opts.max_float_layers}")
-    thresholds_for("int8", opts.min_agreement, opts.min_mask_miou, opts.max_miou_drop)  # names a bad flag
+    thresholds_for("int8", opts.min_agreement, opts.min_mask_miou, opts.max_miou_drop,
+                   opts.max_class_drop)  # names a bad flag

@@ -122,7 +122,8 @@ def quantize_run(run: Path, opts: QuantizeOptions, log: Callable[[str], None] = 
     calib = _calibration(ckpt, opts.calibration, log)
     val = _labelled(ckpt, "val")
     test = _labelled(ckpt, "test", opts.limit)
-    thresholds = thresholds_for("int8", opts.min_agreement, opts.min_mask_miou, opts.max_miou_drop)
+    thresholds = thresholds_for("int8", opts.min_agreement, opts.min_mask_miou, opts.max_miou_drop,
+                                opts.max_class_drop)
     reference = torch_runner(model, 2)
     digest = file_digest(ckpt.path)
     eq_tag = "" if opts.equalize == "off" else f"-eq-{opts.equalize}"

@@ -20,7 +20,8 @@ from edgeseg.tasks import Task, task_of
 # every export/check option and its default: a task that does not take one refuses a changed value
 OPTION_DEFAULTS: dict[str, Any] = {
     "calibration": 100, "weights": "auto", "output": "logits", "input_kind": "image", "deployment_target": None,
-    "min_agreement": None, "min_mask_miou": None, "max_miou_drop": None, "data": None, "compute_units": None,
+    "min_agreement": None, "min_mask_miou": None, "max_miou_drop": None, "max_class_drop": None,
+    "data": None, "compute_units": None,
     "threads": 2, "limit": None, "score_threshold": 0.3}
 FLAGS = {"input_kind": "--input"}
 

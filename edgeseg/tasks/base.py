@@ -136,5 +136,8 @@ class ReportSubject(Protocol):
     def table(self, report: dict[str, Any]) -> tuple[str, tuple[str, ...], list[str]]:
         """report.html's intro (HTML), table header and ``<tr>`` rows."""
 
+    def figures(self, report: dict[str, Any]) -> list[tuple[str, str]]:
+        """report.html's task figures from the records alone (semantic: every class's IoU per export)."""
+
     def overlays(self, report: dict[str, Any], count: int, threads: int) -> list[tuple[str, str]]:
         """report.html's figures of PyTorch vs each checked export on the first ``count`` test images."""

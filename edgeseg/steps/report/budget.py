@@ -9,6 +9,7 @@ Budget file (YAML)::
         max_size_mb: 4
         max_latency_ms: 10     # median at the report's --threads
         max_miou_drop: 0.01    # dataset mIoU, PyTorch minus export
+        max_class_drop: 0.02   # IoU of the class that fell most, PyTorch minus export
       coreml-fp16:
         max_size_mb: 8
 
@@ -29,7 +30,7 @@ from typing import Any
 from edgeseg.core.errors import UsageError
 from edgeseg.core.registry import suggest
 
-LIMITS = ("max_size_mb", "max_latency_ms", "min_agreement", "max_miou_drop")
+LIMITS = ("max_size_mb", "max_latency_ms", "min_agreement", "max_miou_drop", "max_class_drop")
 TOLERANCES = {"size_pct": 5.0, "latency_pct": 15.0, "agreement_pts": 0.5, "miou": 0.01}
 
 
@@ -99,6 +100,11 @@ def _measure(key: str, row: dict, parity: dict, lat: dict) -> tuple[float | None
         return None, parity.get("reason") or "parity not checked (run edgeseg check)"
     if key == "min_agreement":
         return float(parity["pixel_agreement"]), ""
+    if key == "max_class_drop":
+        changes = [v for v in (parity.get("iou_change") or {}).values() if v is not None]
+        if not changes:
+            return None, "no class IoU: the check's images have no masks"
+        return max(0.0, -min(changes)), ""
     if parity.get("reference_miou") is None or parity.get("exported_miou") is None:
         return None, "no dataset mIoU: the check's images have no masks"
     return float(parity["reference_miou"] - parity["exported_miou"]), ""

@@ -23,26 +23,28 @@ SCHEMA = "edgeseg.report/1"
 def build_report(run: Path, runs: int = 20, warmup: int = 3, threads: int = 2,
                  log: Callable[[str], None] = print, budget: Path | None = None,
                  baseline: Path | None = None, max_miou_drop: float | None = None,
-                 overlays: int = 3) -> dict[str, Any]:
+                 overlays: int = 3, max_class_drop: float | None = None) -> dict[str, Any]:
     """Measure every export of ``run`` and write ``report.json``, ``report.md`` and ``report.html`` into it; with
     ``budget`` (YAML) and/or ``baseline`` (an earlier report.json) add their verdicts
-    (:mod:`edgeseg.steps.report.budget`). ``max_miou_drop`` is a budget default for every export without its own
-    ``max_miou_drop`` line (it makes a budget when there is no file). ``overlays``: test images drawn per export."""
+    (:mod:`edgeseg.steps.report.budget`). ``max_miou_drop`` and ``max_class_drop`` are budget defaults for every
+    export without its own line (they make a budget when there is no file). ``overlays``: test images drawn per
+    export."""
     from edgeseg.steps.report.budget import (check_budget, compare_baseline, load_baseline, load_budget,
                                              render_markdown as render_gates)
     from exporters import ExporterError
 
     task = task_of(run)
-    if task.name != "semantic" and (budget or baseline or max_miou_drop is not None):
-        raise UsageError(f"--budget, --baseline and --max-miou-drop apply to semantic runs; '{run}' is a "
-                         f"{task.name} run")
+    drops = {k: v for k, v in (("max_miou_drop", max_miou_drop), ("max_class_drop", max_class_drop)) if v is not None}
+    if task.name != "semantic" and (budget or baseline or drops):
+        raise UsageError(f"--budget, --baseline, --max-miou-drop and --max-class-drop apply to semantic runs; '{run}' "
+                         f"is a {task.name} run")
     limits = load_budget(budget) if budget is not None else None
-    if max_miou_drop is not None:
+    if drops:
         from edgeseg.tasks.semantic.parity import thresholds_for
 
-        thresholds_for("fp32", max_miou_drop=max_miou_drop)  # the check's range check: names the flag
+        thresholds_for("fp32", **drops)  # the check's range check: names the flag
         limits = limits or {}
-        limits["defaults"] = {**limits.get("defaults", {}), "max_miou_drop": float(max_miou_drop)}
+        limits["defaults"] = {**limits.get("defaults", {}), **{k: float(v) for k, v in drops.items()}}
     previous = load_baseline(baseline, SCHEMA) if baseline is not None else None
     subject = task.report(run_dir(run), threads)
     run = subject.run
@@ -71,7 +73,8 @@ def build_report(run: Path, runs: int = 20, warmup: int = 3, threads: int = 2,
     verdicts = []
     if limits is not None:
         lines = check_budget(report, limits)
-        report["budget"] = {"file": str(budget) if budget is not None else "--max-miou-drop", "lines": lines,
+        flags = " ".join("--" + k.replace("_", "-") for k in drops)
+        report["budget"] = {"file": str(budget) if budget is not None else flags, "lines": lines,
                             "status": worst_status(b["status"] for b in lines)}
         verdicts.append(report["budget"]["status"])
     if previous is not None:

@@ -1,8 +1,9 @@
 """``report.html``: the report as one self-contained page (plots and mask overlays embedded as PNG).
 
 Plots are drawn with matplotlib (Agg): latency vs mask agreement per export, size per export, and the change of
-each class's IoU against ground truth per export. The task adds its table and overlays: for the first test
-images, the input, the PyTorch masks (or instances), each export's and the pixels where they disagree (red).
+each class's IoU against ground truth per export. The task adds its table, its figures (semantic: a bar chart per
+export of every class's IoU, PyTorch's beside the export's) and overlays: for the first test images, the input,
+the PyTorch masks (or instances), each export's and the pixels where they disagree (red).
 """
 
 from __future__ import annotations
@@ -69,6 +70,6 @@ def write_html(report: dict[str, Any], subject: ReportSubject, path: Path, overl
     from edgeseg.core.atomic import write_text
 
     intro, header, rows = subject.table(report)
-    figures = plots(report) + subject.overlays(report, overlays, threads)
+    figures = plots(report) + subject.figures(report) + subject.overlays(report, overlays, threads)
     name = "Mask R-CNN" if report.get("task") == "instance" else report["model"]["name"]
     write_text(path, page(f"edgeseg report: {name}", intro, header, rows, figures))

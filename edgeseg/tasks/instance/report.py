@@ -116,6 +116,9 @@ class InstanceReport:
                   "mask AP ref → export", "runtime")
         return intro, header, rows
 
+    def figures(self, report: dict[str, Any]) -> list[tuple[str, str]]:
+        return []  # the instance figures need the images: overlays
+
     def overlays(self, report: dict[str, Any], count: int, threads: int) -> list[tuple[str, str]]:
         from edgeseg.tasks.instance.overlay import overlay_figures
 

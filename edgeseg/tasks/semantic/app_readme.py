@@ -215,6 +215,10 @@ def _evidence(plat: dict[str, Any]) -> str:
     else:
         parity = (f"{p['pixel_agreement']:.3f} % pixel agreement, mask mIoU {p['mask_miou']:.4f} vs PyTorch on "
                   f"{p['images']} test images ({p['runtime']})")
+        w = p.get("worst_class")
+        if w:
+            parity += (f"; worst class against the test labels: {w['name']}, IoU {w['reference_iou']:.4f} -> "
+                       f"{w['exported_iou']:.4f} ({w['change'] * 100:+.2f} points)")
     return evidence_line(plat, parity)
 
 

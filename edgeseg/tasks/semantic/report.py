@@ -20,6 +20,12 @@ def _fmt(v: Any, spec: str, none: str = "—") -> str:
     return none if v is None else format(v, spec)
 
 
+def _worst(parity: dict[str, Any]) -> str:
+    """'<class> <change in points>' of a parity record's worst class, '—' without one (no labels, older records)."""
+    w = parity.get("worst_class")
+    return "—" if not w else f"{w['name']} {w['change'] * 100:+.2f} pt"
+
+
 class SemanticReport:
     """:class:`~edgeseg.tasks.base.ReportSubject` of a semantic run."""
 
@@ -84,14 +90,45 @@ class SemanticReport:
                      f"{lat['median_ms']:.2f}" if "median_ms" in lat else "not measured",
                      p.get("status", "reference" if r["target"] == "pytorch" else "not checked"),
                      "" if p.get("pixel_agreement") is None else f"{p['pixel_agreement']:.3f}",
-                     "" if p.get("mask_miou") is None else f"{p['mask_miou']:.4f}", lat.get("runtime", "")]
+                     "" if p.get("mask_miou") is None else f"{p['mask_miou']:.4f}", _worst(p),
+                     lat.get("runtime", "")]
             rows.append(table_row(cells))
         gates = ""
         if "budget" in report or "baseline" in report:
             gates = f"<p>CI gates: <b>{html.escape(report.get('status', ''))}</b> (details in report.json)</p>"
         intro = (f"<p>input {'x'.join(map(str, m['input']))}, {m['params'] / 1e6:.2f} M params, classes: "
                  f"{html.escape(', '.join(m['classes']))}</p>\n{gates}")
-        return intro, ("export", "size MB", "median ms", "parity", "agreement %", "mask mIoU", "runtime"), rows
+        return intro, ("export", "size MB", "median ms", "parity", "agreement %", "mask mIoU", "worst class (IoU Δ)",
+                       "runtime"), rows
+
+    def figures(self, report: dict[str, Any]) -> list[tuple[str, str]]:
+        """One bar chart per checked export: every class's IoU against the labels, PyTorch's beside the export's."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        classes, out = report["model"]["classes"], []
+        for row in report["results"]:
+            p = row.get("parity") or {}
+            ref, exp = p.get("reference_class_iou"), p.get("exported_class_iou")
+            if not ref or not exp:
+                continue
+            x = np.arange(len(classes))
+            fig, ax = plt.subplots(figsize=(7, 3.2))
+            ax.bar(x - 0.2, [ref.get(c) or 0.0 for c in classes], 0.4, label="PyTorch", color="#9e9e9e")
+            ax.bar(x + 0.2, [exp.get(c) or 0.0 for c in classes], 0.4, label=row["name"], color="#4c78a8")
+            worst = p.get("worst_class")
+            if worst is not None and worst["name"] in classes:
+                i = classes.index(worst["name"])
+                ax.annotate(f"{worst['change'] * 100:+.2f} pt", (i + 0.2, exp.get(worst["name"]) or 0.0),
+                            textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7, color="#c0392b")
+            ax.set_xticks(x, classes, rotation=30, ha="right")
+            ax.set_ylim(0, 1.05)
+            ax.set_ylabel("IoU vs test labels")
+            ax.legend(fontsize=7)
+            out.append((f"Per-class IoU: {row['name']}", png(fig)))
+        return out
 
     def overlays(self, report: dict[str, Any], count: int, threads: int) -> list[tuple[str, str]]:
         """One figure per checked export: input | PyTorch | export | disagreement, for ``count`` test images."""
@@ -152,8 +189,8 @@ class SemanticReport:
             f"- measured on {hw['cpu']} ({hw['cores']} cores), {hw['system']}",
             "",
             "| target | variant | size MB | latency median / p90 ms | runtime | parity | agreement % | "
-            "mask mIoU | max Δlogit | dataset mIoU (ref → exp) |",
-            "|---|---|---:|---:|---|---|---:|---:|---:|---|",
+            "mask mIoU | max Δlogit | dataset mIoU (ref → exp) | worst class (IoU Δ) |",
+            "|---|---|---:|---:|---|---|---:|---:|---:|---|---|",
         ]
         notes = []
         for row in r["results"]:
@@ -166,10 +203,11 @@ class SemanticReport:
                              f"{lat.get('not_measured') or lat.get('error', '')}")
             p = row.get("parity")
             if row["target"] == "pytorch":
-                status, agree, miou, dlog, ds = "reference", "—", "—", "—", "—"
+                status, agree, miou, dlog, ds, worst = "reference", "—", "—", "—", "—", "—"
             elif p is None:
-                status, agree, miou, dlog, ds = "not checked", "—", "—", "—", "—"
+                status, agree, miou, dlog, ds, worst = "not checked", "—", "—", "—", "—", "—"
             else:
+                worst = _worst(p)
                 status = {"passed": "PASS", "failed": "FAIL", "not-verified": "NOT VERIFIED"}[p["status"]]
                 agree = _fmt(p.get("pixel_agreement"), ".3f")
                 miou = _fmt(p.get("mask_miou"), ".4f")
@@ -189,9 +227,10 @@ class SemanticReport:
                     notes.append(f"- {row['target']} {row['precision']}: FAILED: {f}")
             variant = row["name"].split("-", 1)[1]  # precision plus -argmax / -pixels / -multiarray / -<method>
             lines.append(f"| {row['target']} | {variant} | {row['size_bytes'] / 1e6:.2f} | {lat_s} | "
-                         f"{runtime} | {status} | {agree} | {miou} | {dlog} | {ds} |")
+                         f"{runtime} | {status} | {agree} | {miou} | {dlog} | {ds} | {worst} |")
         if notes:
             lines += ["", "Notes:", *notes]
+        lines += _class_table(r)
         lines += gates
         refs = sorted({(row.get("parity") or {}).get("reference", "PyTorch") for row in r["results"]
                        if row.get("parity")} - {"PyTorch"})
@@ -203,3 +242,26 @@ class SemanticReport:
                   "the parity record says `task_resolution: label`, else at the model's size. Latency: batch 1 on "
                   "this CPU, not a phone.", ""]
         return "\n".join(lines)
+
+
+def _class_table(r: dict[str, Any]) -> list[str]:
+    """Every class's IoU against the test labels: PyTorch's (from the first record that has it) and each checked
+    export's, with the change in points where it fell most."""
+    checked = [(row["name"], row["parity"]) for row in r["results"]
+               if (row.get("parity") or {}).get("exported_class_iou")]
+    if not checked:
+        return []
+    ref = checked[0][1]["reference_class_iou"]
+    lines = ["", "## Per-class IoU against the test labels", "",
+             "| class | PyTorch | " + " | ".join(name for name, _ in checked) + " |",
+             "|---|---:|" + "---:|" * len(checked)]
+    for c in r["model"]["classes"]:
+        cells = []
+        for _, p in checked:
+            e, d = p["exported_class_iou"].get(c), (p.get("iou_change") or {}).get(c)
+            mark = "**" if (p.get("worst_class") or {}).get("name") == c and d is not None and d < 0 else ""
+            cells.append("—" if e is None else f"{mark}{e:.4f} ({d * 100:+.2f}){mark}" if d is not None else f"{e:.4f}")
+        lines.append(f"| {c} | {_fmt(ref.get(c), '.4f')} | " + " | ".join(cells) + " |")
+    lines += ["", "In brackets: the change in IoU points from PyTorch; bold: the export's worst class (the per-class "
+              "gate, `--max-class-drop`, fails an export whose worst class falls by more than its limit)."]
+    return lines

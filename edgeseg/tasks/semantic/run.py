@@ -191,11 +191,11 @@ def check_run(run: Path, target: str, precision: str | None = None, min_agreemen
               min_mask_miou: float | None = None, limit: int | None = None, threads: int = 2,
               log: Callable[[str], None] = print, compute_units: str | None = None, output: str = "logits",
               input_kind: str = "image", data: str | None = None,
-              max_miou_drop: float | None = None) -> ParityResult:
+              max_miou_drop: float | None = None, max_class_drop: float | None = None) -> ParityResult:
     """Run one exported model and the reference on the test split; see :func:`check_runs`."""
     _, precision = target_and_precision(target, precision)
     return check_runs(run, [(target, precision)], min_agreement, min_mask_miou, limit, threads, log, compute_units,
-                      output, input_kind, data, max_miou_drop)[0]
+                      output, input_kind, data, max_miou_drop, max_class_drop)[0]
 
 
 #: the most memory the test images of a multi-export check may take to be read once and kept (beyond it
@@ -207,7 +207,7 @@ def check_runs(run: Path, pairs: Sequence[tuple[str, str]], min_agreement: float
                min_mask_miou: float | None = None, limit: int | None = None, threads: int = 2,
                log: Callable[[str], None] = print, compute_units: str | None = None, output: str = "logits",
                input_kind: str = "image", data: str | None = None,
-               max_miou_drop: float | None = None) -> list[ParityResult]:
+               max_miou_drop: float | None = None, max_class_drop: float | None = None) -> list[ParityResult]:
     """Run each exported model of ``pairs`` and the reference (PyTorch; for an ONNX import the original file
     in onnxruntime) on the test split (of ``data`` when given, else the run's dataset); write each export's
     parity.json. One process: the checkpoint, the reference model and the test images (up to
@@ -222,7 +222,8 @@ def check_runs(run: Path, pairs: Sequence[tuple[str, str]], min_agreement: float
 
     # bad target, precision or threshold values fail first
     checked = [(target_and_precision(tg, pr)[0], tg, pr, thresholds_for(pr, min_agreement, min_mask_miou,
-                                                                        max_miou_drop)) for tg, pr in pairs]
+                                                                        max_miou_drop, max_class_drop))
+               for tg, pr in pairs]
     ckpt = load_checkpoint(run)
     run = Path(ckpt.path).parent
     if compute_units is not None and not any(tg == "coreml" for tg, _ in pairs):

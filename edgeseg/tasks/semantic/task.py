@@ -31,7 +31,7 @@ class SemanticTask:
     def options(self, action: str) -> tuple[str, ...]:
         if action == "export":
             return ("calibration", "weights", "output", "input_kind", "deployment_target")
-        return ("min_agreement", "min_mask_miou", "max_miou_drop", "limit", "threads", "compute_units", "output",
+        return ("min_agreement", "min_mask_miou", "max_miou_drop", "max_class_drop", "limit", "threads", "compute_units", "output",
                 "input_kind", "data")
 
     def describe_options(self, action: str) -> str:
@@ -160,7 +160,7 @@ class SemanticTask:
         if parity is None:
             return {"status": "unchecked"}
         keys = ("status", "runtime", "images", "pixel_agreement", "mask_miou", "reference_miou", "exported_miou",
-                "miou_drop", "thresholds")
+                "miou_drop", "worst_class", "thresholds")
         out = {k: parity.get(k) for k in keys}
         out["reference"] = parity.get("reference", "PyTorch")  # parity.json written before the field: PyTorch
         return out

@@ -34,5 +34,9 @@ def describe_parity(res: ParityResult) -> str:
         lines.append(f"  at the model's size reference {mr['reference_miou']:.4f}  exported {mr['exported_miou']:.4f}")
     changes = ", ".join(f"{k} {v:+.4f}" for k, v in res.iou_change.items() if v is not None)
     lines.append(f"  IoU change/class    {changes}")
+    if res.worst_class is not None:
+        w = res.worst_class
+        lines.append(f"  worst class         {w['name']} {w['reference_iou']:.4f} -> {w['exported_iou']:.4f} "
+                     f"({w['change']:+.4f}; max drop {res.thresholds.get('max_class_drop', '—')})")
     lines += [f"  FAILED: {f}" for f in res.failures]
     return "\n".join(lines)
