@@ -12,8 +12,10 @@ against the converter's 98.29 % / 0.833, with the same file size.
   quantization's mean squared error; ``percentile``: the mean over the calibration images of each image's
   0.01th / 99.99th percentile of every activation tensor (NNCF's MEAN_QUANTILE rule), measured by running the
   float file in LiteRT with every tensor kept — outliers no longer stretch the int8 grid).
-* The file keeps float32 input and output (QUANTIZE/DEQUANTIZE inside); an op kept in float gets DEQUANTIZE
-  before it and QUANTIZE after it, inserted by the quantizer.
+* The file's input and output are int8 (ai-edge-quantizer quantizes the graph's INPUT and OUTPUT too), as the TF
+  Lite converter's full int8; ``float_input`` keeps the input float32 (a QUANTIZE op behind it: pixel-input models,
+  since MediaPipe and camera code feed uint8 or float32). An op kept in float gets DEQUANTIZE before it and
+  QUANTIZE after it, inserted by the quantizer.
 * ``DEFAULT_FLOAT_TYPES`` (``HARD_SWISH``) stay float: LiteRT's int8 hard-swish made the int8 file slower than fp32
   (figures below); in float the int8 file runs at 0.74x fp32 latency with the same masks.
 * ``HARD_SWISH`` has no int16 kernel in LiteRT (the quantizer refuses a16w8 for it), and measured a16w8 on the
@@ -135,16 +137,19 @@ class Int8Quantizer:
 
     def __init__(self, model: bytes, calibration: Sequence[np.ndarray], ranges: str = "minmax",
                  float_types: Sequence[str] = DEFAULT_FLOAT_TYPES, layout: str = "nhwc",
-                 int8_types: Sequence[str] | None = None) -> None:
+                 int8_types: Sequence[str] | None = None, float_input: bool = False) -> None:
         """``calibration``: NCHW float32 batches; ``layout``: the file's input layout (``nhwc``: onnx2tf's files,
         the batches are transposed; ``nchw``: litert-torch's, fed as they are). ``int8_types``: the
-        ai-edge-quantizer op names to quantize (e.g. ``CONV_2D``; None: every op it supports)."""
+        ai-edge-quantizer op names to quantize (e.g. ``CONV_2D``; None: every op it supports). ``float_input``: the
+        file keeps its float32 input (a QUANTIZE op after it) instead of an int8 one — what MediaPipe and camera
+        code feed a pixel-input model, which takes uint8 or float32, not int8."""
         preload_triton()
         from ai_edge_litert.interpreter import Interpreter
 
         if layout not in ("nhwc", "nchw"):
             raise ExporterError(f"unknown input layout '{layout}' (nhwc or nchw)")
         self.model, self.ranges, self.algorithm = bytes(model), ranges, _algorithm(ranges)
+        self.float_input = float_input
         self.int8_types = None if int8_types is None else tuple(int8_types)
         if self.int8_types is not None:
             from ai_edge_quantizer.qtyping import TFLOperationName
@@ -198,6 +203,9 @@ class Int8Quantizer:
         for name in self.int8_types or ("ALL_SUPPORTED",):
             qt.add_static_config(regex=".*", operation_name=getattr(TFLOperationName, name), activation_num_bits=8,
                                  weight_num_bits=8, algorithm_key=self.algorithm)
+        if self.float_input:  # the graph input stays float32; the quantizer puts a QUANTIZE op behind it
+            qt._recipe_manager.add_quantization_config(  # noqa: SLF001 - as below
+                regex=".*", operation_name=TFLOperationName.INPUT, algorithm_key=AlgorithmName.NO_QUANTIZE)
         by_index = {o.index: o for o in self.ops}
         for i in dict.fromkeys((*self.always_float, *float_ops)):
             if i not in by_index:

@@ -90,7 +90,7 @@ def test_bad_inputs(run, capsys, tmp_path):
                              "--min-agreement", "100.0", "--max-float-layers", "2")
     assert code == 1 and "no mix of up to 2 float layers reaches the threshold" in err and "best:" in err
     # a split without labels (every mask pixel ignored) is refused by name
-    from edgeseg.quantize.run import _labelled
+    from edgeseg.tasks.semantic.run import labelled_split
     from edgeseg.train.checkpoint import load_checkpoint
     from PIL import Image
 
@@ -106,7 +106,7 @@ def test_bad_inputs(run, capsys, tmp_path):
     from edgeseg.core.errors import DataError
 
     with pytest.raises(DataError, match="the val split of 'folder:.*' has no labelled images"):
-        _labelled(fake, "val")
+        labelled_split(fake, "val")
 
 
 class _Outlier(nn.Module):

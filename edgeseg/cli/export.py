@@ -28,11 +28,20 @@ def add(sub) -> None:
     p.add_argument("--input", dest="input_kind", default="image", choices=("image", "multiarray", "pixels"),
                    help="coreml: image (ImageType pixels, default) or multiarray (normalized floats); tflite: "
                    "image (normalized floats, default) or pixels (RGB 0-255, normalization in the graph; uint8 "
-                   "for int8; what MediaPipe and Android camera code feed)")
+                   "for the converter's int8, float32 for ai-edge-quantizer's; what MediaPipe and Android camera "
+                   "code feed)")
     p.add_argument("--deployment-target", choices=("iOS16", "iOS17", "iOS18"),
                    help="coreml: minimum iOS (default iOS16; w8a8 needs iOS17)")
     p.add_argument("--calibration", type=int, default=100,
                    help="training images used to calibrate int8 (default %(default)s, or all if fewer)")
+    p.add_argument("--int8-route", choices=("ladder", "converter"), default="ladder",
+                   help="tflite int8 (logits output): ladder (default) makes full-int8 candidates (ai-edge-quantizer "
+                   "with and without weight equalization, hard-swish float; the TF Lite converter), checks each on "
+                   "the validation split and keeps the fastest that passes the int8 gate, else searches mixed "
+                   "precision (docs/int8.md); converter writes the TF Lite converter's full int8 alone, unmeasured")
+    p.add_argument("--max-float-macs", type=float, default=10.0,
+                   help="ladder: the most multiply-adds (%%) its mixed-precision rung may keep in float "
+                   "(default %(default)s)")
     p.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
                    help="for runs trained with --ema: export the EMA or the raw weights (default: the run's "
                    "--export-weights)")
@@ -48,7 +57,7 @@ def run(a: argparse.Namespace) -> int:
     t0 = time.time()
     out = export(a.run, a.target, a.precision, log=log, calibration=a.calibration, weights=a.weights,
                  output=a.output, input_kind=a.input_kind, deployment_target=a.deployment_target,
-                 score_threshold=a.score_threshold)
+                 score_threshold=a.score_threshold, int8_route=a.int8_route, max_float_macs=a.max_float_macs)
     if len(out.results) > 1:
         log(f"{len(out.results)} exports in {time.time() - t0:.1f} s")
     if a.json:

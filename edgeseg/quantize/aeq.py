@@ -31,7 +31,7 @@ import numpy as np
 from edgeseg.core.atomic import ensure_dir
 from edgeseg.core.errors import ExportError
 from edgeseg.quantize.job import Job
-from edgeseg.core.mixed_precision import Policy, Space, search
+from edgeseg.core.mixed_precision import Found, Policy, Space, search
 from edgeseg.quantize.records import memo
 from edgeseg.tasks.semantic.parity import JUDGE, ParityResult, compare
 
@@ -42,6 +42,36 @@ from edgeseg.tasks.semantic.parity import JUDGE, ParityResult, compare
 # tail is gains of < 0.002, noise); with --equalize weights the whole search took 146 s instead of 352 s and chose
 # the same mix (98.144 % / 0.8994 on val).
 RANK_IMAGES = 24
+
+
+def search_ops(q, reference, val, class_names, thresholds, scratch: Path, max_float_macs: float, max_steps: int,
+               log) -> tuple[Found, dict]:
+    """The one search over ``q``'s ops (an :class:`~exporters.tflite_aeq.Int8Quantizer`): ops ranked by the mask
+    mIoU they gain alone on :data:`RANK_IMAGES` validation images, then the ranking and the graph order walked on
+    the whole ``val`` split; returns what it found and its record."""
+    from exporters.tflite import load
+
+    images, masks = val
+    ref_val = memo(reference)
+    pick = np.linspace(0, len(images) - 1, min(RANK_IMAGES, len(images))).round().astype(int)
+    rank_split = ([images[i] for i in pick], [masks[i] for i in pick])
+
+    def evaluate(float_ops, split=(images, masks)) -> ParityResult:
+        scratch.write_bytes(q.quantize(float_ops))
+        return compare(ref_val, load(scratch), *split, class_names, thresholds, "tflite", "int8")
+
+    by_index = {o.index: o for o in q.candidates()}
+    space = Space(candidates=list(by_index), float_macs=q.float_macs, quick_is_full=len(pick) == len(images),
+                  evaluate=lambda keep, quick: evaluate(keep, rank_split if quick else (images, masks)),
+                  describe=lambda i: {"op": i, "type": by_index[i].type, "macs": by_index[i].macs})
+    log(f"  mixed precision: measuring each of {len(by_index)} ops kept in float alone on {len(pick)} validation "
+        f"images, then walking the ranking and the graph order ...")
+    from edgeseg.core.progress import progress_bar
+
+    with progress_bar(len(by_index), "sensitivity (mask mIoU)") as bar:
+        found = search(space, JUDGE, Policy(max_float_macs, max_steps, ("ranked", "from-input")), log,
+                       progress=lambda i, n: bar.advance())
+    return found, {**found.to_json(JUDGE), "ranking_images": len(pick)}
 
 
 def quantize_aeq(job: Job) -> list[str]:
@@ -99,29 +129,9 @@ def quantize_aeq(job: Job) -> list[str]:
         [f"tflite-int8-aeq: {'; '.join(full_parity.failures)}"]
     if not opts.mixed_precision:
         return failures
-    images, masks = val
-    ref_val = memo(reference)
-    scratch = work / "aeq-search.tflite"
-
-    pick = np.linspace(0, len(images) - 1, min(RANK_IMAGES, len(images))).round().astype(int)
-    rank_split = ([images[i] for i in pick], [masks[i] for i in pick])
-
-    def evaluate(float_ops, split=(images, masks)) -> ParityResult:
-        scratch.write_bytes(q.quantize(float_ops))
-        return compare(ref_val, load(scratch), *split, ckpt.class_names, thresholds, "tflite", "int8")
-
+    found, record = search_ops(q, reference, val, ckpt.class_names, thresholds, work / "aeq-search.tflite",
+                               opts.max_float_macs, opts.max_float_layers, log)
     by_index = {o.index: o for o in q.candidates()}
-    space = Space(candidates=list(by_index), float_macs=q.float_macs, quick_is_full=len(pick) == len(images),
-                  evaluate=lambda keep, quick: evaluate(keep, rank_split if quick else (images, masks)),
-                  describe=lambda i: {"op": i, "type": by_index[i].type, "macs": by_index[i].macs})
-    log(f"  mixed precision: measuring each of {len(by_index)} ops kept in float alone on {len(pick)} validation "
-        f"images, then walking the ranking and the graph order ...")
-    from edgeseg.core.progress import progress_bar
-
-    with progress_bar(len(by_index), "sensitivity (mask mIoU)") as bar:
-        found = search(space, JUDGE, Policy(opts.max_float_macs, opts.max_float_layers, ("ranked", "from-input")),
-                       log, progress=lambda i, n: bar.advance())
-    record = {**found.to_json(JUDGE), "ranking_images": len(pick)}
     if not found.needed:
         log("  mixed precision not needed: full int8 passes on the validation split")
         summary["mixed"] = record

@@ -56,6 +56,7 @@ from edgeseg.quantize.job import Job
 from edgeseg.quantize.options import MIN_CALIBRATION, WARN_CALIBRATION, QuantizeOptions
 from edgeseg.quantize.route import ROUTES, validate
 from edgeseg.tasks.semantic.parity import thresholds_for
+from edgeseg.tasks.semantic.run import labelled_split
 
 __all__ = ["QuantizeOptions", "quantize_run"]
 
@@ -74,28 +75,6 @@ def _calibration(ckpt, count: int, log: Callable[[str], None]) -> list[np.ndarra
         log(f"warning: calibrating on {len(calib)} images (fewer than {WARN_CALIBRATION}); int8 ranges may not "
             f"cover real inputs")
     return calib
-
-
-def _labelled(ckpt, split: str, limit: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Preprocessed images and masks of ``split``; an error when it has none with labels."""
-    from edgeseg.data import open_split
-
-    ds = open_split(ckpt.config.data, split, ckpt.config.image_size)
-    n = len(ds) if limit is None else min(limit, len(ds))
-    images, masks = [], []
-    for i in range(n):
-        img, m = ds[i]
-        mask = ckpt.preprocess.mask(m)
-        images.append(ckpt.preprocess.image(img))
-        masks.append(mask)
-    from edgeseg.core.metrics import IGNORE_INDEX
-
-    ignore = IGNORE_INDEX
-    if not masks or not any((m != ignore).any() and (m >= 0).any() for m in masks):
-        raise DataError(f"the {split} split of '{ckpt.config.data}' has no labelled images; quantization needs "
-                        f"labelled {split} images (the {'search and accuracy control' if split == 'val' else 'check'} "
-                        f"measure masks against them)")
-    return images, masks
 
 
 def quantize_run(run: Path, opts: QuantizeOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -120,8 +99,8 @@ def quantize_run(run: Path, opts: QuantizeOptions, log: Callable[[str], None] = 
     pre = ckpt.preprocess
     example = np.zeros((1, 3, pre.height, pre.width), np.float32)
     calib = _calibration(ckpt, opts.calibration, log)
-    val = _labelled(ckpt, "val")
-    test = _labelled(ckpt, "test", opts.limit)
+    val = labelled_split(ckpt, "val")
+    test = labelled_split(ckpt, "test", opts.limit)
     thresholds = thresholds_for("int8", opts.min_agreement, opts.min_mask_miou, opts.max_miou_drop,
                                 opts.max_class_drop)
     reference = torch_runner(model, 2)

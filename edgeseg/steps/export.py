@@ -22,7 +22,7 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "calibration": 100, "weights": "auto", "output": "logits", "input_kind": "image", "deployment_target": None,
     "min_agreement": None, "min_mask_miou": None, "max_miou_drop": None, "max_class_drop": None,
     "data": None, "compute_units": None,
-    "threads": 2, "limit": None, "score_threshold": 0.3}
+    "threads": 2, "limit": None, "score_threshold": 0.3, "int8_route": "ladder", "max_float_macs": 10.0}
 FLAGS = {"input_kind": "--input"}
 
 
@@ -69,5 +69,26 @@ def _step(action: str, run: Path, targets: str, precisions: str | None, log: Cal
     opts = _options(task, run, action, options)
     for note in notes:
         log(f"note: {note}")
-    work = task.export if action == "export" else task.check
-    return Outcome(task, pairs, notes, work(Path(run), pairs, log=log, **opts))
+    if action == "export":
+        return Outcome(task, pairs, notes, _export(task, Path(run), pairs, log, opts))
+    return Outcome(task, pairs, notes, task.check(Path(run), pairs, log=log, **opts))
+
+
+def _export(task: Task, run: Path, pairs: list[tuple[str, str]], log: Callable[[str], None],
+            opts: dict[str, Any]) -> list[Any]:
+    """The task's exports, except a semantic run's TFLite int8 with logits output, which climbs the int8 ladder
+    (:mod:`edgeseg.quantize.ladder`) unless ``--int8-route converter`` names the converter alone."""
+    from edgeseg.core.registry import check_choice
+    from edgeseg.quantize.ladder import ROUTES, export_int8
+
+    route, max_float_macs = opts.pop("int8_route", "ladder"), opts.pop("max_float_macs", 10.0)
+    check_choice(route, list(ROUTES), "--int8-route")
+    ladder = [p for p in pairs if p == ("tflite", "int8")] \
+        if task.name == "semantic" and route == "ladder" and opts.get("output", "logits") == "logits" else []
+    rest = [p for p in pairs if p not in ladder]
+    done = dict(zip(rest, task.export(run, rest, log=log, **opts))) if rest else {}
+    for pair in ladder:
+        weights = opts.get("weights", "auto")
+        done[pair] = export_int8(run, opts.get("input_kind", "image"), opts.get("calibration", 100),
+                                 None if weights == "auto" else weights, log, max_float_macs)
+    return [done[p] for p in pairs]

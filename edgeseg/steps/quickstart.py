@@ -10,7 +10,8 @@ from edgeseg.core.atomic import ensure_dir
 from edgeseg.steps.bundle.build import make_bundle
 from edgeseg.train.config import TrainConfig
 from edgeseg.tasks.semantic.parity import ParityResult
-from edgeseg.tasks.semantic.run import check_run, export_run
+from edgeseg.steps.export import export
+from edgeseg.tasks.semantic.run import check_run
 from edgeseg.steps.report.build import build_report
 from edgeseg.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from edgeseg.train.loop import train
@@ -38,7 +39,7 @@ def quickstart(out: Path, epochs: int = 12, fresh: bool = False, quiet: bool = F
         train(cfg, out, resume=ckpt_path.exists(), quiet=quiet, log=log)
     results = []
     for target, precision, input_kind in EXPORTS:
-        export_run(out, target, precision, log=log, input_kind=input_kind)
+        export(out, target, precision, log=log, input_kind=input_kind)  # int8: the ladder, as export does
         results.append(check_run(out, target, precision, log=log, input_kind=input_kind))
     build_report(out, log=log)
     if all(r.passed for r in results if r.status != "not-verified"):

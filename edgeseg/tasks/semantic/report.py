@@ -66,10 +66,18 @@ class SemanticReport:
 
     def row(self, entry: ExportEntry) -> dict[str, Any]:
         rec = entry.record
-        return {"name": entry.name, "target": rec["target"], "precision": rec["precision"],
-                "size_bytes": rec["size_bytes"], "params": self.params, "path": rec["path"],
-                "export_seconds": rec["seconds"], "stale": rec.get("checkpoint_digest") is None,
-                "parity": entry.parity}
+        row = {"name": entry.name, "target": rec["target"], "precision": rec["precision"],
+               "size_bytes": rec["size_bytes"], "params": self.params, "path": rec["path"],
+               "export_seconds": rec["seconds"], "stale": rec.get("checkpoint_digest") is None,
+               "parity": entry.parity}
+        ladder = rec.get("details", {}).get("ladder")
+        if ladder:  # the default int8 says what it did
+            row["int8_ladder"] = {"chosen": ladder["chosen"], "rung": ladder["rung"], "why": ladder["why"],
+                                  "tried": [{"name": t["name"], "rung": t["rung"], "passed": t["passed"],
+                                             "pixel_agreement": t["validation"]["pixel_agreement"],
+                                             "mask_miou": t["validation"]["mask_miou"],
+                                             "latency_ms": t["latency_ms"]} for t in ladder["tried"]]}
+        return row
 
     def runner(self, entry: ExportEntry, threads: int) -> tuple[Callable[[np.ndarray], Any] | None, str]:
         from exporters import TARGETS
@@ -228,6 +236,13 @@ class SemanticReport:
             variant = row["name"].split("-", 1)[1]  # precision plus -argmax / -pixels / -multiarray / -<method>
             lines.append(f"| {row['target']} | {variant} | {row['size_bytes'] / 1e6:.2f} | {lat_s} | "
                          f"{runtime} | {status} | {agree} | {miou} | {dlog} | {ds} | {worst} |")
+        for row in r["results"]:
+            lad = row.get("int8_ladder")
+            if lad:
+                tried = "; ".join(f"{t['name']} {t['pixel_agreement']:.3f} % / {t['mask_miou']:.4f} / "
+                                  f"{t['latency_ms']:.2f} ms{'' if t['passed'] else ' (fails)'}" for t in lad["tried"])
+                notes.append(f"- {row['name']}: the int8 ladder kept **{lad['chosen']}** ({lad['why']}); on the "
+                             f"validation split (agreement / mask mIoU / fastest of 10 runs): {tried}")
         if notes:
             lines += ["", "Notes:", *notes]
         lines += _class_table(r)

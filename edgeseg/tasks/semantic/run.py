@@ -23,7 +23,7 @@ import numpy as np
 from edgeseg.core.atomic import ensure_dir, write_json
 from edgeseg.core.digest import file_digest
 from edgeseg.data import open_split
-from edgeseg.core.errors import CheckFailed, ExportError, UsageError
+from edgeseg.core.errors import CheckFailed, DataError, ExportError, UsageError
 from edgeseg.tasks.semantic.parity import (NOT_VERIFIED, LazySamples, ParityResult, combine_results, compare, not_verified,
                             thresholds_for)
 from edgeseg.core.registry import check_choice
@@ -84,6 +84,62 @@ def calibration_images(ckpt: Checkpoint, count: int) -> CalibrationImages:
     return CalibrationImages([ckpt.preprocess.resize_image(ds[int(i)][0]) for i in idx], ckpt.preprocess)
 
 
+def labelled_split(ckpt, split: str, limit: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Preprocessed images and masks of ``split``; an error when it has none with labels."""
+    ds = open_split(ckpt.config.data, split, ckpt.config.image_size)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    images, masks = [], []
+    for i in range(n):
+        img, m = ds[i]
+        mask = ckpt.preprocess.mask(m)
+        images.append(ckpt.preprocess.image(img))
+        masks.append(mask)
+    from edgeseg.core.metrics import IGNORE_INDEX
+
+    ignore = IGNORE_INDEX
+    if not masks or not any((m != ignore).any() and (m >= 0).any() for m in masks):
+        raise DataError(f"the {split} split of '{ckpt.config.data}' has no labelled images; quantization needs "
+                        f"labelled {split} images (the {'search and accuracy control' if split == 'val' else 'check'} "
+                        f"measure masks against them)")
+    return images, masks
+
+
+def export_options(ckpt: Checkpoint, precision: str, calibration: Sequence[np.ndarray], work: Path | None,
+                   output: str = "logits", input_kind: str = "image", deployment_target: str | None = None):
+    """The :class:`~exporters.ExportOptions` of one export of ``ckpt``: normalization, classes and the metadata
+    every file carries (model, preprocessing, class colours)."""
+    from exporters import ExportOptions, Normalization
+
+    pre = ckpt.preprocess
+    return ExportOptions(precision=precision, calibration=calibration, class_names=ckpt.class_names,
+                         normalization=Normalization(tuple(pre.mean), tuple(pre.std)),
+                         metadata={"author": "edgeseg", "edgeseg_model": ckpt.config.model,
+                                   "edgeseg_preprocess": json.dumps(pre.to_json()),
+                                   "edgeseg_classes": json.dumps([c.to_json() for c in ckpt.classes])},
+                         work_dir=work, output=output, input=input_kind, deployment_target=deployment_target)
+
+
+def cache_dir(run: Path, ckpt: Checkpoint, which: str) -> Path:
+    """``RUN/export/.cache/<checkpoint digest>[-<weights>]``, where the intermediates precisions share (ONNX, the TF
+    SavedModel) live; the folders of checkpoints that have since been replaced are removed."""
+    digest = file_digest(ckpt.path)
+    key = digest if which == "raw" or ckpt.ema_weights is None else f"{digest}-{which}"
+    cache = Path(run) / "export" / ".cache"
+    for stale in cache.glob("*"):  # intermediates of checkpoints that have since been replaced
+        if not stale.name.startswith(digest):
+            shutil.rmtree(stale, ignore_errors=True)
+    return ensure_dir(cache / key)
+
+
+def export_record(run: Path, ckpt: Checkpoint, which: str, result: dict[str, Any]) -> dict[str, Any]:
+    """export.json of one export: the exporter's result (``ExportResult.to_json()``) with the path relative to the
+    run and what made it (checkpoint digest, weights, classes, preprocessing, versions, time)."""
+    return {"schema": "edgeseg.export/1", **result, "path": str(Path(result["path"]).relative_to(run)),
+            "checkpoint": ckpt.path.name, "checkpoint_digest": file_digest(ckpt.path), "weights": which,
+            "classes": list(ckpt.class_names), "preprocess": ckpt.preprocess.to_json(),
+            "versions": package_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
 def export_run(run: Path, target: str, precision: str | None = None, calibration: int = DEFAULT_CALIBRATION,
                log: Callable[[str], None] = print, weights: str | None = None, output: str = "logits",
                input_kind: str = "image", deployment_target: str | None = None) -> dict[str, Any]:
@@ -109,7 +165,7 @@ def export_runs(run: Path, pairs: Sequence[tuple[str, str]], calibration: int = 
     ``weights``: ``ema`` or ``raw`` for a run trained with ``--ema`` (default: the run's export_weights);
     the choice is recorded, and ``check`` compares against the same weights.
     """
-    from exporters import ExporterError, ExportOptions, Normalization
+    from exporters import ExporterError
 
     targets = [target_and_precision(tg, pr)[0] for tg, pr in pairs]  # every pair valid before any work
     for tg, _ in pairs:
@@ -128,13 +184,7 @@ def export_runs(run: Path, pairs: Sequence[tuple[str, str]], calibration: int = 
     which = ckpt.weights_choice(weights)
     pre = ckpt.preprocess
     example = np.zeros((1, 3, pre.height, pre.width), np.float32)
-    digest = file_digest(ckpt.path)
-    key = digest if which == "raw" or ckpt.ema_weights is None else f"{digest}-{which}"
-    cache = Path(run) / "export" / ".cache"
-    for stale in cache.glob("*"):  # intermediates of checkpoints that have since been replaced
-        if not stale.name.startswith(digest):
-            shutil.rmtree(stale, ignore_errors=True)
-    work = ensure_dir(cache / key)
+    work = cache_dir(run, ckpt, which)
     images: dict[int, list[np.ndarray]] = {}
     records = []
     for t, (target, precision) in zip(targets, pairs):
@@ -149,14 +199,8 @@ def export_runs(run: Path, pairs: Sequence[tuple[str, str]], calibration: int = 
         out = export_dir(run, target, precision, output, input_kind)
         fresh = not out.exists()
         ensure_dir(out)
-        opts = ExportOptions(precision=precision, calibration=images[count],
-                             class_names=ckpt.class_names,
-                             normalization=Normalization(tuple(pre.mean), tuple(pre.std)),
-                             metadata={"author": "edgeseg", "edgeseg_model": ckpt.config.model,
-                                       "edgeseg_preprocess": json.dumps(pre.to_json()),
-                                       "edgeseg_classes": json.dumps([c.to_json() for c in ckpt.classes])},
-                             work_dir=work, output=output, input=input_kind,
-                             deployment_target=deployment_target if target == "coreml" else None)
+        opts = export_options(ckpt, precision, images[count], work, output, input_kind,
+                              deployment_target if target == "coreml" else None)
         log(f"exporting {ckpt.config.model} to {target} {precision} ...")
         try:
             res = t.export(model, example, opts, out)
@@ -164,11 +208,7 @@ def export_runs(run: Path, pairs: Sequence[tuple[str, str]], calibration: int = 
             if fresh and not any(out.iterdir()):
                 out.rmdir()  # a failed first export leaves no empty export directory behind
             raise ExportError(f"export to {target} {precision} failed: {e}") from None
-        record = {"schema": "edgeseg.export/1", **res.to_json(),
-                  "path": str(res.path.relative_to(run)), "checkpoint": ckpt.path.name,
-                  "checkpoint_digest": digest, "weights": which, "classes": list(ckpt.class_names),
-                  "preprocess": pre.to_json(), "versions": package_versions(),
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        record = export_record(run, ckpt, which, res.to_json())
         write_json(out / "export.json", record)
         log(f"  wrote {res.path} ({res.size_bytes / 1e6:.2f} MB) in {res.seconds:.1f} s")
         records.append(record)

@@ -30,7 +30,8 @@ class SemanticTask:
 
     def options(self, action: str) -> tuple[str, ...]:
         if action == "export":
-            return ("calibration", "weights", "output", "input_kind", "deployment_target")
+            return ("calibration", "weights", "output", "input_kind", "deployment_target", "int8_route",
+                    "max_float_macs")
         return ("min_agreement", "min_mask_miou", "max_miou_drop", "max_class_drop", "limit", "threads", "compute_units", "output",
                 "input_kind", "data")
 

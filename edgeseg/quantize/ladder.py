@@ -1,0 +1,236 @@
+"""The default int8 of a TFLite export (``edgeseg export --target tflite --precision int8``): a ladder of real int8
+files, each measured on the run's **validation** split, the first rung that passes the int8 gate kept.
+
+Rung 1 — full int8 with the calibration that measures best on *this* model. Every candidate is a file:
+
+* ``aeq``: ai-edge-quantizer on the fp32 file of the weight-equalized model (:mod:`edgeseg.quantize.equalize`,
+  float outputs unchanged), min-max ranges, per-channel weights, ``HARD_SWISH`` kept float (LiteRT's int8
+  hard-swish leaves XNNPACK's fast path: 2x slower than fp32 on MobileNetV3; :mod:`exporters.tflite_aeq`); int8
+  input and output, except a pixel-input file's float32 input (uint8 is the converter's alone; MediaPipe and
+  camera code feed uint8 or float32, never int8);
+* ``aeq-plain``: the same without equalization (only when equalization changed the model: it has pairs);
+* ``converter``: the TF Lite converter's full int8 (every op int8, int8 input and output) — the default before.
+
+Each is checked against the float model on the validation split with the int8 gate (agreement, mask mIoU,
+dataset-mIoU drop, per-class drop) and timed (LiteRT + XNNPACK, the fastest of 10 runs after 3, 2 threads). Of those that
+pass, the fastest is kept; a candidate within :data:`LATENCY_TIE` of it with better masks is preferred (timing noise
+does not decide between equals). Which one wins differs from model to model (docs/int8.md): it is measured.
+
+Rung 2 — learned rounding (AdaRound): not built yet; the record says so (``rung2``).
+
+Rung 3 — when no full-int8 file passes: the one mixed-precision search (:mod:`edgeseg.core.mixed_precision`, the
+``quantize --method aeq --mixed-precision`` walk) over the ops of the best-scoring ai-edge-quantizer candidate, at
+most ``max_float_macs`` % of the multiply-adds in float.
+
+If no rung passes, the file closest to passing (the task's score: mask mIoU first) is written, so that
+``edgeseg check`` measures it on the test split and fails it there. The validation split only chooses; the test
+split measures. ``export.json`` (``details.ladder``) lists every file tried with its validation figures, latency and
+seconds, the winner and why. The ladder needs a labelled validation split; without one it writes the converter's
+file and says why. ``--int8-route converter`` skips the ladder (the converter's file, unmeasured).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgeseg.core.atomic import atomic_path, ensure_dir, write_json
+from edgeseg.core.errors import DataError, ExportError, UsageError
+from edgeseg.quantize.options import DEFAULT_MAX_STEPS
+from edgeseg.quantize.records import memo
+from edgeseg.tasks.semantic.parity import JUDGE, ParityResult, compare, thresholds_for
+
+ROUTES = ("ladder", "converter")  # what ``export --int8-route`` takes
+LATENCY_TIE = 0.15  # a file must be more than 15 % faster than a passing one with better masks to win over it
+RUNS, WARMUP = 10, 3
+RUNG2 = "learned rounding (AdaRound) is not built yet: skipped"
+
+
+@dataclass
+class Tried:
+    """One int8 file the ladder made and measured."""
+
+    name: str
+    rung: int
+    what: str
+    data: bytes = field(repr=False)
+    parity: ParityResult
+    latency_ms: float
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "rung": self.rung, "what": self.what, "passed": self.parity.passed,
+                "validation": JUDGE.figures(self.parity), "failures": self.parity.failures,
+                "latency_ms": round(self.latency_ms, 3), "seconds": round(self.seconds, 1), **self.extra}
+
+
+def choose(tried: list[Tried]) -> tuple[Tried | None, str]:
+    """The passing file to keep (the fastest; within :data:`LATENCY_TIE` of it, the better masks), or None."""
+    passing = [t for t in tried if t.parity.passed]
+    if not passing:
+        return None, ""
+    fastest = min(t.latency_ms for t in passing)
+    near = [t for t in passing if t.latency_ms <= fastest * (1 + LATENCY_TIE)]
+    best = max(near, key=lambda t: (JUDGE.score(t.parity), -t.latency_ms))
+    quickest = min(passing, key=lambda t: t.latency_ms)
+    why = f"rung {best.rung}: passes the int8 gate on the validation split"
+    if len(passing) > 1:
+        names = ", ".join(t.name for t in passing)
+        why += (f"; the fastest of the files that pass ({names})" if best is quickest else
+                f"; the best masks within {LATENCY_TIE:.0%} of the fastest file that passes ({quickest.name}; "
+                f"passing: {names})")
+    return best, why
+
+
+def export_int8(run: Path, input_kind: str = "image", calibration: int = 100, weights: str | None = None,
+                log: Callable[[str], None] = print, max_float_macs: float = 10.0,
+                max_steps: int = DEFAULT_MAX_STEPS) -> dict[str, Any]:
+    """Climb the ladder for ``run``'s ``tflite-int8[-pixels]`` export; write the winner and its record (returned)."""
+    from exporters import TARGETS, ExporterError, tflite_metadata
+    from exporters.tflite import load, model_info, to_pixels
+    from exporters.tflite_aeq import DEFAULT_FLOAT_TYPES, Int8Quantizer
+
+    from edgeseg.core.latency import measure_latency, torch_runner
+    from edgeseg.quantize.aeq import search_ops
+    from edgeseg.quantize.equalize import equalize
+    from edgeseg.tasks.semantic.run import cache_dir, calibration_images, export_options, labelled_split
+    from edgeseg.train.checkpoint import load_checkpoint
+
+    if not 0 < max_float_macs <= 100:
+        raise UsageError(f"--max-float-macs is a percentage in (0, 100], got {max_float_macs}")
+    if input_kind not in ("image", "pixels"):
+        raise UsageError(f"--input {input_kind} does not apply to --target tflite; it takes image or pixels")
+    if calibration < 1:
+        raise UsageError(f"--calibration must be at least 1, got {calibration}")
+    t0 = time.time()
+    ckpt = load_checkpoint(run)
+    run = Path(ckpt.path).parent
+    which = ckpt.weights_choice(weights)
+    pre = ckpt.preprocess
+    example = np.zeros((1, 3, pre.height, pre.width), np.float32)
+    work = cache_dir(run, ckpt, which)
+    scratch = ensure_dir(work / f"ladder-{input_kind}")
+    calib = calibration_images(ckpt, calibration)
+    if not len(calib):
+        raise ExportError(f"int8 needs calibration images; the training split of '{ckpt.config.data}' has none")
+    int8_opts = export_options(ckpt, "int8", calib, work, "logits", input_kind)
+    thresholds = thresholds_for("int8")
+    model = ckpt.build_model(which).eval()
+    reference = memo(torch_runner(model, 2))
+    timing_input = np.asarray(calib[0], np.float32)
+
+    def converter() -> tuple[bytes, float]:
+        s = time.time()
+        res = TARGETS["tflite"].export(ckpt.build_model(which).eval(), example, int8_opts, ensure_dir(scratch / "converter"))
+        return res.path.read_bytes(), time.time() - s
+
+    def quantizer(net, tag: str) -> tuple[Any, float]:
+        """ai-edge-quantizer calibrated on the fp32 file of ``net`` (its SavedModel cached under ``tag``)."""
+        s = time.time()
+        fp32_opts = export_options(ckpt, "fp32", calib, ensure_dir(work / tag) if tag else work, "logits", input_kind)
+        fp32 = TARGETS["tflite"].export(net, example, fp32_opts, ensure_dir(scratch / f"fp32{'-' + tag if tag else ''}"))
+        samples = calib if input_kind != "pixels" else [to_pixels(c, pre.mean, pre.std) for c in calib]
+        # pixel input stays float32 (MediaPipe and camera code feed uint8 or float32, never int8)
+        return (Int8Quantizer(fp32.path.read_bytes(), samples, "minmax", DEFAULT_FLOAT_TYPES,
+                              float_input=input_kind == "pixels"), time.time() - s)
+
+    info = model_info(int8_opts)
+    try:
+        val = labelled_split(ckpt, "val")
+    except DataError as e:
+        log(f"int8 ladder: {e}; writing the TF Lite converter's full int8 unmeasured")
+        data, seconds = converter()
+        return _write(run, ckpt, which, input_kind, example, data, t0,
+                      {"converter": "onnx2tf + TF Lite converter", "calibration_images": len(calib),
+                       "ladder": {"chosen": "converter", "rung": None, "why": f"not measured: {e}", "tried": []}})
+
+    def measure(name: str, rung: int, what: str, data: bytes, seconds: float, **extra: Any) -> Tried:
+        path = scratch / f"{name}.tflite"
+        path.write_bytes(data)
+        runner = load(path, threads=2)
+        parity = compare(reference, runner, *val, ckpt.class_names, thresholds, "tflite", "int8",
+                         runtime=runner.runtime)
+        # the fastest of the runs: what the kernels cost, least disturbed by whatever else the CPU is doing
+        lat = measure_latency(runner, timing_input, RUNS, WARMUP)["min_ms"]
+        log(f"  rung {rung} {name}: {JUDGE.show(parity)}, {lat:.2f} ms ({seconds:.0f} s)")
+        return Tried(name, rung, what, data, parity, lat, seconds, extra)
+
+    log(f"int8 ladder ({input_kind} input): full-int8 candidates on {len(val[0])} validation images ...")
+    tried: list[Tried] = []
+    quantizers: dict[str, Any] = {}
+    try:
+        eq_model = copy.deepcopy(model)
+        s = time.time()
+        eq = equalize(eq_model, "weights", list(calib[:20]))
+        eq_seconds = time.time() - s
+        candidates = [("aeq", eq_model, "equalized-weights")] if eq.pairs else []
+        candidates.append(("aeq-plain" if eq.pairs else "aeq", model, ""))
+        for name, net, tag in candidates:
+            q, seconds = quantizer(net, tag)
+            quantizers[name] = q
+            data = tflite_metadata.populate(q.quantize(), info)
+            what = (f"ai-edge-quantizer full int8 ({'weight-equalized model, ' if tag else ''}min-max ranges, "
+                    f"{', '.join(q.float_types) or 'no op type'} kept float)")
+            tried.append(measure(name, 1, what, data, seconds + (eq_seconds if tag else 0.0),
+                                 equalized_pairs=len(eq.pairs) if tag else 0,
+                                 float_op_types=list(q.float_types)))
+        data, seconds = converter()
+        tried.append(measure("converter", 1, "TF Lite converter full int8 (min-max ranges, every op int8)", data,
+                             seconds))
+    except ExporterError as e:
+        raise ExportError(f"tflite int8 ladder: {e}") from None
+    chosen, why = choose(tried)
+    mixed: dict[str, Any] | None = None
+    if chosen is None:
+        base = max((t for t in tried if t.name in quantizers), key=lambda t: JUDGE.score(t.parity))
+        q = quantizers[base.name]
+        log(f"  no full-int8 file passes; rung 2: {RUNG2}; rung 3: mixed precision from {base.name} within "
+            f"{max_float_macs:g} % of the multiply-adds in float")
+        found, mixed = search_ops(q, reference, val, ckpt.class_names, thresholds, scratch / "search.tflite",
+                                  max_float_macs, max_steps, log)
+        if found.keep:
+            by_index = {o.index: o for o in q.candidates()}
+            data = tflite_metadata.populate(q.quantize(found.keep), info)
+            tried.append(measure(f"{base.name}-mixed", 3, f"{base.what} with {len(found.keep)} op(s) kept float "
+                                 f"by the mask-metric search", data, found.seconds,
+                                 float_ops=[{"op": i, "type": by_index[i].type, "macs": by_index[i].macs}
+                                            for i in found.keep],
+                                 float_macs_pct=found.float_macs_pct))
+        chosen, why = choose(tried)
+        if chosen is None:
+            chosen = max(tried, key=lambda t: (JUDGE.score(t.parity), -t.latency_ms))
+            why = ("no rung passes on the validation split: the file closest to passing (mask mIoU first) is kept; "
+                   "edgeseg check measures it on the test split")
+    log(f"  kept {chosen.name}: {why}")
+    ladder = {"chosen": chosen.name, "rung": chosen.rung, "why": why, "validation_images": len(val[0]),
+              "thresholds": thresholds, "tried": [t.to_json() for t in tried], "rung2": RUNG2,
+              "max_float_macs": max_float_macs, **({"mixed_search": mixed} if mixed is not None else {})}
+    return _write(run, ckpt, which, input_kind, example, chosen.data, t0,
+                  {"converter": chosen.what, "calibration_images": len(calib), "ladder": ladder})
+
+
+def _write(run: Path, ckpt, which: str, input_kind: str, example: np.ndarray, data: bytes, t0: float,
+           details: dict[str, Any]) -> dict[str, Any]:
+    """The kept file as ``RUN/export/tflite-int8[-pixels]/model.tflite`` (temp name, then renamed) and its record."""
+    from exporters.tflite import tensor_types
+
+    from edgeseg.tasks.semantic.run import export_dir, export_record
+
+    out = ensure_dir(export_dir(run, "tflite", "int8", "logits", input_kind))
+    final = out / "model.tflite"
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+    details = {**details, "output": "logits", "input": input_kind,
+               "layout": "NHWC input [1,H,W,3] " + ("RGB pixels 0-255" if input_kind == "pixels" else "normalized")
+                         + "; output logits [1,H,W,C]", **tensor_types(final)}
+    res = {"target": "tflite", "precision": "int8", "path": str(final), "size_bytes": final.stat().st_size,
+           "seconds": round(time.time() - t0, 1), "input_shape": list(example.shape), "details": details}
+    record = export_record(run, ckpt, which, res)
+    write_json(out / "export.json", record)
+    return record

@@ -1,0 +1,103 @@
+"""The default int8 (`export --precision int8`): the ladder's candidates, its choice, its record and its last rung."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from edgeseg.cli import main
+from edgeseg.quantize.ladder import LATENCY_TIE, Tried, choose
+from edgeseg.tasks.semantic.parity import ParityResult
+
+
+def _tried(name: str, passed: bool, miou: float, ms: float, rung: int = 1) -> Tried:
+    p = ParityResult("tflite", "int8", "passed" if passed else "failed", pixel_agreement=99.0, mask_miou=miou)
+    return Tried(name, rung, name, b"", p, ms, 1.0)
+
+
+def test_choose_fastest_passing_unless_better_masks_are_within_the_tie():
+    slow_best = _tried("converter", True, 0.99, 8.0)
+    fast = _tried("aeq", True, 0.97, 4.0)
+    failing_fastest = _tried("aeq-plain", False, 0.99, 1.0)
+    chosen, why = choose([slow_best, fast, failing_fastest])
+    assert chosen is fast and "the fastest of the files that pass (converter, aeq)" in why
+    # within the tie of the fastest, the better masks win: noise in a timing does not pick the file
+    near = _tried("aeq-eq", True, 0.98, 4.0 * (1 + LATENCY_TIE) - 1e-6)
+    chosen, why = choose([slow_best, fast, near])
+    assert chosen is near and "the best masks within 15% of the fastest file that passes (aeq" in why
+    assert choose([failing_fastest])[0] is None
+
+
+@pytest.fixture(scope="module")
+def laddered(tiny_run, tmp_path_factory):
+    run = tmp_path_factory.mktemp("ladder") / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "report.*"))
+    return run
+
+
+def test_default_int8_is_the_ladders_measured_choice(laddered, capsys):
+    from exporters.tflite import tensor_types
+
+    assert main(["export", str(laddered), "--target", "tflite", "--precision", "int8", "--json", "-q"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    lad = rec["details"]["ladder"]
+    # U-Net has conv -> BN -> ReLU -> conv pairs: the equalized and the plain ai-edge-quantizer files, and the converter's
+    assert [t["name"] for t in lad["tried"]] == ["aeq", "aeq-plain", "converter"]
+    assert all(t["rung"] == 1 for t in lad["tried"]) and lad["validation_images"] == 12
+    assert lad["tried"][0]["equalized_pairs"] > 0 and lad["tried"][1]["equalized_pairs"] == 0
+    assert lad["thresholds"]["max_class_drop"] == 0.02 and lad["rung2"].startswith("learned rounding")
+    for t in lad["tried"]:
+        v = t["validation"]
+        assert 0 < v["pixel_agreement"] <= 100 and 0 < v["mask_miou"] <= 1 and t["latency_ms"] > 0
+        assert v["passed"] == t["passed"] == (not t["failures"])
+    # the record's own figures give the same choice (fastest passing; better masks within the tie)
+    again = [_tried(t["name"], t["passed"], t["validation"]["mask_miou"], t["latency_ms"]) for t in lad["tried"]]
+    chosen, _ = choose(again)
+    assert chosen is not None and lad["chosen"] == chosen.name and lad["rung"] == 1
+    # the file written is the chosen candidate's, and it is what its record says
+    final = laddered / rec["path"]
+    scratch = next((laddered / "export" / ".cache").glob("*/ladder-image")) / f"{lad['chosen']}.tflite"
+    assert final.read_bytes() == scratch.read_bytes()
+    types = tensor_types(final)
+    assert rec["details"]["input_dtype"] == types["input_dtype"]
+    assert types["input_dtype"] == types["output_dtype"] == "int8"  # every candidate: int8 in and out
+    assert rec["details"]["converter"] == next(t["what"] for t in lad["tried"] if t["name"] == lad["chosen"])
+    # the check on the test split gates it like any export; report.md says what the ladder did
+    assert main(["check", str(laddered), "--target", "tflite", "--precision", "int8", "-q"]) == 0
+    assert main(["report", str(laddered), "--runs", "2", "--warmup", "0", "-q"]) == 0
+    md = (laddered / "report.md").read_text()
+    assert f"- tflite-int8: the int8 ladder kept **{lad['chosen']}**" in md
+    # the converter by name: its file alone, int8 in and out, no ladder
+    capsys.readouterr()
+    assert main(["export", str(laddered), "--target", "tflite", "--precision", "int8", "--int8-route", "converter",
+                 "--json", "-q"]) == 0
+    conv = json.loads(capsys.readouterr().out)
+    assert "ladder" not in conv["details"] and conv["details"]["input_dtype"] == "int8"
+    with pytest.raises(SystemExit) as bad:  # argparse's own refusal, exit 2
+        main(["export", str(laddered), "--target", "tflite", "--int8-route", "fastest", "-q"])
+    assert bad.value.code == 2 and "--int8-route: invalid choice: 'fastest'" in capsys.readouterr().err
+
+
+def test_ladder_searches_mixed_precision_when_no_full_int8_passes(laddered, monkeypatch):
+    """A gate no full-int8 file meets (100 % agreement): rung 3 searches float ops from the best ai-edge-quantizer
+    file; nothing reaches 100 %, so the closest file is kept and the record says so."""
+    import edgeseg.quantize.ladder as ladder
+    from edgeseg.tasks.semantic.parity import thresholds_for
+
+    monkeypatch.setattr(ladder, "thresholds_for", lambda p: {**thresholds_for(p), "min_agreement": 100.0})
+    rec = ladder.export_int8(laddered, "pixels", log=lambda s: None, max_float_macs=100.0, max_steps=2)
+    lad = rec["details"]["ladder"]
+    rungs = {t["name"]: t for t in lad["tried"]}
+    assert not any(t["passed"] for t in lad["tried"])
+    best_aeq = max(("aeq", "aeq-plain"), key=lambda n: (rungs[n]["validation"]["mask_miou"],
+                                                        rungs[n]["validation"]["pixel_agreement"]))
+    mixed = rungs[f"{best_aeq}-mixed"]
+    assert mixed["rung"] == 3 and 1 <= len(mixed["float_ops"]) <= 2 and mixed["float_macs_pct"] is not None
+    assert lad["mixed_search"]["needed"] and not lad["mixed_search"]["passed"]
+    closest = max(lad["tried"], key=lambda t: (t["validation"]["mask_miou"], t["validation"]["pixel_agreement"]))
+    assert lad["chosen"] == closest["name"] and lad["why"].startswith("no rung passes on the validation split")
+    assert rec["path"] == "export/tflite-int8-pixels/model.tflite" and rec["details"]["input"] == "pixels"
+    # pixel input as camera code and MediaPipe feed it: the converter's uint8, ai-edge-quantizer's float32
+    assert rec["details"]["input_dtype"] == ("uint8" if lad["chosen"] == "converter" else "float32")
