@@ -2,7 +2,9 @@
 
 For each model: train with ``edgeseg train`` on CamVid at 256 px (or reuse ``--out/<model>`` when it holds a
 checkpoint), then
-  converter   — ``edgeseg export --target tflite --precision int8`` (TF Lite converter, min-max calibration),
+  default     — ``edgeseg export --target tflite --precision int8``: the int8 ladder (full-int8 candidates checked on
+                the validation split, the fastest that passes kept, else mixed precision; ``edgeseg.quantize.ladder``),
+  converter   — the same with ``--int8-route converter`` (TF Lite converter, min-max calibration: the old default),
   ptq         — ``edgeseg quantize --method ptq --targets tflite`` (NNCF-adapted weights, converter int8),
   aeq         — ``edgeseg quantize --method aeq`` (ai-edge-quantizer on the fp32 TFLite file),
   aeq-mixed   — the same with ``--mixed-precision`` (ops kept float ranked by the validation mask mIoU, at most
@@ -14,8 +16,8 @@ checkpoint), then
   coreml-w8a8 — ``edgeseg export --target coreml --precision w8a8`` checked by reference execution (off macOS).
 ``--equalize off|weights|activations`` sets cross-layer equalization for the quantize routes (ptq, aeq, pt2e;
 default: ``edgeseg quantize``'s).
-Figures: pixel agreement % and mask mIoU against the float PyTorch model, dataset-mIoU drop in points, file size,
-LiteRT/XNNPACK latency (median of 20, ``--threads``) beside the fp32 file's, and seconds taken by the route.
+Figures: pixel agreement % and mask mIoU against the float PyTorch model, dataset-mIoU drop in points, the class
+whose IoU fell most (points), file size, LiteRT/XNNPACK latency (median of 20, ``--threads``) beside the fp32 file's, and seconds taken by the route.
 
 The CamVid *test* split is not in ``../shared``: the script builds a SegNet-layout folder whose test split is the
 val split, so the checks run on val — the same images the mixed-precision search tunes on (an optimistic figure
@@ -89,7 +91,7 @@ def main() -> None:
     ap.add_argument("--max-float-macs", type=float, default=10.0)
     ap.add_argument("--pt2e-epochs", type=int, help="default: edgeseg quantize's")
     ap.add_argument("--pt2e-lr", type=float, help="default: edgeseg quantize's")
-    ap.add_argument("--routes", default="converter,ptq,aeq,aeq-mixed,pt2e,coreml-w8a8",
+    ap.add_argument("--routes", default="default,converter,ptq,aeq,aeq-mixed,pt2e,coreml-w8a8",
                     help="comma-separated subset of the routes above (pt2e also yields its pt2e-mixed row)")
     ap.add_argument("--equalize", choices=("off", "weights", "activations"),
                     help="cross-layer equalization for the quantize routes (ptq, aeq, aeq-mixed, pt2e; default: "
@@ -112,10 +114,24 @@ def main() -> None:
         fp32_ms = _latency(run / "export" / "tflite-fp32" / "model.tflite", a.threads)
         res: dict[str, dict] = {}
         routes = a.routes.split(",")
-        if "converter" in routes:
-            _, _, s = _edgeseg("export", str(run), "--target", "tflite", "--precision", "int8", check=True)
+        for route, extra in (("default", []), ("converter", ["--int8-route", "converter"])):
+            if route not in routes:
+                continue  # both write tflite-int8: each is checked before the next replaces it
+            _, _, s = _edgeseg("export", str(run), "--target", "tflite", "--precision", "int8", *extra, check=True)
             _, p, _ = _edgeseg("check", str(run), "--target", "tflite", "--precision", "int8")
-            res["converter"] = {"parity": p, "dir": "tflite-int8", "seconds": s}
+            rec = json.loads((run / "export" / "tflite-int8" / "export.json").read_text())
+            lat = _latency(run / "export" / "tflite-int8" / "model.tflite", a.threads)
+            ladder = rec["details"].get("ladder") or {}
+            kept = next((t for t in ladder.get("tried", []) if t["name"] == ladder.get("chosen")), {})
+            res[route] = {"parity": p, "dir": "tflite-int8", "seconds": s, "latency_ms": lat,
+                          "kept": ladder.get("chosen"), "float_macs_pct": kept.get("float_macs_pct")}
+            if ladder:  # what the ladder tried on the validation split, before the converter's file replaces it
+                (a.out / f"{name}-ladder.json").write_text(json.dumps(ladder, indent=2))
+                for t in ladder["tried"]:
+                    v = t["validation"]
+                    print(f"  ladder {t['name']} (rung {t['rung']}): {v['pixel_agreement']:.2f} % / "
+                          f"{v['mask_miou']:.3f} on val, {t['latency_ms']:.1f} ms, {t['seconds']:.0f} s, "
+                          f"{'passes' if t['passed'] else 'fails'}", flush=True)
         pt2e_args = [*(["--epochs", str(a.pt2e_epochs)] if a.pt2e_epochs is not None else []),
                      *(["--lr", str(a.pt2e_lr)] if a.pt2e_lr is not None else [])]
         # route -> quantize arguments, and the rows it yields (row name -> export directory)
@@ -146,14 +162,18 @@ def main() -> None:
             p = r["parity"] or {}
             f = run / "export" / r["dir"] / ("model.tflite" if route != "coreml-w8a8" else "model.mlpackage")
             size = path_size(f) if f.exists() else None
-            lat = _latency(f, a.threads) if f.suffix == ".tflite" and f.exists() else None
+            lat = r.get("latency_ms") or (_latency(f, a.threads) if f.suffix == ".tflite" and f.exists() else None)
             m = mixed.get(route, {})
             if route in mixed and m.get("needed") is False:  # full int8 passed where it was searched
                 rows.append({"model": name, "route": route, "agreement": None, "mask_miou": None, "drop": None,
                              "status": "not needed", "size_mb": None, "latency_ms": None, "fp32_ms": fp32_ms,
-                             "seconds": round(r["seconds"], 1), "reference_miou": None, "float_macs_pct": None})
+                             "seconds": round(r["seconds"], 1), "reference_miou": None, "float_macs_pct": None,
+                             "worst_class": None, "kept": None})
                 continue
+            if r.get("float_macs_pct") is not None:
+                m = {**m, "float_macs_pct": r["float_macs_pct"]}
             rows.append({"model": name, "route": route, "agreement": p.get("pixel_agreement"),
+                         "worst_class": p.get("worst_class"), "kept": r.get("kept"),
                          "mask_miou": p.get("mask_miou"), "drop": p.get("miou_drop"), "status": p.get("status"),
                          "size_mb": size / 1e6 if size else None, "latency_ms": lat, "fp32_ms": fp32_ms,
                          "seconds": round(r["seconds"], 1), "reference_miou": p.get("reference_miou"),
@@ -163,17 +183,21 @@ def main() -> None:
 
     cpu = cpu_name()
     print(f"\nCamVid val ({a.image_size} px), {os.cpu_count()} cores, {cpu}; LiteRT XNNPACK {a.threads} threads")
-    print("| model | route | agreement % | mask mIoU | mIoU drop (pt) | MB | int8 / fp32 ms | seconds | status |")
-    print("|---|---|---:|---:|---:|---:|---|---:|---|")
+    print("| model | route | agreement % | mask mIoU | mIoU drop (pt) | worst class (pt) | MB | int8 / fp32 ms | "
+          "seconds | status |")
+    print("|---|---|---:|---:|---:|---|---:|---|---:|---|")
     f = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
     for r in rows:
         route = r["route"] + (f" ({r['float_macs_pct']} % MACs float)" if r["float_macs_pct"] is not None else "")
-        if a.equalize and r["route"] not in ("converter", "coreml-w8a8"):
+        route += f" (kept {r['kept']})" if r.get("kept") else ""
+        if a.equalize and r["route"] not in ("default", "converter", "coreml-w8a8"):
             route += f", --equalize {a.equalize}"
         lat = "—" if r["latency_ms"] is None else f"{r['latency_ms']:.1f} / {r['fp32_ms']:.1f}"
         drop = None if r["drop"] is None else 100 * r["drop"]
+        w = r.get("worst_class")
+        worst = "—" if not w else f"{w['name']} {100 * w['change']:+.2f}"
         print(f"| {r['model']} | {route} | {f(r['agreement'], '.2f')} | {f(r['mask_miou'], '.3f')} | "
-              f"{f(drop, '+.2f')} | {f(r['size_mb'], '.2f')} | {lat} | {r['seconds']:.0f} | {r['status']} |")
+              f"{f(drop, '+.2f')} | {worst} | {f(r['size_mb'], '.2f')} | {lat} | {r['seconds']:.0f} | {r['status']} |")
     tmp.cleanup()
 
 

@@ -298,6 +298,19 @@ def float_ops(path: Path) -> list[str]:
     return out
 
 
+def op_signature(path: Path) -> tuple[tuple[str, str], ...]:
+    """Every op of a TFLite file as (type, dtype of its first input), in graph order: two files with the same
+    signature run the same kernels (weights and scales differ, work does not), so they take the same time."""
+    with quiet_native():
+        interp = interpreter(path, 1, xnnpack=False)
+    tensors = {d["index"]: d for d in interp.get_tensor_details()}
+    out = []
+    for op in interp._get_ops_details():  # noqa: SLF001 - the only public view of the op list
+        ins = [i for i in op["inputs"] if i >= 0]
+        out.append((op["op_name"], np.dtype(tensors[ins[0]]["dtype"]).name if ins else ""))
+    return tuple(out)
+
+
 def model_info(options: ExportOptions) -> tflite_metadata.ModelInfo:
     """The metadata of an export: normalization in the input tensor's units, labels, edgeseg's own entry."""
     norm = options.normalization

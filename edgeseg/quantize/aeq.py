@@ -45,24 +45,30 @@ RANK_IMAGES = 24
 
 
 def search_ops(q, reference, val, class_names, thresholds, scratch: Path, max_float_macs: float, max_steps: int,
-               log) -> tuple[Found, dict]:
+               log, labels=None, preprocess=None) -> tuple[Found, dict]:
     """The one search over ``q``'s ops (an :class:`~exporters.tflite_aeq.Int8Quantizer`): ops ranked by the mask
     mIoU they gain alone on :data:`RANK_IMAGES` validation images, then the ranking and the graph order walked on
-    the whole ``val`` split; returns what it found and its record."""
+    the whole ``val`` split; returns what it found and its record. With ``labels`` (the label maps at their own
+    size) and ``preprocess``, every check measures as ``edgeseg check`` does (the frame's pixels only, dataset
+    figures at the labels' size); else at the model's size over the whole input."""
     from exporters.tflite import load
 
     images, masks = val
     ref_val = memo(reference)
     pick = np.linspace(0, len(images) - 1, min(RANK_IMAGES, len(images))).round().astype(int)
-    rank_split = ([images[i] for i in pick], [masks[i] for i in pick])
+    rank_split = ([images[i] for i in pick], [masks[i] for i in pick],
+                  None if labels is None else [labels[i] for i in pick])
+    whole = (images, masks, labels)
 
-    def evaluate(float_ops, split=(images, masks)) -> ParityResult:
+    def evaluate(float_ops, split=whole) -> ParityResult:
         scratch.write_bytes(q.quantize(float_ops))
-        return compare(ref_val, load(scratch), *split, class_names, thresholds, "tflite", "int8")
+        kw = {} if split[2] is None else {"labels": split[2], "to_label": preprocess.to_label,
+                                          "region": preprocess.region}
+        return compare(ref_val, load(scratch), split[0], split[1], class_names, thresholds, "tflite", "int8", **kw)
 
     by_index = {o.index: o for o in q.candidates()}
     space = Space(candidates=list(by_index), float_macs=q.float_macs, quick_is_full=len(pick) == len(images),
-                  evaluate=lambda keep, quick: evaluate(keep, rank_split if quick else (images, masks)),
+                  evaluate=lambda keep, quick: evaluate(keep, rank_split if quick else whole),
                   describe=lambda i: {"op": i, "type": by_index[i].type, "macs": by_index[i].macs})
     log(f"  mixed precision: measuring each of {len(by_index)} ops kept in float alone on {len(pick)} validation "
         f"images, then walking the ranking and the graph order ...")

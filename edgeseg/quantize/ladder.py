@@ -12,9 +12,12 @@ Rung 1 — full int8 with the calibration that measures best on *this* model. Ev
 * ``converter``: the TF Lite converter's full int8 (every op int8, int8 input and output) — the default before.
 
 Each is checked against the float model on the validation split with the int8 gate (agreement, mask mIoU,
-dataset-mIoU drop, per-class drop) and timed (LiteRT + XNNPACK, the fastest of 10 runs after 3, 2 threads). Of those that
-pass, the fastest is kept; a candidate within :data:`LATENCY_TIE` of it with better masks is preferred (timing noise
-does not decide between equals). Which one wins differs from model to model (docs/int8.md): it is measured.
+dataset-mIoU drop, per-class drop) and timed (LiteRT + XNNPACK, the fastest of 10 runs after 3, 2 threads; a file
+whose compute ops and their dtypes are those of a file already timed takes its time: the equalized and plain files
+run the same kernels, as do the converter's and ai-edge-quantizer's files of a model without hard-swish, and timing
+noise — measured up to 25 % between two such files on this 2-core machine — must not choose between them; the
+masks then do). Of those that pass, the fastest is kept; a candidate within :data:`LATENCY_TIE` of it with
+better masks is preferred. Which one wins differs from model to model (docs/int8.md): it is measured.
 
 Rung 2 — learned rounding (AdaRound): not built yet; the record says so (``rung2``).
 
@@ -78,13 +81,12 @@ def choose(tried: list[Tried]) -> tuple[Tried | None, str]:
     fastest = min(t.latency_ms for t in passing)
     near = [t for t in passing if t.latency_ms <= fastest * (1 + LATENCY_TIE)]
     best = max(near, key=lambda t: (JUDGE.score(t.parity), -t.latency_ms))
-    quickest = min(passing, key=lambda t: t.latency_ms)
     why = f"rung {best.rung}: passes the int8 gate on the validation split"
-    if len(passing) > 1:
-        names = ", ".join(t.name for t in passing)
-        why += (f"; the fastest of the files that pass ({names})" if best is quickest else
-                f"; the best masks within {LATENCY_TIE:.0%} of the fastest file that passes ({quickest.name}; "
-                f"passing: {names})")
+    if len(near) > 1:
+        why += (f"; the best masks of the passing files within {LATENCY_TIE:.0%} of the fastest "
+                f"({', '.join(t.name for t in near)})")
+    elif len(passing) > 1:
+        why += f"; the fastest of the files that pass ({', '.join(t.name for t in passing)})"
     return best, why
 
 
@@ -93,13 +95,16 @@ def export_int8(run: Path, input_kind: str = "image", calibration: int = 100, we
                 max_steps: int = DEFAULT_MAX_STEPS) -> dict[str, Any]:
     """Climb the ladder for ``run``'s ``tflite-int8[-pixels]`` export; write the winner and its record (returned)."""
     from exporters import TARGETS, ExporterError, tflite_metadata
-    from exporters.tflite import load, model_info, to_pixels
+    from exporters.tflite import load, model_info, op_signature, to_pixels
     from exporters.tflite_aeq import DEFAULT_FLOAT_TYPES, Int8Quantizer
 
     from edgeseg.core.latency import measure_latency, torch_runner
     from edgeseg.quantize.aeq import search_ops
     from edgeseg.quantize.equalize import equalize
-    from edgeseg.tasks.semantic.run import cache_dir, calibration_images, export_options, labelled_split
+    from edgeseg.data import open_split
+    from edgeseg.tasks.semantic.parity import LazySamples
+    from edgeseg.core.metrics import IGNORE_INDEX
+    from edgeseg.tasks.semantic.run import cache_dir, calibration_images, export_options
     from edgeseg.train.checkpoint import load_checkpoint
 
     if not 0 < max_float_macs <= 100:
@@ -142,7 +147,12 @@ def export_int8(run: Path, input_kind: str = "image", calibration: int = 100, we
 
     info = model_info(int8_opts)
     try:
-        val = labelled_split(ckpt, "val")
+        ds = open_split(ckpt.config.data, "val", ckpt.config.image_size)
+        kept = LazySamples(ds, len(ds), pre.image, pre.mask).kept()
+        val = ([kept.images[i] for i in range(kept.count)], [kept.masks[i] for i in range(kept.count)])
+        labels = [kept.labels[i] for i in range(kept.count)]
+        if not any((m != IGNORE_INDEX).any() and (m >= 0).any() for m in val[1]):
+            raise DataError(f"the val split of '{ckpt.config.data}' has no labelled images")
     except DataError as e:
         log(f"int8 ladder: {e}; writing the TF Lite converter's full int8 unmeasured")
         data, seconds = converter()
@@ -150,14 +160,25 @@ def export_int8(run: Path, input_kind: str = "image", calibration: int = 100, we
                       {"converter": "onnx2tf + TF Lite converter", "calibration_images": len(calib),
                        "ladder": {"chosen": "converter", "rung": None, "why": f"not measured: {e}", "tried": []}})
 
+    timed: dict[tuple, tuple[str, float]] = {}  # op signature -> (the file timed, its latency)
+
     def measure(name: str, rung: int, what: str, data: bytes, seconds: float, **extra: Any) -> Tried:
         path = scratch / f"{name}.tflite"
         path.write_bytes(data)
         runner = load(path, threads=2)
+        # measured as `edgeseg check` measures: the frame's pixels, dataset figures at the labels' own size
         parity = compare(reference, runner, *val, ckpt.class_names, thresholds, "tflite", "int8",
-                         runtime=runner.runtime)
-        # the fastest of the runs: what the kernels cost, least disturbed by whatever else the CPU is doing
-        lat = measure_latency(runner, timing_input, RUNS, WARMUP)["min_ms"]
+                         runtime=runner.runtime, labels=labels, to_label=pre.to_label, region=pre.region)
+        # the compute ops and their dtypes; (de)quantize steps at the edges of float regions are left out: their
+        # cost is a copy, and where they matter the dtypes of the ops around them already differ
+        sig = tuple(s for s in op_signature(path) if s[0] not in ("QUANTIZE", "DEQUANTIZE"))
+        if sig in timed:  # the same kernels as a file already timed (equalization changes weights, not ops): its
+            # time, so that timing noise cannot choose between two files that do the same work
+            lat = timed[sig][1]
+            extra["timed_as"] = timed[sig][0]
+        else:  # the fastest of the runs: what the kernels cost, least disturbed by whatever else the CPU does
+            lat = measure_latency(runner, timing_input, RUNS, WARMUP)["min_ms"]
+            timed[sig] = (name, lat)
         log(f"  rung {rung} {name}: {JUDGE.show(parity)}, {lat:.2f} ms ({seconds:.0f} s)")
         return Tried(name, rung, what, data, parity, lat, seconds, extra)
 
@@ -193,7 +214,7 @@ def export_int8(run: Path, input_kind: str = "image", calibration: int = 100, we
         log(f"  no full-int8 file passes; rung 2: {RUNG2}; rung 3: mixed precision from {base.name} within "
             f"{max_float_macs:g} % of the multiply-adds in float")
         found, mixed = search_ops(q, reference, val, ckpt.class_names, thresholds, scratch / "search.tflite",
-                                  max_float_macs, max_steps, log)
+                                  max_float_macs, max_steps, log, labels=labels, preprocess=pre)
         if found.keep:
             by_index = {o.index: o for o in q.candidates()}
             data = tflite_metadata.populate(q.quantize(found.keep), info)
