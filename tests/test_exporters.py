@@ -11,6 +11,7 @@ from conftest import SELFIE
 from edgeseg.data import open_split
 from edgeseg.train.checkpoint import load_checkpoint
 from exporters import TARGETS, ExporterError, ExportOptions, Normalization
+from mediapipe_client import category_mask
 
 pytestmark = pytest.mark.slow
 
@@ -127,22 +128,6 @@ def test_tflite_argmax_output_is_the_class_map(setup, precision):
     assert 100 * (y == ref.argmax(1)).mean() >= (99.9 if precision == "fp32" else 97.0)
 
 
-def _mediapipe_category_mask(path, pixels_hwc):
-    """MediaPipe Tasks' ImageSegmenter (the Android/iOS/Python task) on one RGB frame: it reads the model's
-    metadata (normalization, labels) itself."""
-    from exporters.native import preload_triton
-
-    preload_triton()
-    import mediapipe as mp
-    from mediapipe.tasks.python import BaseOptions, vision
-
-    opts = vision.ImageSegmenterOptions(base_options=BaseOptions(model_asset_path=str(path)),
-                                        output_category_mask=True, output_confidence_masks=False)
-    with vision.ImageSegmenter.create_from_options(opts) as seg:
-        res = seg.segment(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(pixels_hwc)))
-        return res.category_mask.numpy_view().squeeze(-1).copy(), list(seg.labels)
-
-
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_tflite_pixel_input_metadata_and_mediapipe(setup, precision):
     """--input pixels: RGB 0-255 in (uint8 with scale 1 / zero point 0 for int8), normalization in the graph,
@@ -175,7 +160,7 @@ def test_tflite_pixel_input_metadata_and_mediapipe(setup, precision):
     pixels = to_pixels(x, ck.preprocess.mean, ck.preprocess.std).astype(np.uint8).transpose(0, 2, 3, 1)
     same = []
     for i in range(4):
-        mask, labels = _mediapipe_category_mask(r.path, pixels[i])
+        mask, labels = category_mask(r.path, pixels[i])
         assert labels == list(ck.class_names) and mask.shape == (64, 64)
         same.append((mask == y[i].argmax(0)).mean())
     assert 100 * np.mean(same) >= 99.9, same

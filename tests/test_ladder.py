@@ -101,5 +101,21 @@ def test_ladder_searches_mixed_precision_when_no_full_int8_passes(laddered, monk
     closest = max(lad["tried"], key=lambda t: (t["validation"]["mask_miou"], t["validation"]["pixel_agreement"]))
     assert lad["chosen"] == closest["name"] and lad["why"].startswith("no rung passes on the validation split")
     assert rec["path"] == "export/tflite-int8-pixels/model.tflite" and rec["details"]["input"] == "pixels"
-    # pixel input as camera code and MediaPipe feed it: the converter's uint8, ai-edge-quantizer's float32
+    # pixel input as camera code and MediaPipe feed it: the converter's uint8, ai-edge-quantizer's float32; MediaPipe's
+    # ImageSegmenter (the app's client) reads the file and gives LiteRT's masks
     assert rec["details"]["input_dtype"] == ("uint8" if lad["chosen"] == "converter" else "float32")
+    import numpy as np
+
+    from exporters import TARGETS
+    from exporters.tflite import to_pixels
+    from mediapipe_client import category_mask
+
+    from edgeseg.train.checkpoint import load_checkpoint
+
+    pre = load_checkpoint(laddered).preprocess
+    x = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
+    path = laddered / rec["path"]
+    y = TARGETS["tflite"].load(path)(x).argmax(1)
+    pixels = to_pixels(x, pre.mean, pre.std).astype(np.uint8).transpose(0, 2, 3, 1)
+    same = [(category_mask(path, pixels[i])[0] == y[i]).mean() for i in range(2)]
+    assert 100 * np.mean(same) >= 99.9, same
