@@ -77,6 +77,8 @@ def test_default_int8_is_the_ladders_measured_choice(laddered, capsys):
                  "--json", "-q"]) == 0
     conv = json.loads(capsys.readouterr().out)
     assert "ladder" not in conv["details"] and conv["details"]["input_dtype"] == "int8"
+    # the checked file was replaced: its parity no longer vouches for anything (report: not checked, bundle: refused)
+    assert not (laddered / "export" / "tflite-int8" / "parity.json").exists()
     with pytest.raises(SystemExit) as bad:  # argparse's own refusal, exit 2
         main(["export", str(laddered), "--target", "tflite", "--int8-route", "fastest", "-q"])
     assert bad.value.code == 2 and "--int8-route: invalid choice: 'fastest'" in capsys.readouterr().err

@@ -99,11 +99,11 @@ def export_int8(run: Path, input_kind: str = "image", calibration: int = 100, we
     from exporters.tflite_aeq import DEFAULT_FLOAT_TYPES, Int8Quantizer
 
     from edgeseg.core.latency import measure_latency, torch_runner
+    from edgeseg.core.metrics import IGNORE_INDEX
+    from edgeseg.data import open_split
     from edgeseg.quantize.aeq import search_ops
     from edgeseg.quantize.equalize import equalize
-    from edgeseg.data import open_split
     from edgeseg.tasks.semantic.parity import LazySamples
-    from edgeseg.core.metrics import IGNORE_INDEX
     from edgeseg.tasks.semantic.run import cache_dir, calibration_images, export_options
     from edgeseg.train.checkpoint import load_checkpoint
 
@@ -252,6 +252,7 @@ def _write(run: Path, ckpt, which: str, input_kind: str, example: np.ndarray, da
                          + "; output logits [1,H,W,C]", **tensor_types(final)}
     res = {"target": "tflite", "precision": "int8", "path": str(final), "size_bytes": final.stat().st_size,
            "seconds": round(time.time() - t0, 1), "input_shape": list(example.shape), "details": details}
+    (out / "parity.json").unlink(missing_ok=True)  # the replaced file's parity must not vouch for this one
     record = export_record(run, ckpt, which, res)
     write_json(out / "export.json", record)
     return record

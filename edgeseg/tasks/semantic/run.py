@@ -208,6 +208,8 @@ def export_runs(run: Path, pairs: Sequence[tuple[str, str]], calibration: int = 
             if fresh and not any(out.iterdir()):
                 out.rmdir()  # a failed first export leaves no empty export directory behind
             raise ExportError(f"export to {target} {precision} failed: {e}") from None
+        # a new file is unchecked: the parity of the one it replaced must not vouch for it (report, bundle)
+        (out / "parity.json").unlink(missing_ok=True)
         record = export_record(run, ckpt, which, res.to_json())
         write_json(out / "export.json", record)
         log(f"  wrote {res.path} ({res.size_bytes / 1e6:.2f} MB) in {res.seconds:.1f} s")
