@@ -85,19 +85,25 @@ def test_default_int8_is_the_ladders_measured_choice(laddered, capsys):
 
 
 def test_ladder_searches_mixed_precision_when_no_full_int8_passes(laddered, monkeypatch):
-    """A gate no full-int8 file meets (100 % agreement): rung 3 searches float ops from the best ai-edge-quantizer
-    file; nothing reaches 100 %, so the closest file is kept and the record says so."""
+    """A gate no full-int8 file meets (100 % agreement): rung 3 searches float ops from the ai-edge-quantizer file;
+    nothing reaches 100 %, so the closest file is kept and the record says so. The model here cannot be equalized
+    (as one torch.fx cannot trace): the ladder goes on without that candidate and says why."""
+    import edgeseg.quantize.equalize as equalize
     import edgeseg.quantize.ladder as ladder
+    from edgeseg.core.errors import UsageError
     from edgeseg.tasks.semantic.parity import thresholds_for
 
+    def untraceable(*args, **kwargs):
+        raise UsageError("--equalize: Net cannot be traced by torch.fx to find its convolution pairs")
+
     monkeypatch.setattr(ladder, "thresholds_for", lambda p: {**thresholds_for(p), "min_agreement": 100.0})
+    monkeypatch.setattr(equalize, "equalize", untraceable)
     rec = ladder.export_int8(laddered, "pixels", log=lambda s: None, max_float_macs=100.0, max_steps=2)
     lad = rec["details"]["ladder"]
     rungs = {t["name"]: t for t in lad["tried"]}
-    assert not any(t["passed"] for t in lad["tried"])
-    best_aeq = max(("aeq", "aeq-plain"), key=lambda n: (rungs[n]["validation"]["mask_miou"],
-                                                        rungs[n]["validation"]["pixel_agreement"]))
-    mixed = rungs[f"{best_aeq}-mixed"]
+    assert list(rungs) == ["aeq", "converter", "aeq-mixed"] and not any(t["passed"] for t in lad["tried"])
+    assert rungs["aeq"]["equalized_pairs"] == 0 and "cannot be traced" in rungs["aeq"]["not_equalized"]
+    mixed = rungs["aeq-mixed"]
     assert mixed["rung"] == 3 and 1 <= len(mixed["float_ops"]) <= 2 and mixed["float_macs_pct"] is not None
     assert lad["mixed_search"]["needed"] and not lad["mixed_search"]["passed"]
     closest = max(lad["tried"], key=lambda t: (t["validation"]["mask_miou"], t["validation"]["pixel_agreement"]))

@@ -127,7 +127,8 @@ def export_int8(run: Path, input_kind: str = "image", calibration: int = 100, we
     int8_opts = export_options(ckpt, "int8", calib, work, "logits", input_kind)
     thresholds = thresholds_for("int8")
     model = ckpt.build_model(which).eval()
-    reference = memo(torch_runner(model, 2))
+    ref_model, _ = ckpt.reference_model(which)  # as check compares: an ONNX import's original file in onnxruntime
+    reference = memo(torch_runner(ref_model, 2))
     timing_input = np.asarray(calib[0], np.float32)
 
     def converter() -> tuple[bytes, float]:
@@ -188,10 +189,15 @@ def export_int8(run: Path, input_kind: str = "image", calibration: int = 100, we
     try:
         eq_model = copy.deepcopy(model)
         s = time.time()
-        eq = equalize(eq_model, "weights", list(calib[:20]))
+        try:
+            pairs = equalize(eq_model, "weights", list(calib[:20])).pairs
+        except UsageError as e:  # a model torch.fx cannot trace: no equalized candidate, and the record says why
+            pairs, no_eq = [], str(e)
+        else:
+            no_eq = "" if pairs else "no equalizable convolution pair"
         eq_seconds = time.time() - s
-        candidates = [("aeq", eq_model, "equalized-weights")] if eq.pairs else []
-        candidates.append(("aeq-plain" if eq.pairs else "aeq", model, ""))
+        candidates = [("aeq", eq_model, "equalized-weights")] if pairs else []
+        candidates.append(("aeq-plain" if pairs else "aeq", model, ""))
         for name, net, tag in candidates:
             q, seconds = quantizer(net, tag)
             quantizers[name] = q
@@ -199,8 +205,9 @@ def export_int8(run: Path, input_kind: str = "image", calibration: int = 100, we
             what = (f"ai-edge-quantizer full int8 ({'weight-equalized model, ' if tag else ''}min-max ranges, "
                     f"{', '.join(q.float_types) or 'no op type'} kept float)")
             tried.append(measure(name, 1, what, data, seconds + (eq_seconds if tag else 0.0),
-                                 equalized_pairs=len(eq.pairs) if tag else 0,
-                                 float_op_types=list(q.float_types)))
+                                 equalized_pairs=len(pairs) if tag else 0,
+                                 float_op_types=list(q.float_types),
+                                 **({} if tag or not no_eq else {"not_equalized": no_eq})))
         data, seconds = converter()
         tried.append(measure("converter", 1, "TF Lite converter full int8 (min-max ranges, every op int8)", data,
                              seconds))
