@@ -284,20 +284,6 @@ def convert_mixed(sm: Path, calibration: Sequence[np.ndarray], float_tensors: Se
             raise ExporterError(f"mixed-precision conversion failed: {e}\n{log.getvalue()[-1500:]}") from e
 
 
-def float_ops(path: Path) -> list[str]:
-    """Ops of a TFLite file that compute in float32 (their first input is float32), from its op list."""
-    with quiet_native():
-        interp = interpreter(path, 1, xnnpack=False)
-    tensors = {d["index"]: d for d in interp.get_tensor_details()}
-    out = []
-    for op in interp._get_ops_details():
-        ins = [i for i in op["inputs"] if i >= 0]
-        if ins and np.dtype(tensors[ins[0]]["dtype"]) == np.float32 and op["op_name"] not in ("QUANTIZE",
-                                                                                              "DEQUANTIZE"):
-            out.append(op["op_name"])
-    return out
-
-
 def op_signature(path: Path) -> tuple[tuple[str, str], ...]:
     """Every op of a TFLite file as (type, dtype of its first input), in graph order: two files with the same
     signature run the same kernels (weights and scales differ, work does not), so they take the same time."""
@@ -309,6 +295,12 @@ def op_signature(path: Path) -> tuple[tuple[str, str], ...]:
         ins = [i for i in op["inputs"] if i >= 0]
         out.append((op["op_name"], np.dtype(tensors[ins[0]]["dtype"]).name if ins else ""))
     return tuple(out)
+
+
+def float_ops(path: Path) -> list[str]:
+    """Ops of a TFLite file that compute in float32 (their first input is float32), from its op list."""
+    return [name for name, dtype in op_signature(path)
+            if dtype == "float32" and name not in ("QUANTIZE", "DEQUANTIZE")]
 
 
 def model_info(options: ExportOptions) -> tflite_metadata.ModelInfo:

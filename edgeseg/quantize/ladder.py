@@ -99,12 +99,11 @@ def export_int8(run: Path, input_kind: str = "image", calibration: int = 100, we
     from exporters.tflite_aeq import DEFAULT_FLOAT_TYPES, Int8Quantizer
 
     from edgeseg.core.latency import measure_latency, torch_runner
-    from edgeseg.core.metrics import IGNORE_INDEX
     from edgeseg.data import open_split
     from edgeseg.quantize.aeq import search_ops
     from edgeseg.quantize.equalize import equalize
     from edgeseg.tasks.semantic.parity import LazySamples
-    from edgeseg.tasks.semantic.run import cache_dir, calibration_images, export_options
+    from edgeseg.tasks.semantic.run import cache_dir, calibration_images, export_options, has_labels, keep_if_fits
     from edgeseg.train.checkpoint import load_checkpoint
 
     if not 0 < max_float_macs <= 100:
@@ -149,10 +148,10 @@ def export_int8(run: Path, input_kind: str = "image", calibration: int = 100, we
     info = model_info(int8_opts)
     try:
         ds = open_split(ckpt.config.data, "val", ckpt.config.image_size)
-        kept = LazySamples(ds, len(ds), pre.image, pre.mask).kept()
-        val = ([kept.images[i] for i in range(kept.count)], [kept.masks[i] for i in range(kept.count)])
-        labels = [kept.labels[i] for i in range(kept.count)]
-        if not any((m != IGNORE_INDEX).any() and (m >= 0).any() for m in val[1]):
+        # every candidate and search step compares on them: kept in memory when they fit, else streamed as check does
+        samples = keep_if_fits(LazySamples(ds, len(ds), pre.image, pre.mask), pre)
+        val, labels = (samples.images, samples.masks), samples.labels
+        if not has_labels(val[1]):
             raise DataError(f"the val split of '{ckpt.config.data}' has no labelled images")
     except DataError as e:
         log(f"int8 ladder: {e}; writing the TF Lite converter's full int8 unmeasured")

@@ -84,6 +84,21 @@ def calibration_images(ckpt: Checkpoint, count: int) -> CalibrationImages:
     return CalibrationImages([ckpt.preprocess.resize_image(ds[int(i)][0]) for i in idx], ckpt.preprocess)
 
 
+def has_labels(masks: Sequence[np.ndarray]) -> bool:
+    """Whether any of ``masks`` has a labelled pixel (neither the ignore index nor negative)."""
+    from edgeseg.core.metrics import IGNORE_INDEX
+
+    return any((m != IGNORE_INDEX).any() and (m >= 0).any() for m in masks)
+
+
+def keep_if_fits(samples: LazySamples, preprocess) -> LazySamples:
+    """``samples`` read once and kept in memory when they fit :data:`KEEP_SAMPLES_BYTES` (image + mask + label per
+    sample), for several comparisons in one process; else the same samples, streamed again for each."""
+    if samples.count * preprocess.height * preprocess.width * 3 * 4 * 2 <= KEEP_SAMPLES_BYTES:
+        return samples.kept()
+    return samples
+
+
 def labelled_split(ckpt, split: str, limit: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Preprocessed images and masks of ``split``; an error when it has none with labels."""
     ds = open_split(ckpt.config.data, split, ckpt.config.image_size)
@@ -94,10 +109,7 @@ def labelled_split(ckpt, split: str, limit: int | None = None) -> tuple[list[np.
         mask = ckpt.preprocess.mask(m)
         images.append(ckpt.preprocess.image(img))
         masks.append(mask)
-    from edgeseg.core.metrics import IGNORE_INDEX
-
-    ignore = IGNORE_INDEX
-    if not masks or not any((m != ignore).any() and (m >= 0).any() for m in masks):
+    if not has_labels(masks):
         raise DataError(f"the {split} split of '{ckpt.config.data}' has no labelled images; quantization needs "
                         f"labelled {split} images (the {'search and accuracy control' if split == 'val' else 'check'} "
                         f"measure masks against them)")
@@ -306,9 +318,8 @@ def check_runs(run: Path, pairs: Sequence[tuple[str, str]], min_agreement: float
                                  f"{ckpt.num_classes}")
             n = len(test) if limit is None else min(limit, len(test))
             samples = LazySamples(test, n, ckpt.preprocess.image, ckpt.preprocess.mask)  # streamed: bounded memory
-            # several exports: read once and keep, when it fits (image + mask + label per test image)
-            if len(found) > 1 and n * ckpt.preprocess.height * ckpt.preprocess.width * 3 * 4 * 2 <= KEEP_SAMPLES_BYTES:
-                samples = samples.kept()
+            if len(found) > 1:  # several exports: read once and keep, when it fits
+                samples = keep_if_fits(samples, ckpt.preprocess)
         which = rec.get("weights", "raw")
         if which not in references:
             ref_model, ref_name = ckpt.reference_model(which)
