@@ -4,6 +4,7 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN = $(VENV)/bin
+ONNX2TF = onnx2tf==2.6.9
 
 .PHONY: install quickstart test bench clean
 install: $(VENV)/.installed
@@ -12,6 +13,9 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "edgeseg needs $(PYTHON) (set PYTHON=...)"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[all,dev]"
+	# onnx2tf 2.x writes .tflite without TensorFlow; its metadata pins other versions and Python >= 3.12, its code
+	# runs on the locked set under 3.11 (docs/stack.md), so it goes in alone, its imports listed in pyproject.toml
+	$(BIN)/python -m pip install --quiet --no-deps --ignore-requires-python $(ONNX2TF)
 	$(BIN)/python -c "from exporters.nncf_tools import build_extensions; build_extensions()"
 	touch $@
 

@@ -1,15 +1,18 @@
-"""Export speed: edgeseg's one-call export vs the converter CLI users would otherwise run, on the same model.
+"""Export speed: edgeseg's one-call export against its floor, on the same model, in cold processes.
 
-For each input size (default 256 and 512 px), on torchvision's LR-ASPP MobileNetV3-Large (random weights, 11
-classes: conversion speed does not depend on the weights):
+For each input size (default 256 and 512 px), on torchvision's LR-ASPP MobileNetV3-Large (random weights, 5
+classes: conversion speed does not depend on the weights; the synthetic dataset's validation split for the ladder):
 
 * edgeseg: ``edgeseg export RUN --target tflite,coreml:fp16 --precision fp32,fp16,int8`` -- every TFLite precision
-  and Core ML fp16 in one process, cold cache (wall time and peak RSS of that process);
-* ``onnx2tf -i model.onnx -oiqt`` on the ONNX file edgeseg exports of the same model (what it writes: float32,
-  float16, dynamic-range, integer and full-integer variants), with the sample-data file it would otherwise
-  download already in its working directory;
-* the litert-torch direct route (PyTorch -> TFLite, no ONNX or SavedModel) for fp32 with the same NHWC contract:
-  conversion time, agreement with PyTorch and its latency;
+  and Core ML fp16 in one process, cold cache (wall time and peak RSS of that process), twice: with the default int8
+  (the ladder: its candidates made *and checked on the validation split*) and with ``--int8-route direct`` (the
+  conversions alone);
+* the floor: a cold process that imports torch, builds the run's model and writes its ONNX file (what any
+  ONNX-based route pays before converting);
+* onnx2tf 1.x ``-oiqt`` (the TensorFlow route edgeseg used before): measured when an ``onnx2tf`` 1.x and TensorFlow
+  are importable, else reported as not run (edgeseg's install has neither since TFLite left TensorFlow);
+* the litert-torch direct route (PyTorch -> TFLite, no ONNX) for fp32 with the same NHWC contract: conversion time,
+  agreement with PyTorch and its latency;
 * latency (LiteRT + XNNPACK vs onnxruntime, 2 threads, batch 1) of the TFLite fp32 file and the ONNX file.
 
     python benchmarks/export_speed.py [--sizes 256 512] [--runs 30] [--json]
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -78,34 +82,66 @@ def litert_direct(ck, x: np.ndarray, runs: int) -> dict:
             "max_abs_diff": float(np.abs(y - r).max()), "latency_ms": round(lat["median_ms"], 2)}
 
 
+FLOOR = """
+import sys, time
+t0 = time.perf_counter()
+import numpy as np
+from edgeseg.train.checkpoint import load_checkpoint
+from exporters.onnx import write_onnx
+ck = load_checkpoint(sys.argv[1])
+pre = ck.preprocess
+write_onnx(ck.build_model("auto").eval(), np.zeros((1, 3, pre.height, pre.width), np.float32), sys.argv[2])
+"""
+
+
+def onnx2tf_v1(onnx_file: Path, scratch: Path) -> dict:
+    """``onnx2tf -oiqt`` of onnx2tf 1.x with TensorFlow, where both are importable; else why not."""
+    import importlib.metadata as md
+
+    try:
+        version = md.version("onnx2tf")
+        md.version("tensorflow")
+    except md.PackageNotFoundError as e:
+        return {"error": f"not run: {e.name} is not installed (edgeseg's TFLite route needs no TensorFlow)"}
+    if not version.startswith("1."):
+        return {"error": f"not run: onnx2tf {version} is installed; -oiqt with TensorFlow is onnx2tf 1.x's"}
+    scratch.mkdir()
+    (scratch / "model.onnx").write_bytes(onnx_file.read_bytes())
+    np.save(scratch / "calibration_image_sample_data_20x128x128x3_float32.npy",
+            np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))  # else it downloads one
+    cli = Path(sys.executable).with_name("onnx2tf")
+    wall, rss, code, _ = timed([str(cli), "-i", "model.onnx", "-o", "out", "-oiqt"], scratch)
+    return {"seconds": round(wall, 1), "rss_gb": round(rss, 2), "exit": code,
+            "files": sorted(p.name for p in (scratch / "out").glob("*.tflite"))}
+
+
 def one_size(size: int, runs: int, work: Path) -> dict:
     from edgeseg.core.latency import measure_latency
     from edgeseg.steps.importer import import_model
-    from edgeseg.tasks.semantic.run import calibration_images
     from edgeseg.train.checkpoint import load_checkpoint
     from exporters.onnx import OnnxRunner
-    from exporters.tflite import ONNX2TF_SAMPLE, TFLiteRunner, _onnx2tf_sample
+    from exporters.tflite import TFLiteRunner
 
     run = work / f"lraspp{size}"
     import_model(run, "torchvision:lraspp_mobilenet_v3_large", data="synthetic", num_classes=5, image_size=size,
                  log=lambda s: None)
     ck = load_checkpoint(run)
-    edgeseg = [sys.executable, "-m", "edgeseg", "export", str(run), "--target", "tflite,coreml:fp16",
-               "--precision", "fp32,fp16,int8", "-q"]
-    wall, rss, code, out = timed(edgeseg)
+    row: dict = {"size": size}
+    for key, extra in (("edgeseg", []), ("edgeseg_direct", ["--int8-route", "direct"])):
+        shutil.rmtree(run / "export", ignore_errors=True)
+        wall, rss, code, out = timed([sys.executable, "-m", "edgeseg", "export", str(run), "--target",
+                                      "tflite,coreml:fp16", "--precision", "fp32,fp16,int8", *extra, "-q"])
+        if code != 0:
+            raise SystemExit(f"edgeseg export failed:\n{out}")
+        row[f"{key}_s"], row[f"{key}_rss_gb"] = round(wall, 1), round(rss, 2)
+    wall, rss, code, out = timed([sys.executable, "-c", FLOOR, str(run), str(work / f"floor{size}.onnx")])
     if code != 0:
-        raise SystemExit(f"edgeseg export failed:\n{out}")
-    # the same model as ONNX, for onnx2tf and onnxruntime (not timed)
+        raise SystemExit(f"floor failed:\n{out}")
+    row["floor_s"], row["floor_rss_gb"] = round(wall, 1), round(rss, 2)
+    # the same model as ONNX, for onnxruntime (not timed)
     subprocess.run([sys.executable, "-m", "edgeseg", "export", str(run), "--target", "onnx", "-q"], check=True)
     onnx_file = run / "export" / "onnx-fp32" / "model.onnx"
-    scratch = work / f"onnx2tf{size}"
-    scratch.mkdir()
-    (scratch / "model.onnx").write_bytes(onnx_file.read_bytes())
-    pre = ck.preprocess
-    np.save(scratch / ONNX2TF_SAMPLE, _onnx2tf_sample(calibration_images(ck, 20), pre.mean, pre.std))
-    cli = Path(sys.executable).with_name("onnx2tf")
-    o_wall, o_rss, o_code, o_out = timed([str(cli), "-i", "model.onnx", "-o", "out", "-oiqt"], scratch)
-    written = sorted(p.name for p in (scratch / "out").glob("*.tflite"))
+    row["onnx2tf_v1"] = onnx2tf_v1(onnx_file, work / f"onnx2tf{size}")
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     tfl = measure_latency(TFLiteRunner(run / "export" / "tflite-fp32" / "model.tflite", threads=2), x, runs, 5)
     ort = measure_latency(OnnxRunner(onnx_file, threads=2), x, runs, 5)
@@ -113,12 +149,11 @@ def one_size(size: int, runs: int, work: Path) -> dict:
         direct = litert_direct(ck, x, runs)
     except Exception as e:  # noqa: BLE001 - report the route's failure as a figure, not a crash
         direct = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
-    return {"size": size, "edgeseg_s": round(wall, 1), "edgeseg_rss_gb": round(rss, 2),
-            "edgeseg_files": ["tflite fp32", "tflite fp16", "tflite int8", "coreml fp16"],
-            "onnx2tf_s": round(o_wall, 1), "onnx2tf_rss_gb": round(o_rss, 2), "onnx2tf_exit": o_code,
-            "onnx2tf_files": written, "speedup": round(o_wall / wall, 2),
-            "tflite_fp32_ms": round(tfl["median_ms"], 2), "onnxruntime_ms": round(ort["median_ms"], 2),
-            "latency_ratio": round(tfl["median_ms"] / ort["median_ms"], 2), "litert_direct": direct}
+    row.update({"edgeseg_files": ["tflite fp32", "tflite fp16", "tflite int8", "coreml fp16"],
+                "vs_floor": round(row["edgeseg_direct_s"] / row["floor_s"], 2),
+                "tflite_fp32_ms": round(tfl["median_ms"], 2), "onnxruntime_ms": round(ort["median_ms"], 2),
+                "latency_ratio": round(tfl["median_ms"] / ort["median_ms"], 2), "litert_direct": direct})
+    return row
 
 
 def main() -> int:
@@ -139,17 +174,18 @@ def main() -> int:
         print(json.dumps({"hardware": hw, "rows": rows}, indent=2))
         return 0
     print(f"LR-ASPP MobileNetV3-L, {hw['cpu']} ({hw['cores']} cores)")
-    print("| px | edgeseg 3 TFLite + Core ML fp16, one call | onnx2tf -oiqt | speed ratio | peak RSS edgeseg / onnx2tf "
+    print("| px | edgeseg 3 TFLite + Core ML fp16, one call: default (int8 ladder) / --int8-route direct | floor "
+          "(torch + ONNX export) | direct / floor | peak RSS default / direct / floor | onnx2tf 1.x -oiqt "
           "| TFLite fp32 / onnxruntime ms | litert-torch direct fp32 |")
-    print("|---:|---:|---:|---:|---:|---:|---|")
+    print("|---:|---:|---:|---:|---:|---|---:|---|")
     for r in rows:
-        dct = r["litert_direct"]
+        dct, v1 = r["litert_direct"], r["onnx2tf_v1"]
         direct = dct.get("error") or (f"{dct['seconds']} s, {dct['agreement_pct']} % agreement, "
                                       f"max |Δ| {dct['max_abs_diff']:.2g}, {dct['latency_ms']} ms")
-        print(f"| {r['size']} | {r['edgeseg_s']} s | {r['onnx2tf_s']} s ({len(r['onnx2tf_files'])} files"
-              f"{'' if r['onnx2tf_exit'] == 0 else ', exit ' + str(r['onnx2tf_exit'])}) | {r['speedup']}x | "
-              f"{r['edgeseg_rss_gb']} / {r['onnx2tf_rss_gb']} GB | {r['tflite_fp32_ms']} / {r['onnxruntime_ms']} "
-              f"({r['latency_ratio']}x) | {direct} |")
+        old = v1.get("error") or f"{v1['seconds']} s, {v1['rss_gb']} GB ({len(v1['files'])} files, exit {v1['exit']})"
+        print(f"| {r['size']} | {r['edgeseg_s']} s / {r['edgeseg_direct_s']} s | {r['floor_s']} s | "
+              f"{r['vs_floor']}x | {r['edgeseg_rss_gb']} / {r['edgeseg_direct_rss_gb']} / {r['floor_rss_gb']} GB | "
+              f"{old} | {r['tflite_fp32_ms']} / {r['onnxruntime_ms']} ({r['latency_ratio']}x) | {direct} |")
     return 0
 
 

@@ -1,19 +1,19 @@
-"""Import TensorFlow safely, and keep its start-up noise out of the user's terminal.
+"""Keep converters' native start-up noise out of the user's terminal, and import triton early.
 
-With tensorflow 2.21 and torch 2.14's triton 3.8 in one process, importing TensorFlow BEFORE triton
-crashes the interpreter (SIGSEGV inside triton's bundled LLVM; see STACK.md). torch.export, the ONNX
-dynamo exporter and coremltools all import TensorFlow or triton indirectly, so every TensorFlow import
-in this package goes through :func:`import_tensorflow`, which imports torch and triton first.
+edgeseg's default install has no TensorFlow (TFLite files come from onnx2tf 2.x and ai-edge-quantizer). A user's
+environment may still hold one, and some packages import it when it is there (coremltools, mediapipe): with
+tensorflow 2.21 and torch 2.14's triton 3.8 in one process, importing TensorFlow BEFORE triton crashes the
+interpreter (SIGSEGV inside triton's bundled LLVM; see STACK.md), so modules that may pull it in call
+:func:`preload_triton` first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import os
 import sys
-from typing import Any, Iterator
+from typing import Iterator
 
 
 def preload_triton() -> None:
@@ -24,16 +24,6 @@ def preload_triton() -> None:
         return
     with contextlib.suppress(ImportError):
         import triton  # noqa: F401
-
-
-def import_tensorflow() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    preload_triton()
-    with quiet_native():
-        import tensorflow as tf
-    tf.get_logger().setLevel(logging.ERROR)
-    return tf
 
 
 @contextlib.contextmanager

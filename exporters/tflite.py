@@ -1,23 +1,20 @@
-"""TFLite target: PyTorch -> ONNX -> TF SavedModel (onnx2tf) -> TF Lite converter; run with LiteRT.
+"""TFLite target: PyTorch -> ONNX -> fp32 .tflite (onnx2tf 2.x, no TensorFlow) -> ai-edge-quantizer; run with LiteRT.
 
-* onnx2tf turns the NCHW ONNX graph into an NHWC TensorFlow SavedModel (input ``[1, H, W, 3]``).
-  That SavedModel is cached in ``options.work_dir`` and shared by every precision, because the
-  onnx2tf step is the slow one and the TF Lite converter re-quantizes it in seconds.
-* fp32: plain conversion. fp16: float16 weights (``supported_types=[tf.float16]``), computed in
-  float32 by XNNPACK on CPUs. int8: full-integer quantization (``TFLITE_BUILTINS_INT8``, int8 input
-  and output) calibrated on the representative images the caller passes.
-* ``output="argmax"``: the same SavedModel's logits followed by ``ARG_MAX`` and ``CAST`` to uint8, so an app
-  reads the [1, H, W] class map directly (int8 models compute the argmax on int8 logits).
+* onnx2tf (2.x, its ``flatbuffer_direct`` backend) turns the NCHW ONNX graph into an NHWC float32 ``.tflite``
+  (input ``[1, H, W, 3]``) in seconds and imports no TensorFlow. That float file is cached in ``options.work_dir``
+  (per input and output kind) and every precision is made from it by ai-edge-quantizer (:mod:`exporters.tflite_aeq`).
+* fp32: the float file. fp16: its weights as float16 (``FLOAT_CASTING``), computed in float32 by XNNPACK on CPUs.
+  int8: full-integer, from activation ranges calibrated on the representative images the caller passes (min-max;
+  per-channel int8 weights), ``HARD_SWISH`` kept float (LiteRT's int8 hard-swish leaves XNNPACK's fast path:
+  :data:`exporters.tflite_aeq.DEFAULT_FLOAT_TYPES`); int8 input (uint8 for pixel input) and int8 output.
+* ``output="argmax"``: the model's logits followed by an argmax over classes cast to uint8 in the graph
+  (``ARG_MAX`` + ``CAST``), so an app reads the [1, H, W] class map directly.
 * ``input="pixels"``: the normalization moves into the graph, so the model takes RGB pixel values 0-255 as a
   camera frame holds them (float32; uint8 for int8 models, whose input quantization is then exactly scale 1,
   zero point 0). This is what MediaPipe Tasks and most Android code expect. ``input="image"`` (the default)
   takes the normalized float tensor (int8 models: int8 input with the stored scale/zero point).
 * Every file carries TFLite metadata (:mod:`exporters.tflite_metadata`): normalization, labels, and an
   ``edgeseg`` entry the runner reads to feed the model correctly.
-* onnx2tf runs a check inference on a sample file it downloads when the input looks like an image
-  (``calibration_image_sample_data_20x128x128x3_float32.npy``), even offline; we run it in a
-  temporary working directory that already holds such a file, built from the caller's calibration
-  images, so nothing is fetched.
 
 The Runner takes NCHW float32 (normalized) input and returns NCHW float32 logits; it transposes to
 and from NHWC and (de)quantizes int8 tensors with the scale/zero-point stored in the model.
@@ -26,25 +23,23 @@ and from NHWC and (de)quantizes int8 tensors with the scale/zero-point stored in
 from __future__ import annotations
 
 import contextlib
-import io
-import itertools
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 
 from exporters import tflite_metadata
 from exporters.atomic import atomic_path
-from exporters.native import import_tensorflow, quiet_native
-from exporters.base import (ExporterError, ExportOptions, ExportResult, Target, batches, check_precision, iter_batches,
-                            path_size)
+from exporters.native import preload_triton, quiet_native
+from exporters.base import ExporterError, ExportOptions, ExportResult, Target, batches, check_precision, path_size
 from exporters.tflite_litert import PRECISIONS as GRAPH_PRECISIONS
 
-ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+CONVERTER = "onnx2tf (flatbuffer_direct)"
 
 
 @contextlib.contextmanager
@@ -55,22 +50,6 @@ def _in_dir(path: Path) -> Iterator[None]:
         yield
     finally:
         os.chdir(old)
-
-
-def _onnx2tf_sample(calibration: Sequence[np.ndarray], mean, std) -> np.ndarray:
-    """20x128x128x3 images in [0, 1] from the calibration set (onnx2tf's check-inference input)."""
-    import torch
-    import torch.nn.functional as F
-
-    imgs = list(itertools.islice(iter_batches(calibration), 20))
-    if not imgs:
-        return np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32)
-    x = torch.from_numpy(np.concatenate(imgs))
-    x = x * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
-    x = F.interpolate(x, size=(128, 128), mode="bilinear", align_corners=False).clamp(0, 1)
-    x = x.permute(0, 2, 3, 1).numpy().astype(np.float32)
-    reps = int(np.ceil(20 / len(x)))
-    return np.concatenate([x] * reps)[:20]
 
 
 def _pixel_input(model, mean, std):
@@ -97,191 +76,81 @@ def to_pixels(x: np.ndarray, mean, std) -> np.ndarray:
     return np.clip(np.round((np.asarray(x, np.float32) * s + m) * 255.0), 0, 255).astype(np.float32)
 
 
-def saved_model(model, example: np.ndarray, options: ExportOptions) -> tuple[Path, float]:
-    """Return the NHWC SavedModel directory for ``model`` (converted once per input kind, cached in work_dir)."""
+def _class_map(model):
+    """``model`` followed by an argmax over classes, cast to uint8: the [N, H, W] class map an app reads."""
+    import torch
+
+    class ClassMap(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x).argmax(1).to(torch.uint8)
+
+    return ClassMap(model).eval()
+
+
+def float_file(model, example: np.ndarray, options: ExportOptions) -> tuple[Path, float]:
+    """The NHWC float32 ``.tflite`` of ``model`` for ``options.input`` / ``options.output`` (onnx2tf 2.x, no
+    TensorFlow), converted once and cached in ``options.work_dir``; returns (path, seconds spent converting)."""
     from exporters.onnx import constants_as_initializers, fold_constants, write_onnx
 
-    work = Path(options.work_dir) if options.work_dir else Path(tempfile.mkdtemp(prefix="edgeseg-tf-"))
-    pixels = options.input == "pixels"
+    work = Path(options.work_dir) if options.work_dir else Path(tempfile.mkdtemp(prefix="edgeseg-tflite-"))
     # absolute: onnx2tf runs in a scratch working directory
-    sm = work.resolve() / ("tf_savedmodel-pixels" if pixels else "tf_savedmodel")
-    if pixels:
+    path = work.resolve() / f"float32-{options.input}-{options.output}.tflite"
+    if options.input == "pixels":
         model = _pixel_input(model, options.normalization.mean, options.normalization.std)
         example = np.full_like(example, 128.0)
-    if (sm / "saved_model.pb").exists():
-        return sm, 0.0
+    if options.output == "argmax":
+        model = _class_map(model)
+    if path.exists():
+        return path, 0.0
     t0 = time.time()
-    tf = import_tensorflow()
-    import onnx2tf
-
-    # Keras numbers layer names per process (model_2/convolution_44...): start from zero so that the same model
-    # converts to the same tensor names, and so the same bytes, whatever was converted before in this process
-    tf.keras.backend.clear_session()
-    with contextlib.suppress(ImportError):
-        import tf_keras
-
-        tf_keras.backend.clear_session()
-
-    with atomic_path(sm) as tmp, tempfile.TemporaryDirectory(prefix="edgeseg-onnx2tf-") as scratch:
+    preload_triton()
+    try:
+        import onnx2tf
+    except ImportError as e:
+        raise ExporterError(f"TFLite export needs onnx2tf 2.x ({e}); run `make install` (it installs onnx2tf "
+                            f"without its exact pins, docs/stack.md)") from None
+    with atomic_path(path) as tmp, tempfile.TemporaryDirectory(prefix="edgeseg-onnx2tf-") as scratch:
         scratch = Path(scratch)
         onnx_path = scratch / "model.onnx"
         write_onnx(model, example, onnx_path)
         constants_as_initializers(onnx_path)
         fold_constants(onnx_path)
-        np.save(scratch / ONNX2TF_SAMPLE, _onnx2tf_sample(options.calibration, options.normalization.mean,
-                                                          options.normalization.std))
-        with _in_dir(scratch), quiet_native() as log, _stop_after_saved_model(tf):
+        with _in_dir(scratch), quiet_native() as log:
             try:
-                onnx2tf.convert(input_onnx_file_path=str(onnx_path), output_folder_path=str(tmp),
-                                output_signaturedefs=True, copy_onnx_input_output_names_to_tflite=True,
-                                non_verbose=True, verbosity="error")
-            except _SavedModelWritten:
-                pass
+                onnx2tf.convert(input_onnx_file_path=str(onnx_path), output_folder_path=str(scratch / "out"),
+                                tflite_backend="flatbuffer_direct", copy_onnx_input_output_names_to_tflite=True,
+                                output_signaturedefs=True, non_verbose=True, verbosity="error")
             except BaseException as e:  # onnx2tf calls sys.exit on some failures
                 raise ExporterError(f"onnx2tf could not convert the model: {e!r}\n{log.getvalue()[-2000:]}") from e
-        if not (tmp / "saved_model.pb").exists():  # onnx2tf logs a failed SavedModel write and goes on
-            raise ExporterError(f"onnx2tf wrote no SavedModel:\n{log.getvalue()[-2000:]}")
-        for f in tmp.glob("*.tflite"):  # in case an onnx2tf version writes float files before its SavedModel
-            f.unlink()
-    return sm, time.time() - t0
+        produced = scratch / "out" / "model_float32.tflite"
+        if not produced.exists():
+            raise ExporterError(f"onnx2tf wrote no float32 .tflite:\n{log.getvalue()[-2000:]}")
+        shutil.move(produced, tmp)
+    return path, time.time() - t0
 
 
-class _SavedModelWritten(Exception):
-    """Raised inside onnx2tf once its SavedModel is on disk (see :func:`_stop_after_saved_model`)."""
+def _convert(path: Path, options: ExportOptions) -> tuple[bytes, int]:
+    """The file at ``options.precision`` from the float file at ``path``, and the number of calibration images
+    the int8 ranges came from (else 0)."""
+    from exporters.tflite_aeq import DEFAULT_FLOAT_TYPES, Int8Quantizer, fp16_weights
 
-
-@contextlib.contextmanager
-def _stop_after_saved_model(tf) -> Iterator[None]:
-    """End ``onnx2tf.convert`` where it starts its own TF Lite conversions.
-
-    onnx2tf always converts its SavedModel to float32 and float16 .tflite files itself (no option turns that
-    off), right after writing the SavedModel; edgeseg converts the SavedModel with its own settings and
-    metadata, so those two conversions were thrown away: 3-12 s per model (measured, see docs/export-and-parity.md). The first
-    ``TFLiteConverter.from_concrete_functions`` call raises, which unwinds out of ``convert``.
-    """
-    cls = tf.lite.TFLiteConverter
-    original = cls.__dict__["from_concrete_functions"]
-
-    def stop(*args, **kwargs):
-        raise _SavedModelWritten
-
-    cls.from_concrete_functions = stop
-    try:
-        yield
-    finally:
-        cls.from_concrete_functions = original
-
-
-def _argmax_converter(tf, sm: Path):
-    """A converter for the SavedModel's logits followed by an in-graph argmax over classes, cast to uint8:
-    the app gets the class map directly (``ARG_MAX`` + ``CAST``, both TFLite builtins)."""
-    loaded = tf.saved_model.load(str(sm))
-    sig = loaded.signatures["serving_default"]
-    (name, spec), = sig.structured_input_signature[1].items()
-
-    @tf.function(input_signature=[tf.TensorSpec(spec.shape, tf.float32, name=name)])
-    def classes(image):
-        logits = list(sig(**{name: image}).values())[0]
-        return {"classes": tf.cast(tf.argmax(logits, axis=-1, output_type=tf.int32), tf.uint8)}
-
-    return tf.lite.TFLiteConverter.from_concrete_functions([classes.get_concrete_function()], loaded)
-
-
-def _convert(sm: Path, options: ExportOptions) -> tuple[bytes, int]:
-    """The TFLite file and the number of calibration images the converter was fed (int8; else 0)."""
-    tf = import_tensorflow()
-    fed = 0
-    if options.output == "argmax":
-        conv = _argmax_converter(tf, sm)
-    else:
-        conv = tf.lite.TFLiteConverter.from_saved_model(str(sm))
+    data = path.read_bytes()
+    if options.precision == "fp32":
+        return data, 0
     if options.precision == "fp16":
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.target_spec.supported_types = [tf.float16]
-    elif options.precision == "int8":
-        if not len(options.calibration):
-            raise ExporterError("int8 TFLite needs calibration images; none were given")
-
-        def representative():  # one image at a time: the calibration set is never copied whole
-            nonlocal fed
-            for k, s in enumerate(iter_batches(options.calibration)):
-                if options.input == "pixels":
-                    s = to_pixels(s, options.normalization.mean, options.normalization.std)
-                    if k == 0:  # one black and one white pixel make the input range exactly 0-255, so the
-                        # uint8 input's quantization is scale 1, zero point 0: the app feeds camera bytes unchanged
-                        s[0, :, 0, 0], s[0, :, 0, 1] = 0.0, 255.0
-                fed += 1
-                yield [np.ascontiguousarray(s.transpose(0, 2, 3, 1))]
-
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = representative
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        conv.inference_input_type = tf.uint8 if options.input == "pixels" else tf.int8
-        if options.output != "argmax":  # a class map is already uint8
-            conv.inference_output_type = tf.int8
-    with quiet_native() as log:
-        try:
-            return conv.convert(), fed
-        except Exception as e:  # noqa: BLE001 - the converter raises ConverterError and friends
-            raise ExporterError(f"TF Lite converter failed ({options.precision}): {e}\n{log.getvalue()[-2000:]}") from e
-
-
-def _debug_converter(tf, sm: Path, calibration: Sequence[np.ndarray]):
-    samples = batches(calibration)
+        return fp16_weights(data), 0
+    samples = batches(options.calibration)
     if not samples:
-        raise ExporterError("mixed-precision TFLite needs calibration images; none were given")
-
-    def representative():
-        for s in samples:
-            yield [np.ascontiguousarray(s.transpose(0, 2, 3, 1))]
-
-    conv = tf.lite.TFLiteConverter.from_saved_model(str(sm))
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = representative
-    # float kernels allowed beside int8 ones: the layers kept in float need them
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-    return conv, representative
-
-
-def layer_sensitivity(sm: Path, calibration: Sequence[np.ndarray]) -> list[dict[str, object]]:
-    """Each quantized layer's error on the calibration images, most sensitive first: the TF Lite quantization
-    debugger compares every int8 op output with its float counterpart; sensitivity = RMSE / quantization scale
-    (the error in quantization steps, comparable across layers)."""
-    import csv
-
-    tf = import_tensorflow()
-    conv, rep = _debug_converter(tf, sm, calibration)
-    with quiet_native() as log:
-        try:
-            debugger = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=rep)
-            debugger.run()
-        except Exception as e:  # noqa: BLE001
-            raise ExporterError(f"TF Lite quantization debugger failed: {e}\n{log.getvalue()[-1500:]}") from e
-    buf = io.StringIO()
-    debugger.layer_statistics_dump(buf)
-    rows = []
-    for r in csv.DictReader(io.StringIO(buf.getvalue())):
-        scale = float(r["scale"] or 0)
-        if scale <= 0:
-            continue
-        rows.append({"op": r["op_name"], "tensor": r["tensor_name"],
-                     "sensitivity": round(float(r["mean_squared_error"]) ** 0.5 / scale, 5)})
-    return sorted(rows, key=lambda r: -float(r["sensitivity"]))  # type: ignore[arg-type]
-
-
-def convert_mixed(sm: Path, calibration: Sequence[np.ndarray], float_tensors: Sequence[str]) -> bytes:
-    """int8 TFLite with the ops producing ``float_tensors`` kept in float (selective quantization: the debugger's
-    denylist); float32 input and output."""
-    tf = import_tensorflow()
-    conv, rep = _debug_converter(tf, sm, calibration)
-    with quiet_native() as log:
-        try:
-            options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(float_tensors))
-            debugger = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=rep,
-                                                                 debug_options=options)
-            return debugger.get_nondebug_quantized_model()
-        except Exception as e:  # noqa: BLE001
-            raise ExporterError(f"mixed-precision conversion failed: {e}\n{log.getvalue()[-1500:]}") from e
+        raise ExporterError("int8 TFLite needs calibration images; none were given")
+    pixels = options.input == "pixels"
+    if pixels:
+        samples = [to_pixels(s, options.normalization.mean, options.normalization.std) for s in samples]
+    q = Int8Quantizer(data, samples, "minmax", DEFAULT_FLOAT_TYPES, input_type="uint8" if pixels else "int8")
+    return q.quantize(), q.calibration_images
 
 
 def op_signature(path: Path) -> tuple[tuple[str, str], ...]:
@@ -355,14 +224,14 @@ def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) ->
     if options.input not in ("image", "pixels"):
         raise ExporterError(f"target 'tflite' has no input kind '{options.input}' (image or pixels)")
     t0 = time.time()
-    sm, sm_seconds = saved_model(model, example, options)
-    data, fed = _convert(sm, options)
+    float_path, float_seconds = float_file(model, example, options)
+    data, fed = _convert(float_path, options)
     data = tflite_metadata.populate(data, model_info(options))
     final = Path(out_dir) / "model.tflite"
     with atomic_path(final) as tmp:
         tmp.write_bytes(data)
-    details = {"converter": "onnx2tf + TF Lite converter", "onnx2tf_seconds": round(sm_seconds, 2),
-               "calibration_images": fed,
+    details = {"converter": CONVERTER if options.precision == "fp32" else CONVERTER + " + ai-edge-quantizer",
+               "onnx2tf_seconds": round(float_seconds, 2), "calibration_images": fed,
                "output": options.output, "input": options.input,
                "layout": "NHWC input [1,H,W,3] " + ("RGB pixels 0-255" if options.input == "pixels" else
                                                     "normalized") + "; output " + ("class map [1,H,W] uint8" if options.output == "argmax"
@@ -449,5 +318,5 @@ def can_run() -> tuple[bool, str]:
 
 
 TARGET = Target(name="tflite", suffix=".tflite", precisions=("fp32", "fp16", "int8"), default_precision="fp32",
-                requires=("tensorflow", "onnx2tf", "ai_edge_litert", "onnx"), export=export, load=load,
+                requires=("onnx2tf", "ai_edge_quantizer", "ai_edge_litert", "onnx"), export=export, load=load,
                 can_run=can_run, graph_precisions=GRAPH_PRECISIONS)

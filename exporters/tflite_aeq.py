@@ -12,10 +12,12 @@ against the converter's 98.29 % / 0.833, with the same file size.
   quantization's mean squared error; ``percentile``: the mean over the calibration images of each image's
   0.01th / 99.99th percentile of every activation tensor (NNCF's MEAN_QUANTILE rule), measured by running the
   float file in LiteRT with every tensor kept — outliers no longer stretch the int8 grid).
-* The file's input and output are int8 (ai-edge-quantizer quantizes the graph's INPUT and OUTPUT too), as the TF
-  Lite converter's full int8; ``float_input`` keeps the input float32 (a QUANTIZE op behind it: pixel-input models,
-  since MediaPipe and camera code feed uint8 or float32). An op kept in float gets DEQUANTIZE before it and
-  QUANTIZE after it, inserted by the quantizer.
+* The file's output is int8 (ai-edge-quantizer quantizes the graph's OUTPUT too); its input is int8 (``input_type``
+  ``int8``), float32 with a QUANTIZE op behind it (``float32``), or uint8 camera bytes with scale 1, zero point 0
+  (``uint8``: pixel-input models — MediaPipe and camera code feed uint8 or float32, never int8; the input's range is
+  then exactly 0-255 and the QUANTIZE op requantizes uint8 to the int8 grid of the first op). An op kept in float
+  gets DEQUANTIZE before it and QUANTIZE after it, inserted by the quantizer.
+* :func:`fp16_weights`: float16 weights (``FLOAT_CASTING``), computed in float32: the fp16 file.
 * ``DEFAULT_FLOAT_TYPES`` (``HARD_SWISH``) stay float: LiteRT's int8 hard-swish made the int8 file slower than fp32
   (figures below); in float the int8 file runs at 0.74x fp32 latency with the same masks.
 * ``HARD_SWISH`` has no int16 kernel in LiteRT (the quantizer refuses a16w8 for it), and measured a16w8 on the
@@ -35,6 +37,7 @@ from exporters.native import preload_triton, quiet_native
 from exporters.base import ExporterError, batches
 
 RANGES = ("minmax", "mse", "percentile")
+INPUT_TYPES = ("int8", "float32", "uint8")
 PERCENTILE = 99.99  # ``percentile`` ranges: [100 - P, P] percentiles of each activation tensor, per image
 # Op types kept in float by default. HARD_SWISH: LiteRT's int8 HARD_SWISH leaves XNNPACK's fast path — measured
 # on LR-ASPP MobileNetV3-L 256 px (AMD EPYC Zen 4, AVX-512 VNNI), full int8 19.7 / 18.1 ms at 1 / 2 threads against
@@ -137,19 +140,20 @@ class Int8Quantizer:
 
     def __init__(self, model: bytes, calibration: Sequence[np.ndarray], ranges: str = "minmax",
                  float_types: Sequence[str] = DEFAULT_FLOAT_TYPES, layout: str = "nhwc",
-                 int8_types: Sequence[str] | None = None, float_input: bool = False) -> None:
+                 int8_types: Sequence[str] | None = None, input_type: str = "int8") -> None:
         """``calibration``: NCHW float32 batches; ``layout``: the file's input layout (``nhwc``: onnx2tf's files,
         the batches are transposed; ``nchw``: litert-torch's, fed as they are). ``int8_types``: the
-        ai-edge-quantizer op names to quantize (e.g. ``CONV_2D``; None: every op it supports). ``float_input``: the
-        file keeps its float32 input (a QUANTIZE op after it) instead of an int8 one — what MediaPipe and camera
-        code feed a pixel-input model, which takes uint8 or float32, not int8."""
+        ai-edge-quantizer op names to quantize (e.g. ``CONV_2D``; None: every op it supports). ``input_type``: the
+        file's input tensor (module docstring); ``uint8`` takes calibration images of pixel values 0-255."""
         preload_triton()
         from ai_edge_litert.interpreter import Interpreter
 
         if layout not in ("nhwc", "nchw"):
             raise ExporterError(f"unknown input layout '{layout}' (nhwc or nchw)")
+        if input_type not in INPUT_TYPES:
+            raise ExporterError(f"unknown input type '{input_type}' ({', '.join(INPUT_TYPES)})")
         self.model, self.ranges, self.algorithm = bytes(model), ranges, _algorithm(ranges)
-        self.float_input = float_input
+        self.input_type = input_type
         self.int8_types = None if int8_types is None else tuple(int8_types)
         if self.int8_types is not None:
             from ai_edge_quantizer.qtyping import TFLOperationName
@@ -193,6 +197,11 @@ class Int8Quantizer:
                                     f"{log.getvalue()[-1000:]}") from None
         if ranges == "percentile":
             self._qsv = percentile_ranges(self.model, samples, self._qsv)
+        if input_type == "uint8":  # camera bytes: the input's grid is exactly 0-255, whatever the images held
+            name = interp.get_input_details()[0]["name"]
+            old = self._qsv[name]
+            self._qsv[name] = {**old, "min": np.zeros_like(np.asarray(old["min"], np.float32)),
+                               "max": np.full_like(np.asarray(old["max"], np.float32), 255.0)}
 
     def _quantizer(self, float_ops: Sequence[int]):
         from ai_edge_quantizer import quantizer
@@ -203,7 +212,7 @@ class Int8Quantizer:
         for name in self.int8_types or ("ALL_SUPPORTED",):
             qt.add_static_config(regex=".*", operation_name=getattr(TFLOperationName, name), activation_num_bits=8,
                                  weight_num_bits=8, algorithm_key=self.algorithm)
-        if self.float_input:  # the graph input stays float32; the quantizer puts a QUANTIZE op behind it
+        if self.input_type != "int8":  # the graph input stays float32; the quantizer puts a QUANTIZE op behind it
             qt._recipe_manager.add_quantization_config(  # noqa: SLF001 - as below
                 regex=".*", operation_name=TFLOperationName.INPUT, algorithm_key=AlgorithmName.NO_QUANTIZE)
         by_index = {o.index: o for o in self.ops}
@@ -222,10 +231,11 @@ class Int8Quantizer:
         qt = self._quantizer(tuple(float_ops))
         with quiet_native() as log:
             try:
-                return bytes(qt.quantize(self._qsv, enable_progress_report=False).quantized_model)
+                data = bytes(qt.quantize(self._qsv, enable_progress_report=False).quantized_model)
             except Exception as e:  # noqa: BLE001
                 raise ExporterError(f"ai-edge-quantizer failed: {type(e).__name__}: {str(e)[:400]}\n"
                                     f"{log.getvalue()[-1000:]}") from None
+        return uint8_input(data) if self.input_type == "uint8" else data
 
     def float_macs(self, float_ops: Sequence[int]) -> float:
         """The share (0-1) of the model's multiply-adds that ``float_ops`` compute in float."""
@@ -237,3 +247,47 @@ class Int8Quantizer:
         """Ops a search may keep in float: every op that computes (not the QUANTIZE/DEQUANTIZE pass-throughs) and
         is not float already."""
         return [o for o in self.ops if o.type not in _PASS_THROUGH and o.index not in self.always_float]
+
+
+def fp16_weights(model: bytes) -> bytes:
+    """The float ``.tflite`` with float16 weights (ai-edge-quantizer's ``FLOAT_CASTING``, weight-only): half the
+    size; a DEQUANTIZE op per weight, so CPUs compute in float32 (XNNPACK folds them)."""
+    preload_triton()
+    from ai_edge_quantizer import quantizer, qtyping
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    qt = quantizer.Quantizer(bytes(model))
+    config = qtyping.OpQuantizationConfig(
+        weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
+        compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=True)
+    qt._recipe_manager.add_quantization_config(  # noqa: SLF001 - add_weight_only_config takes no float dtype
+        regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+        algorithm_key=AlgorithmName.FLOAT_CASTING, op_config=config)
+    with quiet_native() as log:
+        try:
+            return bytes(qt.quantize().quantized_model)
+        except Exception as e:  # noqa: BLE001
+            raise ExporterError(f"ai-edge-quantizer fp16 failed: {type(e).__name__}: {str(e)[:400]}\n"
+                                f"{log.getvalue()[-1000:]}") from None
+
+
+def uint8_input(data: bytes) -> bytes:
+    """``data`` (a float32 input followed by one QUANTIZE op) with a uint8 input of scale 1, zero point 0: the
+    QUANTIZE op then requantizes the camera bytes to the int8 grid behind it (a TFLite builtin case)."""
+    from exporters.tflite_flatbuffer import pack, unpack
+
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = unpack(data)
+    sub = model.subgraphs[0]
+    index = sub.inputs[0]
+    tensor = sub.tensors[index]
+    users = [op for op in sub.operators if index in list(op.inputs)]
+    names = [model.operatorCodes[op.opcodeIndex] for op in users]
+    quantize = [max(c.builtinCode, c.deprecatedBuiltinCode) == schema.BuiltinOperator.QUANTIZE for c in names]
+    if tensor.type != schema.TensorType.FLOAT32 or not users or not all(quantize):
+        raise ExporterError("uint8 input: expected a float32 input read only by QUANTIZE ops")
+    q = schema.QuantizationParametersT()
+    q.scale, q.zeroPoint = [1.0], [0]
+    tensor.type, tensor.quantization = schema.TensorType.UINT8, q
+    return pack(model)

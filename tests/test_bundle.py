@@ -54,13 +54,9 @@ def test_bundle_layout_manifest_and_evidence(run, dist):
     a, i = m["platforms"]["android"], m["platforms"]["ios"]
     # auto choice: the checked int8 pixel-input export, not the unchecked fp32 one
     assert a["export"] == "tflite-int8-pixels" and a["file"] == "android/model.tflite"
-    chosen = json.loads((run / "export" / "tflite-int8-pixels" / "export.json").read_text())["details"]["ladder"]
-    if chosen["chosen"] == "converter":  # the ladder's file: the converter's uint8 pixels, or ai-edge-quantizer's float32
-        assert a["input"] == {"shape": [1, 64, 64, 3], "layout": "NHWC", "dtype": "uint8",
-                              "values": "RGB pixels 0-255", "quantization": {"scale": 1.0, "zero_point": 0}}
-    else:
-        assert a["input"] == {"shape": [1, 64, 64, 3], "layout": "NHWC", "dtype": "float32",
-                              "values": "RGB pixels 0-255", "quantization": None}
+    # the ladder's file, whichever candidate won: camera bytes in
+    assert a["input"] == {"shape": [1, 64, 64, 3], "layout": "NHWC", "dtype": "uint8",
+                          "values": "RGB pixels 0-255", "quantization": {"scale": 1.0, "zero_point": 0}}
     assert a["output"]["kind"] == "logits" and a["output"]["shape"] == [1, 64, 64, len(m["classes"])]
     parity = json.loads((run / "export" / "tflite-int8-pixels" / "parity.json").read_text())
     assert a["parity"]["pixel_agreement"] == parity["pixel_agreement"] and a["parity"]["status"] == "passed"

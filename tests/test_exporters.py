@@ -1,5 +1,6 @@
 """Real conversions of a tiny trained model; figures asserted, not just files."""
 
+import os
 import json
 import platform
 
@@ -166,26 +167,39 @@ def test_tflite_pixel_input_metadata_and_mediapipe(setup, precision):
     assert 100 * np.mean(same) >= 99.9, same
 
 
-def test_core_ml_export_does_not_import_tensorflow(tiny_run, tmp_path):
-    """coremltools imports TensorFlow whenever it is installed (7-8 s, ~600 MB) for a frontend edgeseg never uses:
-    a Core ML export in a fresh process leaves it unloaded, and a TFLite export after it in the same process
-    still gets it."""
+def test_the_default_path_never_imports_tensorflow(tiny_run, tmp_path):
+    """Export (every TFLite precision, pixel input, Core ML fp16), check, report and bundle in a fresh process, with a
+    ``tensorflow`` package on the path that leaves a mark when anything imports it (and then fails as an absent one
+    would, so a package that merely probes for it goes on): no mark, and ``tensorflow`` is not in sys.modules."""
     import shutil
     import subprocess
     import sys
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "report.*"))
-    code = ("import sys\nfrom edgeseg.tasks.semantic.run import export_runs\n"
-            f"export_runs({str(run)!r}, [('coreml', 'fp16')], log=lambda s: None)\n"
-            "print('after coreml', 'tensorflow' in sys.modules)\n"
-            f"export_runs({str(run)!r}, [('tflite', 'fp16')], log=lambda s: None)\n"
-            "print('after tflite', 'tensorflow' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "after coreml False" in out.stdout and "after tflite True" in out.stdout, out.stdout
-    assert (run / "export" / "coreml-fp16" / "model.mlpackage").is_dir()
-    assert (run / "export" / "tflite-fp16" / "model.tflite").is_file()
+    trap = tmp_path / "trap" / "tensorflow"
+    trap.mkdir(parents=True)
+    mark = tmp_path / "tensorflow-was-imported"
+    (trap / "__init__.py").write_text(f"import pathlib, traceback\npathlib.Path({str(mark)!r}).write_text("
+                                      f"''.join(traceback.format_stack()))\nraise ImportError('trap')\n")
+    steps = [["export", str(run), "--target", "tflite,coreml:fp16", "--precision", "fp32,fp16,int8"],
+             ["export", str(run), "--target", "tflite", "--precision", "int8", "--input", "pixels"],
+             ["check", str(run), "--target", "tflite", "--precision", "int8", "--input", "pixels"],
+             ["check", str(run), "--target", "coreml", "--precision", "fp16"],
+             ["report", str(run), "--runs", "2", "--warmup", "0"],
+             ["bundle", str(run), "-o", str(tmp_path / "dist")]]
+    code = ("import sys\nfrom edgeseg.cli import main\n"
+            f"for step in {steps!r}:\n"
+            "    assert main([*step, '-q']) == 0, step\n"
+            "print('tensorflow' in sys.modules and sys.modules['tensorflow'] is not None)\n")
+    env = {**os.environ, "PYTHONPATH": str(trap.parent)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert not mark.exists(), mark.read_text()[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
+    assert (tmp_path / "dist" / "manifest.json").is_file()
+    for precision in ("fp32", "fp16", "int8"):
+        assert (run / "export" / f"tflite-{precision}" / "model.tflite").is_file()
 
 
 class _TwoHeads(torch.nn.Module):

@@ -18,11 +18,11 @@ def _tried(name: str, passed: bool, miou: float, ms: float, rung: int = 1) -> Tr
 
 
 def test_choose_fastest_passing_unless_better_masks_are_within_the_tie():
-    slow_best = _tried("converter", True, 0.99, 8.0)
+    slow_best = _tried("aeq-slow", True, 0.99, 8.0)
     fast = _tried("aeq", True, 0.97, 4.0)
     failing_fastest = _tried("aeq-plain", False, 0.99, 1.0)
     chosen, why = choose([slow_best, fast, failing_fastest])
-    assert chosen is fast and why.endswith("; the fastest of the files that pass (converter, aeq)")
+    assert chosen is fast and why.endswith("; the fastest of the files that pass (aeq-slow, aeq)")
     # within the tie of the fastest, the better masks win: noise in a timing does not pick the file
     near = _tried("aeq-eq", True, 0.98, 4.0 * (1 + LATENCY_TIE) - 1e-6)
     chosen, why = choose([slow_best, fast, near])
@@ -43,8 +43,8 @@ def test_default_int8_is_the_ladders_measured_choice(laddered, capsys):
     assert main(["export", str(laddered), "--target", "tflite", "--precision", "int8", "--json", "-q"]) == 0
     rec = json.loads(capsys.readouterr().out)
     lad = rec["details"]["ladder"]
-    # U-Net has conv -> BN -> ReLU -> conv pairs: the equalized and the plain ai-edge-quantizer files, and the converter's
-    assert [t["name"] for t in lad["tried"]] == ["aeq", "aeq-plain", "converter"]
+    # U-Net has conv -> BN -> ReLU -> conv pairs: the equalized and the plain ai-edge-quantizer files
+    assert [t["name"] for t in lad["tried"]] == ["aeq", "aeq-plain"]
     assert all(t["rung"] == 1 for t in lad["tried"]) and lad["validation_images"] == 12
     assert lad["tried"][0]["equalized_pairs"] > 0 and lad["tried"][1]["equalized_pairs"] == 0
     # equalization changes weights, not kernels: the plain file takes the equalized one's time (no timing noise)
@@ -71,12 +71,13 @@ def test_default_int8_is_the_ladders_measured_choice(laddered, capsys):
     assert main(["report", str(laddered), "--runs", "2", "--warmup", "0", "-q"]) == 0
     md = (laddered / "report.md").read_text()
     assert f"- tflite-int8: the int8 ladder kept **{lad['chosen']}**" in md
-    # the converter by name: its file alone, int8 in and out, no ladder
+    # the target's own int8 by name: its file alone, int8 in and out, no ladder
     capsys.readouterr()
-    assert main(["export", str(laddered), "--target", "tflite", "--precision", "int8", "--int8-route", "converter",
+    assert main(["export", str(laddered), "--target", "tflite", "--precision", "int8", "--int8-route", "direct",
                  "--json", "-q"]) == 0
-    conv = json.loads(capsys.readouterr().out)
-    assert "ladder" not in conv["details"] and conv["details"]["input_dtype"] == "int8"
+    direct = json.loads(capsys.readouterr().out)
+    assert "ladder" not in direct["details"] and direct["details"]["input_dtype"] == "int8"
+    assert direct["details"]["converter"] == "onnx2tf (flatbuffer_direct) + ai-edge-quantizer"
     # the checked file was replaced: its parity no longer vouches for anything (report: not checked, bundle: refused)
     assert not (laddered / "export" / "tflite-int8" / "parity.json").exists()
     with pytest.raises(SystemExit) as bad:  # argparse's own refusal, exit 2
@@ -101,7 +102,7 @@ def test_ladder_searches_mixed_precision_when_no_full_int8_passes(laddered, monk
     rec = ladder.export_int8(laddered, "pixels", log=lambda s: None, max_float_macs=100.0, max_steps=2)
     lad = rec["details"]["ladder"]
     rungs = {t["name"]: t for t in lad["tried"]}
-    assert list(rungs) == ["aeq", "converter", "aeq-mixed"] and not any(t["passed"] for t in lad["tried"])
+    assert list(rungs) == ["aeq", "aeq-mixed"] and not any(t["passed"] for t in lad["tried"])
     assert rungs["aeq"]["equalized_pairs"] == 0 and "cannot be traced" in rungs["aeq"]["not_equalized"]
     mixed = rungs["aeq-mixed"]
     assert mixed["rung"] == 3 and 1 <= len(mixed["float_ops"]) <= 2 and mixed["float_macs_pct"] is not None
@@ -109,9 +110,10 @@ def test_ladder_searches_mixed_precision_when_no_full_int8_passes(laddered, monk
     closest = max(lad["tried"], key=lambda t: (t["validation"]["mask_miou"], t["validation"]["pixel_agreement"]))
     assert lad["chosen"] == closest["name"] and lad["why"].startswith("no rung passes on the validation split")
     assert rec["path"] == "export/tflite-int8-pixels/model.tflite" and rec["details"]["input"] == "pixels"
-    # pixel input as camera code and MediaPipe feed it: the converter's uint8, ai-edge-quantizer's float32; MediaPipe's
+    # pixel input as camera code and MediaPipe feed it: uint8 bytes, scale 1, zero point 0; MediaPipe's
     # ImageSegmenter (the app's client) reads the file and gives LiteRT's masks
-    assert rec["details"]["input_dtype"] == ("uint8" if lad["chosen"] == "converter" else "float32")
+    assert rec["details"]["input_dtype"] == "uint8"
+    assert rec["details"]["input_quantization"] == {"scale": 1.0, "zero_point": 0}
     import numpy as np
 
     from exporters import TARGETS

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -88,7 +87,8 @@ def test_bad_inputs(run, capsys, tmp_path):
     # a threshold no mix can reach: the best reached, exit 1
     code, s, err = _quantize(run, capsys, "--method", "ptq", "--targets", "tflite", "--mixed-precision",
                              "--min-agreement", "100.0", "--max-float-layers", "2")
-    assert code == 1 and "no mix of up to 2 float layers reaches the threshold" in err and "best:" in err
+    assert code == 1 and "no mix within 10 % of the multiply-adds in float (2 steps) reaches the threshold" in err
+    assert "best:" in err
     # a split without labels (every mask pixel ignored) is refused by name
     from edgeseg.tasks.semantic.run import labelled_split
     from edgeseg.train.checkpoint import load_checkpoint
@@ -128,33 +128,33 @@ class _Outlier(nn.Module):
         return self.cls(torch.relu(self.c2(torch.relu(self.c1(x)))))
 
 
-def test_mixed_precision_stops_when_the_threshold_holds_and_keeps_layers_float(tmp_path):
+def test_mixed_precision_stops_when_the_threshold_holds_and_keeps_ops_float(tmp_path):
+    """The one op search every TFLite route uses (ptq/qat/aeq ``--mixed-precision``, the ladder's rung 3) on the
+    outlier model: full int8 fails, the classifier alone in float passes, and the search stops there."""
     from edgeseg.core.latency import torch_runner
-    from edgeseg.tasks.semantic.parity import compare, thresholds_for
-    from edgeseg.quantize.nncf import mixed_search
+    from edgeseg.quantize.aeq import search_ops
+    from edgeseg.tasks.semantic.parity import thresholds_for
     from exporters import ExportOptions, Normalization
-    from exporters.tflite import float_ops, load, saved_model
+    from exporters.tflite import float_file, float_ops
+    from exporters.tflite_aeq import Int8Quantizer
 
     model = _Outlier().eval()
     rng = np.random.default_rng(0)
     calib = [rng.standard_normal((1, 3, 32, 32)).astype(np.float32) for _ in range(32)]
     held_out = [rng.standard_normal((3, 32, 32)).astype(np.float32) for _ in range(8)]
     masks = [np.zeros((32, 32), np.int64) for _ in held_out]
-    sm, _ = saved_model(model, calib[0], ExportOptions(precision="int8", calibration=calib, work_dir=tmp_path,
-                                                       normalization=Normalization()))
-    reference = torch_runner(model, 2)
-
-    def evaluate(path: Path):
-        return compare(reference, load(path), held_out, masks, list("abcd"), thresholds_for("int8"), "tflite", "int8")
-
-    path, kept, tried = mixed_search(sm, calib, evaluate, 4, tmp_path, log=lambda s: None)
-    assert [t["float"] for t in tried] == [0, 1]  # full int8 fails, one float layer passes: stop there
-    assert [t["order"] for t in tried] == ["full-int8", "ranked"]  # the debugger's ranking: no sensitivity pass
-    assert tried[0]["pixel_agreement"] < 98.0 <= tried[1]["pixel_agreement"]
-    assert len(kept) == 1 and kept[0]["op"] == "CONV_2D"
-    assert float_ops(path) == ["CONV_2D"]  # really float in the file, and only that one
-    full_int8 = [op for op in float_ops(tmp_path / "mixed-0.tflite")]
-    assert full_int8 == []
+    path, _ = float_file(model, calib[0], ExportOptions(precision="fp32", work_dir=tmp_path,
+                                                        normalization=Normalization()))
+    q = Int8Quantizer(path.read_bytes(), calib)
+    found, record = search_ops(q, torch_runner(model, 2), (held_out, masks), list("abcd"), thresholds_for("int8"),
+                               tmp_path / "search.tflite", 100.0, 4, log=lambda s: None)
+    cls = next(o for o in q.ops if o.type == "CONV_2D" and o.macs == 1024 * 36)
+    assert found.passed and found.keep == [cls.index]
+    tried = record["search"]
+    assert tried[0]["float"] == 0 and tried[0]["pixel_agreement"] < 98.0 <= tried[-1]["pixel_agreement"]
+    out = tmp_path / "mixed.tflite"
+    out.write_bytes(q.quantize(found.keep))
+    assert float_ops(out) == ["CONV_2D"]  # really float in the file, and only that one
 
 
 def test_aeq_keeps_the_op_the_masks_need_in_float_and_counts_macs(tmp_path):

@@ -28,17 +28,16 @@ def add(sub) -> None:
     p.add_argument("--input", dest="input_kind", default="image", choices=("image", "multiarray", "pixels"),
                    help="coreml: image (ImageType pixels, default) or multiarray (normalized floats); tflite: "
                    "image (normalized floats, default) or pixels (RGB 0-255, normalization in the graph; uint8 "
-                   "for the converter's int8, float32 for ai-edge-quantizer's; what MediaPipe and Android camera "
-                   "code feed)")
+                   "for int8, float32 otherwise; what MediaPipe and Android camera code feed)")
     p.add_argument("--deployment-target", choices=("iOS16", "iOS17", "iOS18"),
                    help="coreml: minimum iOS (default iOS16; w8a8 needs iOS17)")
     p.add_argument("--calibration", type=int, default=100,
                    help="training images used to calibrate int8 (default %(default)s, or all if fewer)")
-    p.add_argument("--int8-route", choices=("ladder", "converter"), default="ladder",
+    p.add_argument("--int8-route", choices=("ladder", "direct"), default="ladder",
                    help="tflite int8 (logits output): ladder (default) makes full-int8 candidates (ai-edge-quantizer "
-                   "with and without weight equalization, hard-swish float; the TF Lite converter), checks each on "
-                   "the validation split and keeps the fastest that passes the int8 gate, else searches mixed "
-                   "precision (docs/int8.md); converter writes the TF Lite converter's full int8 alone, unmeasured")
+                   "with and without weight equalization, hard-swish float), checks each on the validation split "
+                   "and keeps the fastest that passes the int8 gate, else searches mixed precision (docs/int8.md); "
+                   "direct writes the target's own full int8 (not equalized) alone, unmeasured")
     p.add_argument("--max-float-macs", type=float, default=10.0,
                    help="ladder: the most multiply-adds (%%) its mixed-precision rung may keep in float "
                    "(default %(default)s)")

@@ -51,14 +51,14 @@ def add(sub) -> None:
                    help="accuracy: largest allowed absolute drop of validation mIoU (default %(default)s)")
     p.add_argument("--mixed-precision", action="store_true",
                    help="tflite: when full int8 misses the threshold on the validation split, keep the most "
-                   "sensitive layers in float one at a time until it holds (ptq/qat: ranked by the converter "
-                   "debugger's RMSE; aeq: ranked by the validation mask mIoU with each op alone in float, then also "
-                   "walked from the input; written to tflite-int8-aeq-mixed; pt2e: after fine-tuning, activation "
+                   "sensitive ops in float one at a time until it holds (ptq/qat/aeq: ops of the int8 file ranked by the "
+                   "validation mask mIoU with each op alone in float, then also walked from the input; written to "
+                   "tflite-int8-<method>-mixed; pt2e: after fine-tuning, activation "
                    "tensors left in float ranked by the validation mask mIoU of the fake-quant graph, written to "
                    "tflite-int8-pt2e-mixed)")
-    p.add_argument("--max-float-layers", type=int, help="mixed precision: give up after this many (default 8; aeq: "
-                   "40 per search order; pt2e: 40 tensors; exit 1 with the best mix reached)")
-    p.add_argument("--max-float-macs", type=float, default=10.0, help="aeq/pt2e mixed precision: at most this %% of "
+    p.add_argument("--max-float-layers", type=int, help="mixed precision: give up after this many steps (default 40 "
+                   "per search order; pt2e: 40 tensors; exit 1 with the best mix reached)")
+    p.add_argument("--max-float-macs", type=float, default=10.0, help="mixed precision: at most this %% of "
                    "the multiply-adds in float (default %(default)s)")
     p.add_argument("--ranges", default="minmax", help="aeq: activation ranges, minmax (default: the calibration's "
                    "moving-average min/max; measured best on CamVid val), mse, or percentile (the mean of each "

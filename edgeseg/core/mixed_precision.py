@@ -1,7 +1,7 @@
 """The one mixed-precision search: which parts of an int8 model to keep in float so that the task's gate holds.
 
-Every int8 route that can keep parts of a model in float (the TF Lite converter's denylist, ai-edge-quantizer's
-per-op configs, PT2E activation quantizers, the Mask R-CNN graph's ops) hands this search a :class:`Space`, and the
+Every int8 route that can keep parts of a model in float (ai-edge-quantizer's per-op configs, PT2E activation
+quantizers, the Mask R-CNN graph's ops) hands this search a :class:`Space`, and the
 task hands it a :class:`Judge`; the search knows neither. A step is one ``evaluate`` of a candidate mix on the
 validation split (the test split then measures the result, never the search).
 
@@ -9,7 +9,7 @@ validation split (the test split then measures the result, never the search).
 2. *Sensitivity by the task's own metric*: each candidate alone in float (the rest int8) is evaluated (``quick``:
    the route may use a subset of the validation images for this pass), and candidates rank by the task's score
    (mask mIoU for masks, gates failed / missed detections / matched IoU for instances). A route whose per-candidate
-   file costs a conversion may give its own ranking instead (``Space.prior``: the converter's debugger).
+   file costs a conversion may give its own ranking instead (``Space.prior``).
 3. *Walks*: each order of ``Policy.orders`` — ``ranked`` (candidates that helped alone, best first) and
    ``from-input`` (graph order: where int8 error enters in the first layers and every later layer carries it) —
    is walked cumulatively, one candidate more per step, until a mix passes or ``Policy.max_steps`` candidates are

@@ -6,7 +6,7 @@ import importlib.metadata
 import os
 import platform
 
-PACKAGES = ("edgeseg", "torch", "torchvision", "numpy", "onnx", "onnxruntime", "onnx2tf", "tensorflow",
+PACKAGES = ("edgeseg", "torch", "torchvision", "numpy", "onnx", "onnxruntime", "onnx2tf", "ai-edge-quantizer",
             "ai-edge-litert", "coremltools", "nncf", "mediapipe")
 
 

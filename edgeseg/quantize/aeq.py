@@ -1,13 +1,14 @@
 """``edgeseg quantize --method aeq``: int8 TFLite by ai-edge-quantizer, mixed precision found by the mask metric.
 
-The float32 TFLite file (the run's own ``export --target tflite`` route, onnx2tf) is calibrated once and quantized
+The float32 TFLite file (the run's own ``export --target tflite`` route, onnx2tf 2.x) is calibrated once and quantized
 to full int8 (:mod:`exporters.tflite_aeq`). With ``--mixed-precision``, when that file misses the gate on the
 **validation** split:
 
 1. *Sensitivity by the mask metric*: every op is kept in float alone (the rest int8) and ``RANK_IMAGES`` evenly
    spaced validation images are checked; the gain in mask mIoU over full int8 on them ranks the ops. (Not the
-   converter debugger's RMSE: on CamVid its ranking found no mix that helped masks; measured here, one op alone in
-   float moves mask mIoU by at most 0.01 on one CamVid LR-ASPP, 0.06 on another.)
+   TF Lite converter debugger's RMSE, which ranked the ptq/qat search until TFLite left TensorFlow: on CamVid its
+   ranking found no mix that helped masks; measured here, one op alone in float moves mask mIoU by at most 0.01 on
+   one CamVid LR-ASPP, 0.06 on another.)
 2. *Search*: two orders are walked cumulatively, one op more per step — the ranking, and the graph order from the
    input (measured on CamVid: the error enters in the first layers — the stem convolution's int8 weights alone cost
    0.03 mask mIoU — and every later layer carries it). Each step is one quantization (~0.1 s) and one check.
@@ -117,7 +118,7 @@ def quantize_aeq(job: Job) -> list[str]:
                          runtime=runner.runtime)
         res_json = {"target": "tflite", "precision": "int8", "path": str(final), "size_bytes": final.stat().st_size,
                     "seconds": round(time.time() - t0, 1), "input_shape": list(example.shape),
-                    "details": {"converter": "onnx2tf + TF Lite converter (fp32), ai-edge-quantizer (int8)",
+                    "details": {"converter": "onnx2tf (flatbuffer_direct, fp32), ai-edge-quantizer (int8)",
                                 "ranges": opts.ranges, "calibration_images": q.calibration_images,
                                 "float_op_types": list(q.float_types), "float_ops_of_those_types": len(q.always_float),
                                 **details,

@@ -6,16 +6,17 @@ Rung 1 — full int8 with the calibration that measures best on *this* model. Ev
 * ``aeq``: ai-edge-quantizer on the fp32 file of the weight-equalized model (:mod:`edgeseg.quantize.equalize`,
   float outputs unchanged), min-max ranges, per-channel weights, ``HARD_SWISH`` kept float (LiteRT's int8
   hard-swish leaves XNNPACK's fast path: 2x slower than fp32 on MobileNetV3; :mod:`exporters.tflite_aeq`); int8
-  input and output, except a pixel-input file's float32 input (uint8 is the converter's alone; MediaPipe and
-  camera code feed uint8 or float32, never int8);
-* ``aeq-plain``: the same without equalization (only when equalization changed the model: it has pairs);
-* ``converter``: the TF Lite converter's full int8 (every op int8, int8 input and output) — the default before.
+  input and output (a pixel-input file: uint8 camera bytes in, as MediaPipe and camera code feed them);
+* ``aeq-plain``: the same without equalization (only when equalization changed the model: it has pairs) — the
+  TFLite target's own int8.
+
+(Until the TFLite route left TensorFlow, the TF Lite converter's full int8 was a third candidate; on every model
+measured it lost to one of these two: docs/int8.md.)
 
 Each is checked against the float model on the validation split with the int8 gate (agreement, mask mIoU,
 dataset-mIoU drop, per-class drop) and timed (LiteRT + XNNPACK, the fastest of 10 runs after 3, 2 threads; a file
 whose compute ops and their dtypes are those of a file already timed takes its time: the equalized and plain files
-run the same kernels, as do the converter's and ai-edge-quantizer's files of a model without hard-swish, and timing
-noise — measured up to 25 % between two such files on this 2-core machine — must not choose between them; the
+run the same kernels, and timing noise — measured up to 25 % between two such files on this 2-core machine — must not choose between them; the
 masks then do). Of those that pass, the fastest is kept; a candidate within :data:`LATENCY_TIE` of it with
 better masks is preferred. Which one wins differs from model to model (docs/int8.md): it is measured.
 
@@ -28,8 +29,8 @@ most ``max_float_macs`` % of the multiply-adds in float.
 If no rung passes, the file closest to passing (the task's score: mask mIoU first) is written, so that
 ``edgeseg check`` measures it on the test split and fails it there. The validation split only chooses; the test
 split measures. ``export.json`` (``details.ladder``) lists every file tried with its validation figures, latency and
-seconds, the winner and why. The ladder needs a labelled validation split; without one it writes the converter's
-file and says why. ``--int8-route converter`` skips the ladder (the converter's file, unmeasured).
+seconds, the winner and why. The ladder needs a labelled validation split; without one it writes the target's own
+int8 file and says why. ``--int8-route direct`` skips the ladder (the target's own int8 file, unmeasured).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from edgeseg.quantize.options import DEFAULT_MAX_STEPS
 from edgeseg.quantize.records import memo
 from edgeseg.tasks.semantic.parity import JUDGE, ParityResult, compare, thresholds_for
 
-ROUTES = ("ladder", "converter")  # what ``export --int8-route`` takes
+ROUTES = ("ladder", "direct")  # what ``export --int8-route`` takes
 LATENCY_TIE = 0.15  # a file must be more than 15 % faster than a passing one with better masks to win over it
 RUNS, WARMUP = 10, 3
 RUNG2 = "learned rounding (AdaRound) is not built yet: skipped"
@@ -130,20 +131,20 @@ def export_int8(run: Path, input_kind: str = "image", calibration: int = 100, we
     reference = memo(torch_runner(ref_model, 2))
     timing_input = np.asarray(calib[0], np.float32)
 
-    def converter() -> tuple[bytes, float]:
+    def direct() -> tuple[bytes, float]:
         s = time.time()
-        res = TARGETS["tflite"].export(ckpt.build_model(which).eval(), example, int8_opts, ensure_dir(scratch / "converter"))
+        res = TARGETS["tflite"].export(ckpt.build_model(which).eval(), example, int8_opts, ensure_dir(scratch / "direct"))
         return res.path.read_bytes(), time.time() - s
 
     def quantizer(net, tag: str) -> tuple[Any, float]:
-        """ai-edge-quantizer calibrated on the fp32 file of ``net`` (its SavedModel cached under ``tag``)."""
+        """ai-edge-quantizer calibrated on the fp32 file of ``net`` (its float file cached under ``tag``)."""
         s = time.time()
         fp32_opts = export_options(ckpt, "fp32", calib, ensure_dir(work / tag) if tag else work, "logits", input_kind)
         fp32 = TARGETS["tflite"].export(net, example, fp32_opts, ensure_dir(scratch / f"fp32{'-' + tag if tag else ''}"))
         samples = calib if input_kind != "pixels" else [to_pixels(c, pre.mean, pre.std) for c in calib]
-        # pixel input stays float32 (MediaPipe and camera code feed uint8 or float32, never int8)
+        # pixel input: uint8 camera bytes (MediaPipe and camera code feed uint8 or float32, never int8)
         return (Int8Quantizer(fp32.path.read_bytes(), samples, "minmax", DEFAULT_FLOAT_TYPES,
-                              float_input=input_kind == "pixels"), time.time() - s)
+                              input_type="uint8" if input_kind == "pixels" else "int8"), time.time() - s)
 
     info = model_info(int8_opts)
     try:
@@ -154,11 +155,11 @@ def export_int8(run: Path, input_kind: str = "image", calibration: int = 100, we
         if not has_labels(val[1]):
             raise DataError(f"the val split of '{ckpt.config.data}' has no labelled images")
     except DataError as e:
-        log(f"int8 ladder: {e}; writing the TF Lite converter's full int8 unmeasured")
-        data, seconds = converter()
+        log(f"int8 ladder: {e}; writing the target's own full int8 unmeasured")
+        data, seconds = direct()
         return _write(run, ckpt, which, input_kind, example, data, t0,
-                      {"converter": "onnx2tf + TF Lite converter", "calibration_images": len(calib),
-                       "ladder": {"chosen": "converter", "rung": None, "why": f"not measured: {e}", "tried": []}})
+                      {"converter": "onnx2tf (flatbuffer_direct) + ai-edge-quantizer", "calibration_images": len(calib),
+                       "ladder": {"chosen": "direct", "rung": None, "why": f"not measured: {e}", "tried": []}})
 
     timed: dict[tuple, tuple[str, float]] = {}  # op signature -> (the file timed, its latency)
 
@@ -207,9 +208,6 @@ def export_int8(run: Path, input_kind: str = "image", calibration: int = 100, we
                                  equalized_pairs=len(pairs) if tag else 0,
                                  float_op_types=list(q.float_types),
                                  **({} if tag or not no_eq else {"not_equalized": no_eq})))
-        data, seconds = converter()
-        tried.append(measure("converter", 1, "TF Lite converter full int8 (min-max ranges, every op int8)", data,
-                             seconds))
     except ExporterError as e:
         raise ExportError(f"tflite int8 ladder: {e}") from None
     chosen, why = choose(tried)

@@ -1,13 +1,13 @@
 """The NNCF routes (``ptq``, ``qat``, ``accuracy``): NNCF quantizes the PyTorch model (or, for accuracy control, its
 ONNX graph), then each target takes it its own way (module docstring of :mod:`edgeseg.quantize.run`), and the TFLite
-file's mixed precision is the one search over the layers the converter's debugger ranks."""
+file's mixed precision is the one search over its ops by the mask metric (:func:`edgeseg.quantize.aeq.search_ops`)."""
 
 from __future__ import annotations
 
 import copy
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from edgeseg.quantize.finetune import fine_tune
 from edgeseg.quantize.options import QuantizeOptions
 from edgeseg.quantize.records import summary_row, torch_parity, write_record
 from edgeseg.quantize.job import Job
-from edgeseg.tasks.semantic.parity import ParityResult, compare
+from edgeseg.tasks.semantic.parity import compare
 
 
 def quantize_nncf(job: Job) -> list[str]:
@@ -131,43 +131,6 @@ def _accuracy_control(model, ckpt, calib, val, opts: QuantizeOptions, work: Path
 
 
 
-def mixed_search(sm: Path, calibration, evaluate: Callable[[Path], ParityResult], max_float_layers: int,
-                 work: Path, log: Callable[[str], None] = print) -> tuple[Path, list[dict], list[dict]]:
-    """Mixed precision on the TF Lite converter's route: the one search (:mod:`edgeseg.core.mixed_precision`) walking
-    the converter debugger's sensitivity ranking (each candidate file is a conversion, too slow to rank every layer
-    by the mask metric), the top 0, 1, 2, ... layers kept in float, each file ``evaluate``-d (parity on held-out
-    data); it stops at the first that passes. Returns (file, float layers, every try). Raises CheckFailed with the
-    best mix when none of up to ``max_float_layers`` passes."""
-    from exporters.tflite import convert_mixed, layer_sensitivity
-
-    from edgeseg.core.mixed_precision import Policy, Space, search
-    from edgeseg.tasks.semantic.parity import JUDGE
-
-    ranking = layer_sensitivity(sm, calibration)
-    by_tensor = {r["tensor"]: r for r in ranking}
-
-    def file_of(keep: list) -> Path:
-        return work / f"mixed-{len(keep)}.tflite"
-
-    def run(keep: list, quick: bool) -> ParityResult:
-        path = file_of(keep)
-        path.write_bytes(convert_mixed(sm, calibration, keep))
-        return evaluate(path)
-
-    found = search(Space(candidates=list(by_tensor), evaluate=run, prior=list(by_tensor),
-                         describe=lambda t: {"op": by_tensor[t]["op"]}),
-                   JUDGE, Policy(max_steps=max_float_layers, orders=("ranked",)), log)
-    if found.passed:
-        return file_of(found.keep), [by_tensor[t] for t in found.keep], found.tried
-    res = found.result
-    raise CheckFailed(f"mixed precision: no mix of up to {max_float_layers} float layers reaches the threshold "
-                      f"({'; '.join(f'{a} {v}' for a, v in res.thresholds.items())}) on held-out data; best: "
-                      f"{len(found.keep)} float layer(s), {res.pixel_agreement:.3f} % agreement, mask mIoU "
-                      f"{res.mask_miou:.4f}. Raise --max-float-layers, try --method qat, or lower the threshold")
-
-
-
-
 def _export_accuracy(target: str, onnx_q: Path, example, out: Path):
     """The accuracy-controlled QDQ ONNX model as an ONNX or OpenVINO export."""
     import shutil
@@ -195,12 +158,19 @@ def _export_accuracy(target: str, onnx_q: Path, example, out: Path):
 
 
 def _mixed(job: Job, adapted, full) -> dict[str, Any]:
-    """Mixed precision for the TFLite export ``full`` (already written and checked on the test split)."""
+    """Mixed precision for the TFLite export ``full`` (already written and checked on the test split): the one
+    search over the ops of the adapted model's int8 file (:func:`edgeseg.quantize.aeq.search_ops`: ops ranked by the
+    validation mask mIoU they gain alone, then the ranking and graph order walked, within ``--max-float-macs``)."""
     run, ckpt, example, calib, val, test = job.run, job.ckpt, job.example, job.calib, job.val, job.test
     reference, thresholds, opts, base_opts, log = job.reference, job.thresholds, job.opts, job.base_opts, job.log
     work = base_opts.work_dir
+    from exporters import ExporterError, tflite_metadata
+    from exporters.tflite import float_file, float_ops, load, model_info, tensor_types
+    from exporters.tflite_aeq import DEFAULT_FLOAT_TYPES, Int8Quantizer
+
+    from edgeseg.core.atomic import atomic_path
     from edgeseg.core.latency import measure_latency
-    from exporters.tflite import float_ops, load, saved_model, tensor_types
+    from edgeseg.quantize.aeq import search_ops
 
     images, masks = val
     plain = compare(reference, load(full.path), images, masks, ckpt.class_names, thresholds, "tflite", "int8")
@@ -208,36 +178,42 @@ def _mixed(job: Job, adapted, full) -> dict[str, Any]:
         log(f"  mixed precision not needed: full int8 passes on the validation split ({plain.pixel_agreement:.3f} %)")
         return {"needed": False, "validation_agreement": plain.pixel_agreement}
     log(f"  full int8 misses the threshold on the validation split ({plain.pixel_agreement:.3f} %); searching ...")
-    sm, _ = saved_model(adapted, example, base_opts)
-
-    def evaluate(path: Path) -> ParityResult:  # the validation split: the test split then measures the result
-        return compare(reference, load(path), images, masks, ckpt.class_names, thresholds, "tflite", "int8")
-
-    path, kept, tried = mixed_search(sm, calib, evaluate, opts.max_float_layers, work, log)
+    try:
+        path, _ = float_file(adapted, example, base_opts)
+        q = Int8Quantizer(path.read_bytes(), calib, "minmax", DEFAULT_FLOAT_TYPES)
+    except ExporterError as e:
+        raise ExportError(f"tflite mixed precision: {e}") from None
+    found, record = search_ops(q, reference, val, ckpt.class_names, thresholds, work / "nncf-search.tflite",
+                               opts.max_float_macs, opts.max_float_layers, log)
+    if not found.passed:
+        res = found.result
+        raise CheckFailed(f"mixed precision: no mix within {opts.max_float_macs:g} % of the multiply-adds in float "
+                          f"({opts.max_float_layers} steps) reaches the threshold "
+                          f"({'; '.join(f'{a} {v}' for a, v in res.thresholds.items())}) on held-out data; best: "
+                          f"{len(found.keep)} float op(s), {res.pixel_agreement:.3f} % agreement, mask mIoU "
+                          f"{res.mask_miou:.4f}. Raise --max-float-macs, try --method qat, or lower the threshold")
     name = f"tflite-int8-{opts.method}-mixed"
     out = ensure_dir(run / "export" / name)
     final = out / "model.tflite"
-    from edgeseg.core.atomic import atomic_path
-    from exporters import tflite_metadata
-    from exporters.tflite import model_info
-
     with atomic_path(final) as tmp:
-        tmp.write_bytes(tflite_metadata.populate(path.read_bytes(), model_info(base_opts)))
+        tmp.write_bytes(tflite_metadata.populate(q.quantize(found.keep), model_info(base_opts)))
     runner = load(final)
     parity = compare(reference, runner, *test, ckpt.class_names, thresholds, "tflite", "int8", runtime=runner.runtime)
     x = np.asarray(calib[0], np.float32)
     lat_full = measure_latency(load(full.path), x, 10, 2)["median_ms"]
     lat_mixed = measure_latency(runner, x, 10, 2)["median_ms"]
     types = tensor_types(final)
-    mixed = {"float_layers": [{"op": r["op"], "tensor": r["tensor"], "sensitivity": r["sensitivity"]} for r in kept],
-             "float_ops_in_file": float_ops(final), "search": tried, "size_cost_bytes": final.stat().st_size - full.size_bytes,
+    by_index = {o.index: o for o in q.candidates()}
+    mixed = {"float_ops": [{"op": i, "type": by_index[i].type, "macs": by_index[i].macs} for i in found.keep],
+             "float_macs_pct": found.float_macs_pct, "float_ops_in_file": float_ops(final), "search": record,
+             "size_cost_bytes": final.stat().st_size - full.size_bytes,
              "latency_ms": {"full_int8": lat_full, "mixed": lat_mixed}}
     res_json = {"target": "tflite", "precision": "int8", "path": str(final), "size_bytes": final.stat().st_size,
                 "seconds": 0.0, "input_shape": list(example.shape),
-                "details": {"converter": "TF Lite converter, selective quantization (quantization debugger "
-                                         "denylist)", "mixed_precision": mixed, **types}}
+                "details": {"converter": "onnx2tf (flatbuffer_direct) + ai-edge-quantizer, ops kept float by the "
+                                         "mask-metric search", "mixed_precision": mixed, **types}}
     write_record(run, out, res_json, parity, {**job.extra, "mixed_precision": True})
-    log(f"  {name}: {len(kept)} float layer(s), {parity.status.upper()} on test: agreement "
+    log(f"  {name}: {len(found.keep)} float op(s), {parity.status.upper()} on test: agreement "
         f"{parity.pixel_agreement:.3f} %, mask mIoU {parity.mask_miou:.4f}; size +{mixed['size_cost_bytes'] / 1e3:.1f} "
         f"KB, latency {lat_full:.2f} -> {lat_mixed:.2f} ms")
     if not parity.passed:

@@ -5,8 +5,9 @@ learning rate, cross-layer equalization) and one ``quantize(job)`` that prepares
 its exports under ``RUN/export/`` and checks each against the float model; it returns the failures. Every route
 that can keep parts of the model in float does so through the one mixed-precision search
 (:mod:`edgeseg.core.mixed_precision`), judged by the task's parity. :data:`ROUTES` is the registry that
-``edgeseg quantize --method`` names; the export step's own int8 (``export --precision int8``: the TF Lite
-converter, or for Mask R-CNN the litert-torch graph and its ``int8-mixed`` search) is the target's route.
+``edgeseg quantize --method`` names; the export step's own int8 (``export --precision int8``: the ladder over
+ai-edge-quantizer files, or for Mask R-CNN the litert-torch graph and its ``int8-mixed`` search) is the target's
+route.
 
 Modelled on executorch's recipes (a quantization recipe + a lowering recipe, the quantizer living with its
 backend) and litert-torch's frozen quant config: a route refuses the targets it cannot write, by name.
@@ -33,7 +34,7 @@ class Route:
     quantize: Callable[[Job], list[str]]
     fine_tuning: tuple[int, float] = (2, 1e-5)  # (epochs, learning rate) where the route fine-tunes
     equalize: str = "off"  # cross-layer equalization by default (measured: the comment above ROUTES)
-    max_float_layers: int = 8  # the mixed-precision search's steps (candidates kept float) by default
+    max_float_layers: int = DEFAULT_MAX_STEPS  # the mixed-precision search's steps (candidates kept float)
 
 
 def _nncf(job: Job) -> list[str]:
@@ -68,16 +69,16 @@ _NOT_TFLITE = "Use --targets tflite (Core ML/ONNX/OpenVINO: --method ptq or qat)
 # 0.727 (fake-quant 92.89 -> 94.06 %, but the file drifts from it: 98.98 -> 96.86 %). On ISBI (LR-ASPP, U-Net) aeq
 # is unchanged within 0.03 point either way.
 ROUTES: dict[str, Route] = {r.name: r for r in (
-    # ptq, qat: the search walks TFLite layers ranked by the converter debugger's RMSE (a candidate is a conversion)
+    # ptq, qat, aeq: the search walks the int8 file's ops by the mask metric, then graph order
     Route("ptq", "runs NNCF post-training quantization", ALL_TARGETS, _NNCF_DEFAULT, "", _nncf),
     Route("qat", "fine-tunes NNCF's fake-quantized model", ALL_TARGETS, _NNCF_DEFAULT, "", _nncf, (2, 1e-5)),
     Route("accuracy", "runs NNCF's accuracy control, whose backends here are ONNX and OpenVINO",
           ("onnx", "openvino"), ("onnx", "openvino"),
           "For TFLite use --method qat and/or --mixed-precision; for Core ML --method qat (W8A8)", _nncf),
     Route("aeq", "runs ai-edge-quantizer, which quantizes TFLite files", ("tflite",), ("tflite",), _NOT_TFLITE,
-          _aeq, equalize="weights", max_float_layers=DEFAULT_MAX_STEPS),  # ops by the mask metric, then graph order
+          _aeq, equalize="weights"),
     Route("pt2e", "converts the PT2E graph with litert-torch, which writes TFLite", ("tflite",), ("tflite",),
-          _NOT_TFLITE, _pt2e, (4, 1e-4), max_float_layers=DEFAULT_MAX_STEPS),  # activation tensors
+          _NOT_TFLITE, _pt2e, (4, 1e-4)),  # pt2e: activation tensors of the fake-quant graph
 )}
 
 

@@ -33,9 +33,8 @@ this module loads the run, the splits and the gate once, equalizes when asked, a
 
 Mixed precision (``mixed_precision``, TFLite): when the int8 file misses the parity threshold on the validation
 split, the one search (:mod:`edgeseg.core.mixed_precision`) keeps parts of it in float until the gate holds —
-ptq/qat: the layers the TF Lite converter's quantization debugger ranks (RMSE / scale: a candidate file is a
-conversion), one at a time; aeq: ops ranked by the validation mask mIoU, then graph order; pt2e: activation
-tensors of the fake-quant graph. The kept parts, and the size and latency cost, are recorded. The search never
+ptq/qat/aeq: the int8 file's ops ranked by the validation mask mIoU, then graph order; pt2e: activation tensors of
+the fake-quant graph. The kept parts, and the size and latency cost, are recorded. The search never
 looks at the test split, which then measures the result.
 """
 

@@ -77,7 +77,7 @@ def _step(action: str, run: Path, targets: str, precisions: str | None, log: Cal
 def _export(task: Task, run: Path, pairs: list[tuple[str, str]], log: Callable[[str], None],
             opts: dict[str, Any]) -> list[Any]:
     """The task's exports, except a semantic run's TFLite int8 with logits output, which climbs the int8 ladder
-    (:mod:`edgeseg.quantize.ladder`) unless ``--int8-route converter`` names the converter alone."""
+    (:mod:`edgeseg.quantize.ladder`) unless ``--int8-route direct`` asks for the target's own int8 alone."""
     from edgeseg.core.registry import check_choice
     from edgeseg.quantize.ladder import ROUTES, export_int8
 

@@ -202,8 +202,7 @@ def export_runs(run: Path, pairs: Sequence[tuple[str, str]], calibration: int = 
     for t, (target, precision) in zip(targets, pairs):
         needs_calibration = (target, precision) in (("tflite", "int8"), ("coreml", "w8a8"), ("onnx", "int8"),
                                                     ("openvino", "int8"))
-        # onnx2tf's own check inference wants 20 sample images even for float exports (see exporters/tflite.py)
-        count = calibration if needs_calibration else (20 if target == "tflite" else 0)
+        count = calibration if needs_calibration else 0
         if count not in images:
             images[count] = calibration_images(ckpt, count)
         # built for each export: NNCF and the Core ML quantizers hook into the module they are given
