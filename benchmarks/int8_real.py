@@ -4,8 +4,8 @@ For each model: train with ``edgeseg train`` on CamVid at 256 px (or reuse ``--o
 checkpoint), then
   default     — ``edgeseg export --target tflite --precision int8``: the int8 ladder (full-int8 candidates checked on
                 the validation split, the fastest that passes kept, else mixed precision; ``edgeseg.quantize.ladder``),
-  converter   — the same with ``--int8-route converter`` (TF Lite converter, min-max calibration: the old default),
-  ptq         — ``edgeseg quantize --method ptq --targets tflite`` (NNCF-adapted weights, converter int8),
+  direct      — the same with ``--int8-route direct`` (the target's own int8: ai-edge-quantizer, not equalized, not measured),
+  ptq         — ``edgeseg quantize --method ptq --targets tflite`` (NNCF-adapted weights, then the target's int8),
   aeq         — ``edgeseg quantize --method aeq`` (ai-edge-quantizer on the fp32 TFLite file),
   aeq-mixed   — the same with ``--mixed-precision`` (ops kept float ranked by the validation mask mIoU, at most
                 ``--max-float-macs`` % of the multiply-adds in float),
@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument("--max-float-macs", type=float, default=10.0)
     ap.add_argument("--pt2e-epochs", type=int, help="default: edgeseg quantize's")
     ap.add_argument("--pt2e-lr", type=float, help="default: edgeseg quantize's")
-    ap.add_argument("--routes", default="default,converter,ptq,aeq,aeq-mixed,pt2e,coreml-w8a8",
+    ap.add_argument("--routes", default="default,direct,ptq,aeq,aeq-mixed,pt2e,coreml-w8a8",
                     help="comma-separated subset of the routes above (pt2e also yields its pt2e-mixed row)")
     ap.add_argument("--equalize", choices=("off", "weights", "activations"),
                     help="cross-layer equalization for the quantize routes (ptq, aeq, aeq-mixed, pt2e; default: "
@@ -114,7 +114,7 @@ def main() -> None:
         fp32_ms = _latency(run / "export" / "tflite-fp32" / "model.tflite", a.threads)
         res: dict[str, dict] = {}
         routes = a.routes.split(",")
-        for route, extra in (("default", []), ("converter", ["--int8-route", "converter"])):
+        for route, extra in (("default", []), ("direct", ["--int8-route", "direct"])):
             if route not in routes:
                 continue  # both write tflite-int8: each is checked before the next replaces it
             _, _, s = _edgeseg("export", str(run), "--target", "tflite", "--precision", "int8", *extra, check=True)
@@ -125,7 +125,7 @@ def main() -> None:
             kept = next((t for t in ladder.get("tried", []) if t["name"] == ladder.get("chosen")), {})
             res[route] = {"parity": p, "dir": "tflite-int8", "seconds": s, "latency_ms": lat,
                           "kept": ladder.get("chosen"), "float_macs_pct": kept.get("float_macs_pct")}
-            if ladder:  # what the ladder tried on the validation split, before the converter's file replaces it
+            if ladder:  # what the ladder tried on the validation split, before the direct file replaces it
                 (a.out / f"{name}-ladder.json").write_text(json.dumps(ladder, indent=2))
                 for t in ladder["tried"]:
                     v = t["validation"]
@@ -190,7 +190,7 @@ def main() -> None:
     for r in rows:
         route = r["route"] + (f" ({r['float_macs_pct']} % MACs float)" if r["float_macs_pct"] is not None else "")
         route += f" (kept {r['kept']})" if r.get("kept") else ""
-        if a.equalize and r["route"] not in ("default", "converter", "coreml-w8a8"):
+        if a.equalize and r["route"] not in ("default", "direct", "coreml-w8a8"):
             route += f", --equalize {a.equalize}"
         lat = "—" if r["latency_ms"] is None else f"{r['latency_ms']:.1f} / {r['fp32_ms']:.1f}"
         drop = None if r["drop"] is None else 100 * r["drop"]

@@ -3,14 +3,13 @@ package's tensors, and the pixel/normalization conversions between an app's fram
 
 from __future__ import annotations
 
-import contextlib
 import json
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from exporters.native import preload_triton, quiet_native
+from exporters.native import preload_triton, quiet_native, without_tensorflow
 from exporters.base import ExporterError
 
 INPUT_NAME = "image"
@@ -24,26 +23,6 @@ def import_ct():
         warnings.simplefilter("ignore")
         import coremltools as ct
     return ct
-
-
-@contextlib.contextmanager
-def without_tensorflow():
-    """Import coremltools without TensorFlow: coremltools imports TensorFlow whenever it is installed (its
-    ``_deps`` probe), 7-8 s and ~600 MB here, only to offer a TensorFlow frontend that edgeseg never uses
-    (every Core ML export converts from PyTorch). A ``None`` entry in ``sys.modules`` makes that probe's
-    ``import tensorflow`` fail as if it were absent; it is removed again, so TFLite exports later in the same
-    process import TensorFlow as usual. Once TensorFlow is loaded (a TFLite export ran first) this does nothing."""
-    import sys
-
-    if "tensorflow" in sys.modules:
-        yield
-        return
-    sys.modules["tensorflow"] = None  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        if sys.modules.get("tensorflow", 0) is None:
-            del sys.modules["tensorflow"]
 
 
 def package_io(meta: dict, path: Path) -> tuple[np.ndarray, np.ndarray, str]:

@@ -53,3 +53,21 @@ def quiet_native(enabled: bool = True) -> Iterator[io.StringIO]:
         os.dup2(saved[1], 2)
         for fd in (*saved, devnull):
             os.close(fd)
+
+
+@contextlib.contextmanager
+def without_tensorflow() -> Iterator[None]:
+    """Import a package that probes for TensorFlow without loading it: coremltools imports TensorFlow whenever it
+    is installed (its ``_deps`` probe; 7-8 s and ~600 MB) for a frontend edgeseg never uses, mediapipe's metadata
+    module to open files through ``tf.io.gfile``. A ``None`` entry in ``sys.modules`` makes such an
+    ``import tensorflow`` fail as if it were absent (``ModuleNotFoundError``); it is removed again afterwards. Once
+    TensorFlow is loaded (the caller's own code imported it) this does nothing."""
+    if "tensorflow" in sys.modules:
+        yield
+        return
+    sys.modules["tensorflow"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if sys.modules.get("tensorflow", 0) is None:
+            del sys.modules["tensorflow"]

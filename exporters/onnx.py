@@ -80,7 +80,7 @@ def fold_constants(path: Path) -> None:
     import onnx
     import onnxscript.optimizer
 
-    m = onnx.load(str(path))
+    m = onnx.shape_inference.infer_shapes(onnx.load(str(path)))  # static shapes known: a Shape op folds too
     onnxscript.optimizer.fold_constants(m)
     onnxscript.optimizer.remove_unused_nodes(m)
     onnx.save(m, str(path))

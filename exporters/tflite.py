@@ -4,8 +4,8 @@
   (input ``[1, H, W, 3]``) in seconds and imports no TensorFlow. That float file is cached in ``options.work_dir``
   (per input and output kind) and every precision is made from it by ai-edge-quantizer (:mod:`exporters.tflite_aeq`).
 * fp32: the float file. fp16: its weights as float16 (``FLOAT_CASTING``), computed in float32 by XNNPACK on CPUs.
-  int8: full-integer, from activation ranges calibrated on the representative images the caller passes (min-max;
-  per-channel int8 weights), ``HARD_SWISH`` kept float (LiteRT's int8 hard-swish leaves XNNPACK's fast path:
+  int8: full-integer, from activation ranges calibrated on the representative images the caller passes (each
+  tensor's global min/max over them, the TF Lite converter's rule; per-channel int8 weights), ``HARD_SWISH`` kept float (LiteRT's int8 hard-swish leaves XNNPACK's fast path:
   :data:`exporters.tflite_aeq.DEFAULT_FLOAT_TYPES`); int8 input (uint8 for pixel input) and int8 output.
 * ``output="argmax"``: the model's logits followed by an argmax over classes cast to uint8 in the graph
   (``ARG_MAX`` + ``CAST``), so an app reads the [1, H, W] class map directly.
@@ -76,6 +76,24 @@ def to_pixels(x: np.ndarray, mean, std) -> np.ndarray:
     return np.clip(np.round((np.asarray(x, np.float32) * s + m) * 255.0), 0, 255).astype(np.float32)
 
 
+def _nhwc_output(model):
+    """``model`` with its NCHW logits transposed to NHWC in the graph: the ONNX file's output is then already the
+    file's [N, H, W, C], which onnx2tf keeps as it is (left to it, an output made by a Slice stays NCHW)."""
+    import torch
+
+    class NHWCOutput(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.inner(x)
+            y = y["out"] if isinstance(y, dict) else y
+            return y.permute(0, 2, 3, 1)
+
+    return NHWCOutput(model).eval()
+
+
 def _class_map(model):
     """``model`` followed by an argmax over classes, cast to uint8: the [N, H, W] class map an app reads."""
     import torch
@@ -102,8 +120,7 @@ def float_file(model, example: np.ndarray, options: ExportOptions) -> tuple[Path
     if options.input == "pixels":
         model = _pixel_input(model, options.normalization.mean, options.normalization.std)
         example = np.full_like(example, 128.0)
-    if options.output == "argmax":
-        model = _class_map(model)
+    model = _class_map(model) if options.output == "argmax" else model
     if path.exists():
         return path, 0.0
     t0 = time.time()
@@ -116,7 +133,7 @@ def float_file(model, example: np.ndarray, options: ExportOptions) -> tuple[Path
     with atomic_path(path) as tmp, tempfile.TemporaryDirectory(prefix="edgeseg-onnx2tf-") as scratch:
         scratch = Path(scratch)
         onnx_path = scratch / "model.onnx"
-        write_onnx(model, example, onnx_path)
+        write_onnx(model if options.output == "argmax" else _nhwc_output(model), example, onnx_path)
         constants_as_initializers(onnx_path)
         fold_constants(onnx_path)
         with _in_dir(scratch), quiet_native() as log:
@@ -127,10 +144,83 @@ def float_file(model, example: np.ndarray, options: ExportOptions) -> tuple[Path
             except BaseException as e:  # onnx2tf calls sys.exit on some failures
                 raise ExporterError(f"onnx2tf could not convert the model: {e!r}\n{log.getvalue()[-2000:]}") from e
         produced = scratch / "out" / "model_float32.tflite"
-        if not produced.exists():
-            raise ExporterError(f"onnx2tf wrote no float32 .tflite:\n{log.getvalue()[-2000:]}")
-        shutil.move(produced, tmp)
+        pixels = options.input == "pixels"
+        problem = _differs(produced, model, example.shape, pixels) if produced.exists() else \
+            f"onnx2tf wrote no float32 .tflite:\n{log.getvalue()[-2000:]}"
+        if problem:  # onnx2tf mis-lays out some graphs: litert-torch converts them from PyTorch, exactly and slower
+            _litert_torch_file(model, example, tmp)
+            again = _differs(tmp, model, example.shape, pixels)
+            if again:
+                raise ExporterError(f"TFLite conversion failed: onnx2tf's file {problem}; litert-torch's {again}")
+            (work / f"{path.name}.why").write_text(f"litert-torch, because onnx2tf's file {problem}\n")
+        else:
+            shutil.move(produced, tmp)
+            (work / f"{path.name}.why").unlink(missing_ok=True)
     return path, time.time() - t0
+
+
+def float_route(path: Path) -> str:
+    """Which converter wrote the cached float file at ``path`` (:func:`float_file`), and why when not onnx2tf."""
+    why = path.with_name(f"{path.name}.why")
+    return why.read_text().strip() if why.exists() else CONVERTER
+
+
+def _differs(path: Path, model, shape: tuple[int, ...], pixels: bool) -> str:
+    """Why the float file at ``path`` does not compute what ``model`` computes on a seeded NCHW input of ``shape``
+    (random normal; pixel values 0-255 for a pixel-input model), or "" when it does (logits within 1e-3 of their
+    scale; a class map on 99.5 % of pixels)."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    x = (rng.integers(0, 256, shape).astype(np.float32) if pixels else
+         rng.standard_normal(shape).astype(np.float32))
+    try:
+        with quiet_native():
+            y = TFLiteRunner(path, threads=1, xnnpack=False)(x)
+    except (ExporterError, ValueError, RuntimeError) as e:
+        return f"does not run ({str(e)[:200]})"
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x))
+        ref = (ref["out"] if isinstance(ref, dict) else ref).numpy()
+    if y.shape != ref.shape:
+        return f"gives shape {list(y.shape)} where the model gives {list(ref.shape)}"
+    if ref.dtype == np.uint8:
+        same = float((y == ref).mean())
+        return "" if same >= 0.995 else f"agrees with the model on {100 * same:.2f} % of pixels"
+    diff, scale = float(np.abs(y - ref).max()), max(1.0, float(np.abs(ref).max()))
+    return "" if diff <= 1e-3 * scale else f"differs from the model by up to {diff:.3g} (scale {scale:.3g})"
+
+
+def _litert_torch_file(model, example: np.ndarray, out: Path) -> None:
+    """The NHWC float32 file of ``model`` by litert-torch (PyTorch -> TFLite, no ONNX, no TensorFlow)."""
+    import torch
+
+    preload_triton()
+    try:
+        import litert_torch
+    except ImportError as e:
+        raise ExporterError(f"litert-torch is needed for this model's TFLite file ({e}); pip install "
+                            f"'edgeseg[tflite]'") from None
+
+    class NHWC(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.inner(x.permute(0, 3, 1, 2))
+            y = y["out"] if isinstance(y, dict) else y
+            return y.permute(0, 2, 3, 1) if y.dim() == 4 else y
+
+    n, c, h, w = example.shape
+    with quiet_native() as log:
+        try:
+            edge = litert_torch.convert(NHWC(model).eval(), (torch.zeros(n, h, w, c),))
+            data = bytes(edge.model_content())
+        except Exception as e:  # noqa: BLE001 - torch.export and the lowering raise many types
+            raise ExporterError(f"litert-torch could not convert the model: {type(e).__name__}: {str(e)[:400]}\n"
+                                f"{log.getvalue()[-1500:]}") from None
+    out.write_bytes(data)
 
 
 def _convert(path: Path, options: ExportOptions) -> tuple[bytes, int]:
@@ -149,7 +239,7 @@ def _convert(path: Path, options: ExportOptions) -> tuple[bytes, int]:
     pixels = options.input == "pixels"
     if pixels:
         samples = [to_pixels(s, options.normalization.mean, options.normalization.std) for s in samples]
-    q = Int8Quantizer(data, samples, "minmax", DEFAULT_FLOAT_TYPES, input_type="uint8" if pixels else "int8")
+    q = Int8Quantizer(data, samples, "global", DEFAULT_FLOAT_TYPES, input_type="uint8" if pixels else "int8")
     return q.quantize(), q.calibration_images
 
 
@@ -230,7 +320,8 @@ def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) ->
     final = Path(out_dir) / "model.tflite"
     with atomic_path(final) as tmp:
         tmp.write_bytes(data)
-    details = {"converter": CONVERTER if options.precision == "fp32" else CONVERTER + " + ai-edge-quantizer",
+    route = float_route(float_path)
+    details = {"converter": route if options.precision == "fp32" else route + " + ai-edge-quantizer",
                "onnx2tf_seconds": round(float_seconds, 2), "calibration_images": fed,
                "output": options.output, "input": options.input,
                "layout": "NHWC input [1,H,W,3] " + ("RGB pixels 0-255" if options.input == "pixels" else

@@ -8,7 +8,8 @@ trained by ``edgeseg train``, 100 calibration images): its full int8 keeps 98.85
 against the converter's 98.29 % / 0.833, with the same file size.
 
 * int8 weights are per channel, activations per tensor, ranges from ``ranges`` (``minmax``: ai-edge-quantizer's
-  calibration, a moving average (0.95) of each image's min/max; ``mse``: the range that minimizes the
+  calibration, a moving average (0.95) of each image's min/max; ``global``: the smallest and largest value over
+  all calibration images, the TF Lite converter's rule; ``mse``: the range that minimizes the
   quantization's mean squared error; ``percentile``: the mean over the calibration images of each image's
   0.01th / 99.99th percentile of every activation tensor (NNCF's MEAN_QUANTILE rule), measured by running the
   float file in LiteRT with every tensor kept — outliers no longer stretch the int8 grid).
@@ -36,7 +37,7 @@ import numpy as np
 from exporters.native import preload_triton, quiet_native
 from exporters.base import ExporterError, batches
 
-RANGES = ("minmax", "mse", "percentile")
+RANGES = ("minmax", "global", "mse", "percentile")
 INPUT_TYPES = ("int8", "float32", "uint8")
 PERCENTILE = 99.99  # ``percentile`` ranges: [100 - P, P] percentiles of each activation tensor, per image
 # Op types kept in float by default. HARD_SWISH: LiteRT's int8 HARD_SWISH leaves XNNPACK's fast path — measured
@@ -73,11 +74,10 @@ def _algorithm(ranges: str):
     return AlgorithmName.MSE if ranges == "mse" else AlgorithmName.MIN_MAX_UNIFORM_QUANT
 
 
-def percentile_ranges(model: bytes, samples: Sequence[np.ndarray], qsvs: dict, percentile: float = PERCENTILE
-                      ) -> dict:
-    """``qsvs`` (ai-edge-quantizer's calibration: tensor name -> {"min", "max"}) with every activation tensor's
-    range replaced by the mean over ``samples`` (model inputs) of its per-image [100 - p, p] percentiles; the range
-    always holds 0. Measured with the LiteRT interpreter on the float file, every intermediate tensor kept."""
+def _activation_ranges(model: bytes, samples: Sequence[np.ndarray], qsvs: dict, per_image, combine) -> dict:
+    """``qsvs`` with every activation tensor's range replaced: ``per_image(values) -> (low, high)`` on each of
+    ``samples`` (model inputs), ``combine(lows, highs) -> (low, high)`` over them; the range always holds 0. Measured
+    with the LiteRT interpreter on the float file, every intermediate tensor kept."""
     from ai_edge_litert.interpreter import Interpreter
 
     with quiet_native():
@@ -88,21 +88,38 @@ def percentile_ranges(model: bytes, samples: Sequence[np.ndarray], qsvs: dict, p
     index = {d["name"]: d["index"] for d in interp.get_tensor_details() if d["index"] in written}
     names = [n for n in qsvs if n in index]  # activations only: constants (weights) keep their own ranges
     inp = interp.get_input_details()[0]["index"]
-    low, high = {n: 0.0 for n in names}, {n: 0.0 for n in names}
-    q = np.array([100.0 - percentile, percentile]) / 100.0
+    lows: dict[str, list[float]] = {n: [] for n in names}
+    highs: dict[str, list[float]] = {n: [] for n in names}
     for x in samples:
         interp.set_tensor(inp, np.asarray(x, np.float32))
         interp.invoke()
         for n in names:
-            lo, hi = np.quantile(interp.get_tensor(index[n]).astype(np.float32, copy=False).ravel(), q)
-            low[n] += float(lo) / len(samples)
-            high[n] += float(hi) / len(samples)
+            lo, hi = per_image(interp.get_tensor(index[n]).astype(np.float32, copy=False).ravel())
+            lows[n].append(float(lo))
+            highs[n].append(float(hi))
     out = dict(qsvs)
     for n in names:
         old = qsvs[n]
-        out[n] = {**old, "min": np.full_like(np.asarray(old["min"], np.float32), min(low[n], 0.0)),
-                  "max": np.full_like(np.asarray(old["max"], np.float32), max(high[n], 0.0))}
+        lo, hi = combine(lows[n], highs[n])
+        out[n] = {**old, "min": np.full_like(np.asarray(old["min"], np.float32), min(lo, 0.0)),
+                  "max": np.full_like(np.asarray(old["max"], np.float32), max(hi, 0.0))}
     return out
+
+
+def percentile_ranges(model: bytes, samples: Sequence[np.ndarray], qsvs: dict, percentile: float = PERCENTILE
+                      ) -> dict:
+    """``qsvs`` (ai-edge-quantizer's calibration: tensor name -> {"min", "max"}) with every activation tensor's
+    range replaced by the mean over ``samples`` of its per-image [100 - p, p] percentiles."""
+    q = np.array([100.0 - percentile, percentile]) / 100.0
+    return _activation_ranges(model, samples, qsvs, lambda v: np.quantile(v, q),
+                              lambda lo, hi: (float(np.mean(lo)), float(np.mean(hi))))
+
+
+def global_ranges(model: bytes, samples: Sequence[np.ndarray], qsvs: dict) -> dict:
+    """``qsvs`` with every activation tensor's range the smallest and largest value it takes over all ``samples``
+    (the TF Lite converter's rule; ai-edge-quantizer's ``minmax`` is a moving average of per-image extremes, which
+    clips the images whose activations reach furthest)."""
+    return _activation_ranges(model, samples, qsvs, lambda v: (v.min(), v.max()), lambda lo, hi: (min(lo), max(hi)))
 
 
 def graph_ops(model: bytes) -> list[Op]:
@@ -197,6 +214,8 @@ class Int8Quantizer:
                                     f"{log.getvalue()[-1000:]}") from None
         if ranges == "percentile":
             self._qsv = percentile_ranges(self.model, samples, self._qsv)
+        elif ranges == "global":
+            self._qsv = global_ranges(self.model, samples, self._qsv)
         if input_type == "uint8":  # camera bytes: the input's grid is exactly 0-255, whatever the images held
             name = interp.get_input_details()[0]["name"]
             old = self._qsv[name]
@@ -272,8 +291,10 @@ def fp16_weights(model: bytes) -> bytes:
 
 
 def uint8_input(data: bytes) -> bytes:
-    """``data`` (a float32 input followed by one QUANTIZE op) with a uint8 input of scale 1, zero point 0: the
-    QUANTIZE op then requantizes the camera bytes to the int8 grid behind it (a TFLite builtin case)."""
+    """``data`` (a float32 input followed by QUANTIZE ops) with a uint8 input of scale 1, zero point 0: the
+    QUANTIZE op then requantizes the camera bytes to the int8 grid behind it (a TFLite builtin case). A file whose
+    input also feeds an op kept in float (a mixed-precision search kept the first op float) is returned as it is:
+    its input stays float32 (MediaPipe and camera code feed float32 pixels too)."""
     from exporters.tflite_flatbuffer import pack, unpack
 
     from ai_edge_litert import schema_py_generated as schema
@@ -285,8 +306,10 @@ def uint8_input(data: bytes) -> bytes:
     users = [op for op in sub.operators if index in list(op.inputs)]
     names = [model.operatorCodes[op.opcodeIndex] for op in users]
     quantize = [max(c.builtinCode, c.deprecatedBuiltinCode) == schema.BuiltinOperator.QUANTIZE for c in names]
-    if tensor.type != schema.TensorType.FLOAT32 or not users or not all(quantize):
-        raise ExporterError("uint8 input: expected a float32 input read only by QUANTIZE ops")
+    if tensor.type != schema.TensorType.FLOAT32 or not users:
+        raise ExporterError("uint8 input: expected a float32 input read by the graph's first ops")
+    if not all(quantize):
+        return data
     q = schema.QuantizationParametersT()
     q.scale, q.zeroPoint = [1.0], [0]
     tensor.type, tensor.quantization = schema.TensorType.UINT8, q

@@ -54,13 +54,13 @@ class ModelInfo:
 
 
 def _schemas():
-    from exporters.native import preload_triton
+    from exporters.native import without_tensorflow
 
-    preload_triton()  # importing mediapipe loads TensorFlow (see exporters/native.py)
     try:
-        from mediapipe.tasks.metadata import metadata_schema_py_generated as mfb
-        from mediapipe.tasks.metadata import schema_py_generated as sfb
-        from mediapipe.tasks.python.metadata.metadata_writers import metadata_info as mi
+        with without_tensorflow():  # mediapipe's metadata module probes for TensorFlow (exporters/native.py)
+            from mediapipe.tasks.metadata import metadata_schema_py_generated as mfb
+            from mediapipe.tasks.metadata import schema_py_generated as sfb
+            from mediapipe.tasks.python.metadata.metadata_writers import metadata_info as mi
     except ImportError as e:
         raise ExporterError(f"writing TFLite metadata needs mediapipe ({e}); pip install 'edgeseg[tflite]'") from None
     return mfb, sfb, mi

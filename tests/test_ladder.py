@@ -43,12 +43,15 @@ def test_default_int8_is_the_ladders_measured_choice(laddered, capsys):
     assert main(["export", str(laddered), "--target", "tflite", "--precision", "int8", "--json", "-q"]) == 0
     rec = json.loads(capsys.readouterr().out)
     lad = rec["details"]["ladder"]
-    # U-Net has conv -> BN -> ReLU -> conv pairs: the equalized and the plain ai-edge-quantizer files
-    assert [t["name"] for t in lad["tried"]] == ["aeq", "aeq-plain"]
+    # U-Net has conv -> BN -> ReLU -> conv pairs: the equalized and the plain model, each with both range rules
+    names = ["aeq-global", "aeq-minmax", "aeq-plain-global", "aeq-plain-minmax"]
+    assert [t["name"] for t in lad["tried"]] == names
     assert all(t["rung"] == 1 for t in lad["tried"]) and lad["validation_images"] == 12
-    assert lad["tried"][0]["equalized_pairs"] > 0 and lad["tried"][1]["equalized_pairs"] == 0
-    # equalization changes weights, not kernels: the plain file takes the equalized one's time (no timing noise)
-    assert lad["tried"][1]["timed_as"] == "aeq" and lad["tried"][1]["latency_ms"] == lad["tried"][0]["latency_ms"]
+    assert [t["equalized_pairs"] > 0 for t in lad["tried"]] == [True, True, False, False]
+    assert "global min/max" in lad["tried"][0]["what"] and "moving-average" in lad["tried"][1]["what"]
+    # equalization and ranges change weights and scales, not kernels: every file takes the first one's time
+    assert all(t["timed_as"] == "aeq-global" and t["latency_ms"] == lad["tried"][0]["latency_ms"]
+               for t in lad["tried"][1:])
     assert lad["thresholds"]["max_class_drop"] == 0.02 and lad["rung2"].startswith("learned rounding")
     for t in lad["tried"]:
         v = t["validation"]
@@ -102,9 +105,11 @@ def test_ladder_searches_mixed_precision_when_no_full_int8_passes(laddered, monk
     rec = ladder.export_int8(laddered, "pixels", log=lambda s: None, max_float_macs=100.0, max_steps=2)
     lad = rec["details"]["ladder"]
     rungs = {t["name"]: t for t in lad["tried"]}
-    assert list(rungs) == ["aeq", "aeq-mixed"] and not any(t["passed"] for t in lad["tried"])
-    assert rungs["aeq"]["equalized_pairs"] == 0 and "cannot be traced" in rungs["aeq"]["not_equalized"]
-    mixed = rungs["aeq-mixed"]
+    base = max(("aeq-global", "aeq-minmax"), key=lambda n: (rungs[n]["validation"]["mask_miou"],
+                                                            rungs[n]["validation"]["pixel_agreement"]))
+    assert list(rungs) == ["aeq-global", "aeq-minmax", f"{base}-mixed"] and not any(t["passed"] for t in lad["tried"])
+    assert rungs["aeq-global"]["equalized_pairs"] == 0 and "cannot be traced" in rungs["aeq-global"]["not_equalized"]
+    mixed = rungs[f"{base}-mixed"]
     assert mixed["rung"] == 3 and 1 <= len(mixed["float_ops"]) <= 2 and mixed["float_macs_pct"] is not None
     assert lad["mixed_search"]["needed"] and not lad["mixed_search"]["passed"]
     closest = max(lad["tried"], key=lambda t: (t["validation"]["mask_miou"], t["validation"]["pixel_agreement"]))

@@ -68,6 +68,10 @@ def _crop_like(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     h, w = int(x.shape[-2]), int(x.shape[-1])
     if tuple(y.shape[-2:]) == (h, w):
         return y
+    if torch.onnx.is_in_onnx_export():
+        # onnx2tf 2.6 cuts an NCHW Slice on H/W on the wrong NHWC axes (a [1,5,40,5] output for [1,40,56,5]);
+        # the same crop on an NHWC view converts exactly, and its transposes cancel against the graph's own
+        return y.permute(0, 2, 3, 1)[:, :h, :w].permute(0, 3, 1, 2)
     return y[:, :, :h, :w]
 
 

@@ -3,12 +3,14 @@ files, each measured on the run's **validation** split, the first rung that pass
 
 Rung 1 — full int8 with the calibration that measures best on *this* model. Every candidate is a file:
 
-* ``aeq``: ai-edge-quantizer on the fp32 file of the weight-equalized model (:mod:`edgeseg.quantize.equalize`,
-  float outputs unchanged), min-max ranges, per-channel weights, ``HARD_SWISH`` kept float (LiteRT's int8
+* ``aeq-global`` / ``aeq-minmax``: ai-edge-quantizer on the fp32 file of the weight-equalized model
+  (:mod:`edgeseg.quantize.equalize`, float outputs unchanged), with each activation range rule of :data:`RANGES`
+  (the global min/max over the calibration images, or ai-edge-quantizer's moving average of per-image extremes),
+  per-channel weights, ``HARD_SWISH`` kept float (LiteRT's int8
   hard-swish leaves XNNPACK's fast path: 2x slower than fp32 on MobileNetV3; :mod:`exporters.tflite_aeq`); int8
   input and output (a pixel-input file: uint8 camera bytes in, as MediaPipe and camera code feed them);
-* ``aeq-plain``: the same without equalization (only when equalization changed the model: it has pairs) — the
-  TFLite target's own int8.
+* ``aeq-plain-global`` / ``aeq-plain-minmax``: the same without equalization (only when equalization changed the
+  model: it has pairs); ``aeq-plain-global`` is the TFLite target's own int8 (a model without pairs: ``aeq-*``).
 
 (Until the TFLite route left TensorFlow, the TF Lite converter's full int8 was a third candidate; on every model
 measured it lost to one of these two: docs/int8.md.)
@@ -53,6 +55,10 @@ ROUTES = ("ladder", "direct")  # what ``export --int8-route`` takes
 LATENCY_TIE = 0.15  # a file must be more than 15 % faster than a passing one with better masks to win over it
 RUNS, WARMUP = 10, 3
 RUNG2 = "learned rounding (AdaRound) is not built yet: skipped"
+# the activation range rules rung 1 tries (exporters/tflite_aeq.py): the TF Lite converter's global min/max and
+# ai-edge-quantizer's moving average of per-image extremes. Neither wins everywhere (docs/int8.md): measured per model.
+RANGES = ("global", "minmax")
+RANGE_WORDS = {"global": "global min/max ranges", "minmax": "moving-average min/max ranges"}
 
 
 @dataclass
@@ -136,14 +142,14 @@ def export_int8(run: Path, input_kind: str = "image", calibration: int = 100, we
         res = TARGETS["tflite"].export(ckpt.build_model(which).eval(), example, int8_opts, ensure_dir(scratch / "direct"))
         return res.path.read_bytes(), time.time() - s
 
-    def quantizer(net, tag: str) -> tuple[Any, float]:
+    def quantizer(net, tag: str, ranges: str) -> tuple[Any, float]:
         """ai-edge-quantizer calibrated on the fp32 file of ``net`` (its float file cached under ``tag``)."""
         s = time.time()
         fp32_opts = export_options(ckpt, "fp32", calib, ensure_dir(work / tag) if tag else work, "logits", input_kind)
         fp32 = TARGETS["tflite"].export(net, example, fp32_opts, ensure_dir(scratch / f"fp32{'-' + tag if tag else ''}"))
         samples = calib if input_kind != "pixels" else [to_pixels(c, pre.mean, pre.std) for c in calib]
         # pixel input: uint8 camera bytes (MediaPipe and camera code feed uint8 or float32, never int8)
-        return (Int8Quantizer(fp32.path.read_bytes(), samples, "minmax", DEFAULT_FLOAT_TYPES,
+        return (Int8Quantizer(fp32.path.read_bytes(), samples, ranges, DEFAULT_FLOAT_TYPES,
                               input_type="uint8" if input_kind == "pixels" else "int8"), time.time() - s)
 
     info = model_info(int8_opts)
@@ -196,13 +202,14 @@ def export_int8(run: Path, input_kind: str = "image", calibration: int = 100, we
         else:
             no_eq = "" if pairs else "no equalizable convolution pair"
         eq_seconds = time.time() - s
-        candidates = [("aeq", eq_model, "equalized-weights")] if pairs else []
-        candidates.append(("aeq-plain" if pairs else "aeq", model, ""))
-        for name, net, tag in candidates:
-            q, seconds = quantizer(net, tag)
+        models = [("aeq", eq_model, "equalized-weights")] if pairs else []
+        models.append(("aeq-plain" if pairs else "aeq", model, ""))
+        candidates = [(f"{base}-{ranges}", net, tag, ranges) for base, net, tag in models for ranges in RANGES]
+        for name, net, tag, ranges in candidates:
+            q, seconds = quantizer(net, tag, ranges)
             quantizers[name] = q
             data = tflite_metadata.populate(q.quantize(), info)
-            what = (f"ai-edge-quantizer full int8 ({'weight-equalized model, ' if tag else ''}min-max ranges, "
+            what = (f"ai-edge-quantizer full int8 ({'weight-equalized model, ' if tag else ''}{RANGE_WORDS[ranges]}, "
                     f"{', '.join(q.float_types) or 'no op type'} kept float)")
             tried.append(measure(name, 1, what, data, seconds + (eq_seconds if tag else 0.0),
                                  equalized_pairs=len(pairs) if tag else 0,
