@@ -148,7 +148,10 @@ def float_file(model, example: np.ndarray, options: ExportOptions) -> tuple[Path
         problem = _differs(produced, model, example.shape, pixels) if produced.exists() else \
             f"onnx2tf wrote no float32 .tflite:\n{log.getvalue()[-2000:]}"
         if problem:  # onnx2tf mis-lays out some graphs: litert-torch converts them from PyTorch, exactly and slower
-            _litert_torch_file(model, example, tmp)
+            try:
+                _litert_torch_file(model, example, tmp)
+            except ExporterError as e:
+                raise ExporterError(f"onnx2tf's file {problem}; {e}") from None
             again = _differs(tmp, model, example.shape, pixels)
             if again:
                 raise ExporterError(f"TFLite conversion failed: onnx2tf's file {problem}; litert-torch's {again}")

@@ -63,7 +63,10 @@ class Imported(nn.Module):
         if self.upsample and tuple(y.shape[-2:]) != tuple(x.shape[-2:]):
             y = F.interpolate(y, size=(int(x.shape[-2]), int(x.shape[-1])), mode="bilinear", align_corners=False)
         if self.binary:
-            y = torch.cat([torch.zeros_like(y), y], dim=1)
+            # [0, z] as a 1x1 convolution with weights (0, 1), exact for finite logits: onnx2tf 2.6 turns one-channel
+            # tensors into RESHAPEs and concatenated zeros_like's [0, z] on the wrong axis (a [1,2,48,80] output for
+            # NHWC [1,48,80,2]); a convolution keeps its layout in every converter
+            y = F.conv2d(y, torch.tensor([0.0, 1.0], dtype=y.dtype, device=y.device).view(2, 1, 1, 1))
         return y
 
 
