@@ -58,7 +58,7 @@ def litert_direct(ck, x: np.ndarray, runs: int) -> dict:
     from exporters.tflite import TFLiteRunner
     from exporters.tflite_pt2e import nhwc
 
-    from exporters.native import preload_triton
+    from exporters.native import preload_triton, quiet_native
 
     preload_triton()
     import litert_torch
@@ -66,11 +66,13 @@ def litert_direct(ck, x: np.ndarray, runs: int) -> dict:
     model = ck.build_model()
     h, w = x.shape[2:]
     t0 = time.perf_counter()
-    edge = litert_torch.convert(nhwc(model).eval(), (torch.zeros(1, h, w, 3),))
+    with quiet_native():  # its progress lines would mix into the table (or the --json document)
+        edge = litert_torch.convert(nhwc(model).eval(), (torch.zeros(1, h, w, 3),))
+        data = bytes(edge.model_content())
     seconds = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "direct.tflite"
-        path.write_bytes(bytes(edge.model_content()))
+        path.write_bytes(data)
         runner = TFLiteRunner(path, threads=2)
         y = runner(x)
         with torch.no_grad():

@@ -206,9 +206,12 @@ class Int8Quantizer:
         self.always_float = tuple(o.index for o in self.ops if o.type in self.float_types)
         self.calibration_images = len(samples)
         qt = self._quantizer(())
+        # percentile and global replace every activation range by their own pass over all the images: the
+        # quantizer's calibration then only has to name the tensors it quantizes, which one image does
+        feed = samples[:1] if ranges in ("percentile", "global") else samples
         with quiet_native() as log:
             try:
-                self._qsv = qt.calibrate({self.signature: [{sig["inputs"][0]: s} for s in samples]}, num_threads=1)
+                self._qsv = qt.calibrate({self.signature: [{sig["inputs"][0]: s} for s in feed]}, num_threads=1)
             except Exception as e:  # noqa: BLE001 - the quantizer raises ValueError, RuntimeError...
                 raise ExporterError(f"ai-edge-quantizer calibration failed: {type(e).__name__}: {str(e)[:400]}\n"
                                     f"{log.getvalue()[-1000:]}") from None
