@@ -5,8 +5,11 @@
   (per input and output kind) and every precision is made from it by ai-edge-quantizer (:mod:`exporters.tflite_aeq`).
 * fp32: the float file. fp16: its weights as float16 (``FLOAT_CASTING``), computed in float32 by XNNPACK on CPUs.
   int8: full-integer, from activation ranges calibrated on the representative images the caller passes (each
-  tensor's global min/max over them, the TF Lite converter's rule; per-channel int8 weights), ``HARD_SWISH`` kept float (LiteRT's int8 hard-swish leaves XNNPACK's fast path:
-  :data:`exporters.tflite_aeq.DEFAULT_FLOAT_TYPES`); int8 input (uint8 for pixel input) and int8 output.
+  tensor's global min/max over them, the TF Lite converter's rule; per-channel int8 weights), ``HARD_SWISH``
+  kept float (LiteRT's int8 hard-swish leaves XNNPACK's fast path: :data:`exporters.tflite_aeq.DEFAULT_FLOAT_TYPES`);
+  int8 input (uint8 for pixel input) and int8 output.
+* Every float file is run against the PyTorch model on a seeded input before use; one that differs (onnx2tf 2.6
+  mis-lays out some graphs) is converted again by litert-torch, and the record's ``converter`` says why.
 * ``output="argmax"``: the model's logits followed by an argmax over classes cast to uint8 in the graph
   (``ARG_MAX`` + ``CAST``), so an app reads the [1, H, W] class map directly.
 * ``input="pixels"``: the normalization moves into the graph, so the model takes RGB pixel values 0-255 as a
