@@ -12,14 +12,14 @@ Rung 1 — full int8 with the calibration that measures best on *this* model. Ev
 * ``aeq-plain-global`` / ``aeq-plain-minmax``: the same without equalization (only when equalization changed the
   model: it has pairs); ``aeq-plain-global`` is the TFLite target's own int8 (a model without pairs: ``aeq-*``).
 
-(Until the TFLite route left TensorFlow, the TF Lite converter's full int8 was a third candidate; on every model
-measured it lost to one of these two: docs/int8.md.)
+(Until the TFLite route left TensorFlow, the TF Lite converter's full int8 was a candidate too; on every model
+measured it lost to an ai-edge-quantizer file, on masks or on latency: docs/int8.md.)
 
 Each is checked against the float model on the validation split with the int8 gate (agreement, mask mIoU,
 dataset-mIoU drop, per-class drop) and timed (LiteRT + XNNPACK, the fastest of 10 runs after 3, 2 threads; a file
 whose compute ops and their dtypes are those of a file already timed takes its time: the equalized and plain files
-run the same kernels, and timing noise — measured up to 25 % between two such files on this 2-core machine — must not choose between them; the
-masks then do). Of those that pass, the fastest is kept; a candidate within :data:`LATENCY_TIE` of it with
+and both range rules run the same kernels, and timing noise — measured up to 25 % between two such files on this
+2-core machine — must not choose between them; the masks then do). Of those that pass, the fastest is kept; a candidate within :data:`LATENCY_TIE` of it with
 better masks is preferred. Which one wins differs from model to model (docs/int8.md): it is measured.
 
 Rung 2 — learned rounding (AdaRound): not built yet; the record says so (``rung2``).
