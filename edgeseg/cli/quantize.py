@@ -61,8 +61,9 @@ def add(sub) -> None:
     p.add_argument("--max-float-macs", type=float, default=10.0, help="mixed precision: at most this %% of "
                    "the multiply-adds in float (default %(default)s)")
     p.add_argument("--ranges", default="minmax", help="aeq: activation ranges, minmax (default: the calibration's "
-                   "moving-average min/max; measured best on CamVid val), mse, or percentile (the mean of each "
-                   "image's 0.01/99.99th percentiles per tensor)")
+                   "moving-average min/max; measured best on CamVid val), global (each tensor's smallest and largest "
+                   "value over all calibration images: the TF Lite converter's rule and the export's own int8), mse, or "
+                   "percentile (the mean of each image's 0.01/99.99th percentiles per tensor)")
     p.add_argument("--equalize", metavar="MODE",
                    help="cross-layer equalization before quantizing: off, weights (the data-free rule: equal "
                    "folded weight ranges on both sides of each conv pair) or activations (stretch each activation "
