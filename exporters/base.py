@@ -173,3 +173,21 @@ def iter_batches(items: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
 def batches(items: Iterable[np.ndarray]) -> list[np.ndarray]:
     """Split NCHW batches into single-image NCHW arrays (converters calibrate one sample at a time)."""
     return list(iter_batches(items))
+
+
+def class_map(model, dtype: str):
+    """``model`` (NCHW logits out) followed by an argmax over classes cast to ``dtype`` (``"uint8"``, ``"int32"``):
+    the [N, H, W] class map an app reads, in the graph (``--output argmax``)."""
+    import torch
+
+    out_type = getattr(torch, dtype)
+
+    class ClassMap(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x).argmax(dim=1).to(out_type)
+
+    return ClassMap(model).eval()

@@ -32,7 +32,7 @@ import numpy as np
 
 from exporters.atomic import atomic_path
 from exporters.native import quiet_native
-from exporters.base import ExporterError, ExportOptions, ExportResult, Target, check_precision, path_size
+from exporters.base import ExporterError, ExportOptions, ExportResult, Target, check_precision, class_map, path_size
 from exporters.coreml_tools import INPUT_NAME, OUTPUT_NAME, import_ct, package_io, to_pixels
 
 def _wrapped(model, std: tuple[float, float, float]):
@@ -62,20 +62,6 @@ def image_scale_bias(mean, std) -> tuple[float, list[float]]:
 
 DEPLOYMENT_TARGETS = ("iOS16", "iOS17", "iOS18")
 PALETTE_BITS = {"palettize4": 4, "palettize6": 6, "palettize8": 8}
-
-
-def _with_argmax(net):
-    import torch
-
-    class ArgmaxHead(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.inner(x).argmax(dim=1).to(torch.int32)
-
-    return ArgmaxHead(net).eval()
 
 
 def _w8a8(net, example: np.ndarray, calibration) -> "object":
@@ -143,7 +129,7 @@ def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) ->
             calib = [b * inv for b in calib]
         net = _w8a8(net, example, calib)
     if options.output == "argmax":
-        net = _with_argmax(net)
+        net = class_map(net, "int32")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(net, x)

@@ -39,7 +39,8 @@ import numpy as np
 from exporters import tflite_metadata
 from exporters.atomic import atomic_path
 from exporters.native import preload_triton, quiet_native
-from exporters.base import ExporterError, ExportOptions, ExportResult, Target, batches, check_precision, path_size
+from exporters.base import (ExporterError, ExportOptions, ExportResult, Target, batches, check_precision, class_map,
+                            path_size)
 from exporters.tflite_litert import PRECISIONS as GRAPH_PRECISIONS
 
 CONVERTER = "onnx2tf (flatbuffer_direct)"
@@ -97,21 +98,6 @@ def _nhwc_output(model):
     return NHWCOutput(model).eval()
 
 
-def _class_map(model):
-    """``model`` followed by an argmax over classes, cast to uint8: the [N, H, W] class map an app reads."""
-    import torch
-
-    class ClassMap(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.inner(x).argmax(1).to(torch.uint8)
-
-    return ClassMap(model).eval()
-
-
 def float_file(model, example: np.ndarray, options: ExportOptions) -> tuple[Path, float]:
     """The NHWC float32 ``.tflite`` of ``model`` for ``options.input`` / ``options.output`` (onnx2tf 2.x, no
     TensorFlow), converted once and cached in ``options.work_dir``; returns (path, seconds spent converting)."""
@@ -123,7 +109,7 @@ def float_file(model, example: np.ndarray, options: ExportOptions) -> tuple[Path
     if options.input == "pixels":
         model = _pixel_input(model, options.normalization.mean, options.normalization.std)
         example = np.full_like(example, 128.0)
-    model = _class_map(model) if options.output == "argmax" else model
+    model = class_map(model, "uint8") if options.output == "argmax" else model
     if path.exists():
         return path, 0.0
     t0 = time.time()
@@ -201,6 +187,8 @@ def _litert_torch_file(model, example: np.ndarray, out: Path) -> None:
     """The NHWC float32 file of ``model`` by litert-torch (PyTorch -> TFLite, no ONNX, no TensorFlow)."""
     import torch
 
+    from exporters.tflite_pt2e import nhwc
+
     preload_triton()
     try:
         import litert_torch
@@ -208,20 +196,10 @@ def _litert_torch_file(model, example: np.ndarray, out: Path) -> None:
         raise ExporterError(f"litert-torch is needed for this model's TFLite file ({e}); pip install "
                             f"'edgeseg[tflite]'") from None
 
-    class NHWC(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            y = self.inner(x.permute(0, 3, 1, 2))
-            y = y["out"] if isinstance(y, dict) else y
-            return y.permute(0, 2, 3, 1) if y.dim() == 4 else y
-
     n, c, h, w = example.shape
     with quiet_native() as log:
         try:
-            edge = litert_torch.convert(NHWC(model).eval(), (torch.zeros(n, h, w, c),))
+            edge = litert_torch.convert(nhwc(model).eval(), (torch.zeros(n, h, w, c),))
             data = bytes(edge.model_content())
         except Exception as e:  # noqa: BLE001 - torch.export and the lowering raise many types
             raise ExporterError(f"litert-torch could not convert the model: {type(e).__name__}: {str(e)[:400]}\n"

@@ -37,7 +37,8 @@ from exporters.base import ExporterError, batches
 
 
 def nhwc(model):
-    """``model`` (NCHW in, logits or ``{"out": logits}`` out) as an NHWC-in, NHWC-out module."""
+    """``model`` (NCHW in, logits or ``{"out": logits}`` out) as an NHWC-in, NHWC-out module; an output that is not
+    4-D (an in-graph class map [N, H, W]) is left as it is."""
     import torch
 
     class NHWC(torch.nn.Module):
@@ -49,7 +50,7 @@ def nhwc(model):
             y = self.inner(x.permute(0, 3, 1, 2))
             if isinstance(y, dict):
                 y = y["out"]
-            return y.permute(0, 2, 3, 1)
+            return y.permute(0, 2, 3, 1) if y.dim() == 4 else y
 
     return NHWC(model)
 

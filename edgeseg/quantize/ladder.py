@@ -102,7 +102,7 @@ def export_int8(run: Path, input_kind: str = "image", calibration: int = 100, we
                 max_steps: int = DEFAULT_MAX_STEPS) -> dict[str, Any]:
     """Climb the ladder for ``run``'s ``tflite-int8[-pixels]`` export; write the winner and its record (returned)."""
     from exporters import TARGETS, ExporterError, tflite_metadata
-    from exporters.tflite import load, model_info, op_signature, to_pixels
+    from exporters.tflite import float_file, load, model_info, op_signature, to_pixels
     from exporters.tflite_aeq import DEFAULT_FLOAT_TYPES, Int8Quantizer
 
     from edgeseg.core.latency import measure_latency, torch_runner
@@ -142,14 +142,15 @@ def export_int8(run: Path, input_kind: str = "image", calibration: int = 100, we
         res = TARGETS["tflite"].export(ckpt.build_model(which).eval(), example, int8_opts, ensure_dir(scratch / "direct"))
         return res.path.read_bytes(), time.time() - s
 
+    calib_input = calib if input_kind != "pixels" else [to_pixels(c, pre.mean, pre.std) for c in calib]
+
     def quantizer(net, tag: str, ranges: str) -> tuple[Any, float]:
         """ai-edge-quantizer calibrated on the fp32 file of ``net`` (its float file cached under ``tag``)."""
         s = time.time()
         fp32_opts = export_options(ckpt, "fp32", calib, ensure_dir(work / tag) if tag else work, "logits", input_kind)
-        fp32 = TARGETS["tflite"].export(net, example, fp32_opts, ensure_dir(scratch / f"fp32{'-' + tag if tag else ''}"))
-        samples = calib if input_kind != "pixels" else [to_pixels(c, pre.mean, pre.std) for c in calib]
+        fp32, _ = float_file(net, example, fp32_opts)  # converted once per model; each range rule reads it
         # pixel input: uint8 camera bytes (MediaPipe and camera code feed uint8 or float32, never int8)
-        return (Int8Quantizer(fp32.path.read_bytes(), samples, ranges, DEFAULT_FLOAT_TYPES,
+        return (Int8Quantizer(fp32.read_bytes(), calib_input, ranges, DEFAULT_FLOAT_TYPES,
                               input_type="uint8" if input_kind == "pixels" else "int8"), time.time() - s)
 
     info = model_info(int8_opts)
