@@ -32,7 +32,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -168,7 +168,7 @@ def _differs(path: Path, model, shape: tuple[int, ...], pixels: bool) -> str:
          rng.standard_normal(shape).astype(np.float32))
     try:
         with quiet_native():
-            y = TFLiteRunner(path, threads=1, xnnpack=False)(x)
+            y = TFLiteRunner(path, threads=1, kernels="builtin")(x)
     except (ExporterError, ValueError, RuntimeError) as e:
         return f"does not run ({str(e)[:200]})"
     with torch.no_grad():
@@ -231,7 +231,7 @@ def op_signature(path: Path) -> tuple[tuple[str, str], ...]:
     """Every op of a TFLite file as (type, dtype of its first input), in graph order: two files with the same
     signature run the same kernels (weights and scales differ, work does not), so they take the same time."""
     with quiet_native():
-        interp = interpreter(path, 1, xnnpack=False)
+        interp = interpreter(path, 1, "builtin")
     tensors = {d["index"]: d for d in interp.get_tensor_details()}
     out = []
     for op in interp._get_ops_details():  # noqa: SLF001 - the only public view of the op list
@@ -316,27 +316,43 @@ def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) ->
                         tuple(example.shape), details)
 
 
-def interpreter(path: Path, threads: int, xnnpack: bool = True):
+#: LiteRT's CPU kernel paths by name: XNNPACK (the default delegate), builtin (XNNPACK off), reference
+KERNEL_PATHS = ("xnnpack", "builtin", "reference")
+
+
+def interpreter(path: Path, threads: int, kernels: str = "xnnpack"):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    resolver = {"xnnpack": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                "reference": OpResolverType.BUILTIN_REF}[kernels]
     try:
         interp = Interpreter(model_path=str(path), num_threads=threads, experimental_op_resolver_type=resolver)
         interp.allocate_tensors()
     except (ValueError, RuntimeError) as e:
-        raise ExporterError(f"LiteRT cannot load '{path}': {str(e)[:300]}") from None
+        raise ExporterError(f"LiteRT cannot load '{path}' ({kernels} kernels): {str(e)[:300]}") from None
     return interp
+
+
+_KERNEL_NAMES = {"xnnpack": "XNNPACK", "builtin": "builtin kernels", "reference": "reference kernels"}
 
 
 class TFLiteRunner:
     """NCHW float32 in, NCHW float32 logits (or an argmax model's [N, H, W] class map) out, through the LiteRT
-    interpreter (XNNPACK by default)."""
+    interpreter on one kernel path (``kernels``: xnnpack, the default; builtin; reference).
 
-    def __init__(self, path: Path, threads: int = 2, xnnpack: bool = True) -> None:
+    ``execute`` (a model-ready [N, H, W, C] batch in the input's dtype -> the raw output batch) replaces the local
+    interpreter's loop: :mod:`exporters.arm64` runs the same file on emulated ARM through it, with the same input
+    encoding and output decoding as here."""
+
+    def __init__(self, path: Path, threads: int = 2, kernels: str = "xnnpack",
+                 execute: Callable[[np.ndarray], np.ndarray] | None = None, runtime: str = "") -> None:
         import ai_edge_litert
 
+        if kernels not in KERNEL_PATHS:
+            raise ExporterError(f"unknown LiteRT kernel path '{kernels}' ({', '.join(KERNEL_PATHS)})")
         self.path = Path(path)
-        self.interp = interpreter(self.path, threads, xnnpack)
+        self.kernels = kernels
+        self.interp = interpreter(self.path, threads, kernels if execute is None else "xnnpack")
         self.inp = self.interp.get_input_details()[0]
         self.out = self.interp.get_output_details()[0]
         if len(self.inp["shape"]) != 4:
@@ -346,29 +362,38 @@ class TFLiteRunner:
         self.pixels = tflite_metadata.edgeseg_info(self.path.read_bytes())
         if self.pixels.get("input") != "pixels":
             self.pixels = {}
+        self.execute = execute or self._invoke
         version = getattr(ai_edge_litert, "__version__", "")
-        self.runtime = (f"LiteRT {version} interpreter, {'XNNPACK' if xnnpack else 'builtin kernels'}, "
-                        f"{threads} threads").replace("  ", " ")
+        self.runtime = runtime or (f"LiteRT {version} interpreter, {_KERNEL_NAMES[kernels]}, "
+                                   f"{threads} threads").replace("  ", " ")
 
     @property
     def input_shape_nchw(self) -> tuple[int, int, int, int]:
         n, h, w, c = (int(v) for v in self.inp["shape"])
         return n, c, h, w
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        """Normalized NCHW float32 -> what the file takes: NHWC, 0-255 pixels for a pixel-input model,
+        quantized for an int8/uint8 input."""
         if self.pixels:
             x = to_pixels(x, self.pixels["normalization"]["mean"], self.pixels["normalization"]["std"])
         x = np.asarray(x, np.float32).transpose(0, 2, 3, 1)
         if self.inp["dtype"] in (np.int8, np.uint8):
             scale, zero = self.inp["quantization"]
             info = np.iinfo(self.inp["dtype"])
-            x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(self.inp["dtype"])
+            x = np.clip(np.round(x / scale + zero), info.min, info.max)
+        return np.ascontiguousarray(x).astype(self.inp["dtype"])
+
+    def _invoke(self, x: np.ndarray) -> np.ndarray:
         outs = []
         for i in range(x.shape[0]):  # the converted model has batch 1
-            self.interp.set_tensor(self.inp["index"], np.ascontiguousarray(x[i : i + 1]).astype(self.inp["dtype"]))
+            self.interp.set_tensor(self.inp["index"], np.ascontiguousarray(x[i : i + 1]))
             self.interp.invoke()
             outs.append(self.interp.get_tensor(self.out["index"]).copy())
-        y = np.concatenate(outs)
+        return np.concatenate(outs)
+
+    def finish(self, y: np.ndarray) -> np.ndarray:
+        """The file's raw output batch -> NCHW float32 logits (dequantized), or an argmax model's class map."""
         if y.ndim == 3:  # an in-graph argmax model: the class map [N, H, W] itself
             return y.astype(np.int64)
         if self.out["dtype"] in (np.int8, np.uint8):
@@ -376,8 +401,11 @@ class TFLiteRunner:
             y = (y.astype(np.float32) - zero) * scale
         return y.astype(np.float32).transpose(0, 3, 1, 2) if y.ndim == 4 else y.astype(np.float32)
 
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.finish(self.execute(self.prepare(x)))
 
-def load(path: Path | bytes, threads: int = 2, xnnpack: bool = True, outputs: tuple[str, ...] = ("logits",)):
+
+def load(path: Path | bytes, threads: int = 2, kernels: str = "xnnpack", outputs: tuple[str, ...] = ("logits",)):
     """LiteRT's interpreter on the file: logits (one output), or ``{name: array}`` of a multi-output graph (several
     ``outputs``, by its signature runner; ``path`` may then be the file's bytes, as a mixed-precision search makes
     them)."""
@@ -385,7 +413,7 @@ def load(path: Path | bytes, threads: int = 2, xnnpack: bool = True, outputs: tu
         from exporters.tflite_litert import GraphRunner
 
         return GraphRunner(path, outputs, threads)
-    return TFLiteRunner(Path(path), threads, xnnpack)
+    return TFLiteRunner(Path(path), threads, kernels)
 
 
 def can_run() -> tuple[bool, str]:

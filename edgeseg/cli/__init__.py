@@ -15,7 +15,7 @@ import warnings
 from typing import Sequence
 
 from edgeseg import __version__
-from edgeseg.cli import (bench, bundle, check, data, export, importer, maskrcnn, models, quantize, quickstart,
+from edgeseg.cli import (bench, bundle, check, data, device, export, importer, maskrcnn, models, quantize, quickstart,
                          report, train)
 from edgeseg.cli.common import EPILOG
 from edgeseg.core.errors import EXIT_FAILURE, EXIT_USAGE, EdgesegError
@@ -23,7 +23,7 @@ from edgeseg.core.errors import EXIT_FAILURE, EXIT_USAGE, EdgesegError
 # in the order `edgeseg --help` lists them
 COMMANDS = {"train": train, "export": export, "check": check, "report": report, "bench": bench,
             "quantize": quantize, "bundle": bundle, "import": importer, "quickstart": quickstart,
-            "maskrcnn": maskrcnn, "models": models, "data": data}
+            "maskrcnn": maskrcnn, "models": models, "data": data, "device": device}
 
 
 def parser() -> argparse.ArgumentParser:

@@ -43,6 +43,20 @@ def add(sub) -> None:
                    "compute units there is NOT VERIFIED (exit 3)")
     p.add_argument("--score-threshold", type=float, default=0.3,
                    help="Mask R-CNN runs: detections scoring below it are not compared (default %(default)s)")
+    p.add_argument("--device", default="host", choices=("host", "arm64"),
+                   help="tflite: where the file runs. arm64: LiteRT's aarch64 build under qemu user-mode emulation "
+                   "(ARM NEON/dot-product kernels) on each --arm-cpu profile, beside this host's XNNPACK; 8 test "
+                   "images unless --limit says otherwise. Provision it once with: edgeseg device setup arm64")
+    p.add_argument("--arm-cpu", dest="arm_cpus", metavar="CPUS",
+                   help="--device arm64: emulated CPU profiles, comma-separated (default cortex-a76,cortex-a53: with "
+                   "and without dot-product/fp16 arithmetic)")
+    p.add_argument("--kernels", metavar="PATHS",
+                   help="tflite: LiteRT kernel paths to run, comma-separated from xnnpack (the default delegate), "
+                   "builtin (XNNPACK off) and reference (default: xnnpack; with --device arm64 all three)")
+    p.add_argument("--gate-kernels", metavar="PATHS",
+                   help="tflite: the kernel paths whose parity decides pass/fail (default xnnpack: what the "
+                   "bundle's LiteRT and MediaPipe code runs; add builtin if your app turns XNNPACK off). Every "
+                   "path's figures and its bit-exactness against this host's XNNPACK are recorded either way")
     p.add_argument("--json", action="store_true", help="print parity.json to stdout (a list for several exports)")
 
 
@@ -54,7 +68,8 @@ def run(a: argparse.Namespace) -> int:
                 min_mask_miou=a.min_mask_miou, max_miou_drop=a.max_miou_drop,
                 max_class_drop=a.max_class_drop, limit=a.limit, threads=a.threads,
                 compute_units=a.compute_units, output=a.output, input_kind=a.input_kind, data=a.data,
-                score_threshold=a.score_threshold)
+                score_threshold=a.score_threshold, device=a.device, arm_cpus=a.arm_cpus, kernels=a.kernels,
+                gate_kernels=a.gate_kernels)
     if a.json:
         js = [out.task.to_json(r) for r in out.results]
         print(json.dumps(js[0] if len(js) == 1 else js, indent=2, default=str))

@@ -53,7 +53,7 @@ def _size(path: Path) -> int:
 def _tflite_io(path: Path) -> tuple[dict, int]:
     from exporters.tflite import interpreter
 
-    interp = interpreter(path, 1, True)
+    interp = interpreter(path, 1)
 
     def desc(d):
         q = d.get("quantization", (0.0, 0))
@@ -129,7 +129,7 @@ def bench_model(path: Path | str, threads: tuple[int, ...] = (1, 2, 4), runs: in
         for t in threads:
             for xnn in (True, False):
                 configs.append((f"xnnpack={'on' if xnn else 'off'}", t,
-                                lambda t=t, xnn=xnn: TFLiteRunner(path, t, xnn)))
+                                lambda t=t, xnn=xnn: TFLiteRunner(path, t, "xnnpack" if xnn else "builtin")))
     elif kind == "onnx":
         from exporters.onnx import OnnxRunner
 

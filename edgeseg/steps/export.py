@@ -22,8 +22,9 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "calibration": 100, "weights": "auto", "output": "logits", "input_kind": "image", "deployment_target": None,
     "min_agreement": None, "min_mask_miou": None, "max_miou_drop": None, "max_class_drop": None,
     "data": None, "compute_units": None,
-    "threads": 2, "limit": None, "score_threshold": 0.3, "int8_route": "ladder", "max_float_macs": 10.0}
-FLAGS = {"input_kind": "--input"}
+    "threads": 2, "limit": None, "score_threshold": 0.3, "int8_route": "ladder", "max_float_macs": 10.0,
+    "device": "host", "arm_cpus": None, "kernels": None, "gate_kernels": None}
+FLAGS = {"input_kind": "--input", "arm_cpus": "--arm-cpu"}
 
 
 @dataclass

@@ -246,6 +246,7 @@ class SemanticReport:
         if notes:
             lines += ["", "Notes:", *notes]
         lines += _class_table(r)
+        lines += _paths_table(r)
         lines += gates
         refs = sorted({(row.get("parity") or {}).get("reference", "PyTorch") for row in r["results"]
                        if row.get("parity")} - {"PyTorch"})
@@ -279,4 +280,34 @@ def _class_table(r: dict[str, Any]) -> list[str]:
         lines.append(f"| {c} | {_fmt(ref.get(c), '.4f')} | " + " | ".join(cells) + " |")
     lines += ["", "In brackets: the change in IoU points from PyTorch; bold: the export's worst class (the per-class "
               "gate, `--max-class-drop`, fails an export whose worst class falls by more than its limit)."]
+    return lines
+
+
+def kernel_paths(parity: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The kernel paths a TFLite check ran (``check --device arm64`` / ``--kernels``), in check order."""
+    return [r for r in ((parity or {}).get("by_runtime") or {}).values() if "path" in r]
+
+
+def _paths_table(r: dict[str, Any]) -> list[str]:
+    """Every kernel path each TFLite export was checked on: where, which kernels, gated or not, parity, and
+    whether its outputs are bit for bit the host XNNPACK's."""
+    rows = [(row["name"], p) for row in r["results"] for p in kernel_paths(row.get("parity"))]
+    if not rows:
+        return []
+    lines = ["", "## Kernel paths (LiteRT CPU kernels, host and emulated arm64)", "",
+             "| export | path | gated | parity | agreement % | mask mIoU | max Δlogit | bit-exact vs x86-64 XNNPACK | "
+             "machine (CPU features) |", "|---|---|---|---|---:|---:|---:|---|---|"]
+    for name, p in rows:
+        feats = p.get("cpu_features") or []
+        cpu = p.get("machine") or ""
+        if feats:
+            cpu += " (" + ", ".join(f for f in ("asimddp", "asimdhp", "i8mm", "sve") if f in feats) + ")" \
+                if any(f in feats for f in ("asimddp", "asimdhp", "i8mm", "sve")) else " (no dot-product, no fp16)"
+        lines.append(f"| {name} | {p['path']} | {'yes' if p['gated'] else 'no'} | {p['status']} | "
+                     f"{_fmt(p.get('pixel_agreement'), '.3f')} | {_fmt(p.get('mask_miou'), '.4f')} | "
+                     f"{_fmt(p.get('max_abs_logit_diff'), '.3g')} | {'yes' if p['bit_exact_vs_host_xnnpack'] else 'no'} | "
+                     f"{cpu} |")
+    lines += ["", "Gated paths decide the export's verdict (`check --gate-kernels`, default xnnpack: what the "
+              "bundle's LiteRT and MediaPipe code runs); the others are shown. arm64 paths run LiteRT's aarch64 "
+              "build under qemu user-mode emulation (`check --device arm64`)."]
     return lines

@@ -24,7 +24,7 @@ from edgeseg.core.atomic import ensure_dir, write_json
 from edgeseg.core.digest import file_digest
 from edgeseg.data import open_split
 from edgeseg.core.errors import CheckFailed, DataError, ExportError, UsageError
-from edgeseg.tasks.semantic.parity import (NOT_VERIFIED, LazySamples, ParityResult, combine_results, compare, not_verified,
+from edgeseg.tasks.semantic.parity import (FAILED, NOT_VERIFIED, LazySamples, ParityResult, combine_results, compare, not_verified,
                             thresholds_for)
 from edgeseg.core.registry import check_choice
 from edgeseg.train.checkpoint import Checkpoint, load_checkpoint
@@ -260,11 +260,19 @@ def check_runs(run: Path, pairs: Sequence[tuple[str, str]], min_agreement: float
                min_mask_miou: float | None = None, limit: int | None = None, threads: int = 2,
                log: Callable[[str], None] = print, compute_units: str | None = None, output: str = "logits",
                input_kind: str = "image", data: str | None = None,
-               max_miou_drop: float | None = None, max_class_drop: float | None = None) -> list[ParityResult]:
+               max_miou_drop: float | None = None, max_class_drop: float | None = None, device: str = "host",
+               arm_cpus: str | None = None, kernels: str | None = None,
+               gate_kernels: str | None = None) -> list[ParityResult]:
     """Run each exported model of ``pairs`` and the reference (PyTorch; for an ONNX import the original file
     in onnxruntime) on the test split (of ``data`` when given, else the run's dataset); write each export's
     parity.json. One process: the checkpoint, the reference model and the test images (up to
     :data:`KEEP_SAMPLES_BYTES`) are read once for every export.
+
+    TFLite files run on every kernel path asked for (:func:`exporters.arm64.kernel_paths`): ``kernels`` on this
+    CPU, or with ``device="arm64"`` the host's XNNPACK and ``kernels`` on each emulated ARM CPU of ``arm_cpus``
+    (:data:`ARM64_IMAGES` test images unless ``limit`` says otherwise: emulation is slow); the paths in
+    ``gate_kernels`` decide the verdict, every path's figures and its bit-exactness against the host's XNNPACK
+    are recorded.
 
     Raises nothing on a failed threshold: the result's ``status`` says it (the CLI maps it to an
     exit code). A target that cannot run here gives a ``not-verified`` result, never a pass. Core ML runs
@@ -281,6 +289,21 @@ def check_runs(run: Path, pairs: Sequence[tuple[str, str]], min_agreement: float
     run = Path(ckpt.path).parent
     if compute_units is not None and not any(tg == "coreml" for tg, _ in pairs):
         raise UsageError(f"--compute-units applies to --target coreml only, not {','.join(tg for tg, _ in pairs)}")
+    paths_asked = device != "host" or kernels is not None or gate_kernels is not None
+    if paths_asked and not any(tg == "tflite" for tg, _ in pairs):
+        raise UsageError(f"--device, --kernels and --gate-kernels apply to --target tflite, not "
+                         f"{','.join(tg for tg, _ in pairs)}")
+    if device == "arm64":
+        from exporters.arm64 import Arm64Missing, require
+
+        try:
+            require()
+        except Arm64Missing as e:
+            raise UsageError(str(e)) from None
+        if limit is None:
+            limit = ARM64_IMAGES
+            log(f"note: emulated arm64 runs {ARM64_IMAGES} test images (--limit N for more; ~10-100x slower than "
+                f"native)")
     digest = file_digest(ckpt.path)
     found = []
     for t, target, precision, thresholds in checked:  # every export present and current before any work
@@ -324,6 +347,12 @@ def check_runs(run: Path, pairs: Sequence[tuple[str, str]], min_agreement: float
             ref_model, ref_name = ckpt.reference_model(which)
             references[which] = (torch_runner(ref_model, threads), ref_name)
         reference, ref_name = references[which]
+        if target == "tflite" and paths_asked:
+            res = _check_paths(run / rec["path"], reference, samples, ckpt, thresholds, precision, threads, device,
+                               arm_cpus, kernels, gate_kernels, ref_name, log)
+            write_json(d / "parity.json", {"schema": "edgeseg.parity/1", **res.to_json()})
+            out.append(res)
+            continue
         results = []
         for unit in units:
             try:
@@ -344,6 +373,57 @@ def check_runs(run: Path, pairs: Sequence[tuple[str, str]], min_agreement: float
         write_json(d / "parity.json", {"schema": "edgeseg.parity/1", **res.to_json()})
         out.append(res)
     return out
+
+
+#: test images an emulated arm64 check runs unless --limit says otherwise (an int8 LR-ASPP at 256 px: ~1 s
+#: per image and path emulated)
+ARM64_IMAGES = 8
+
+
+def _names(value: str | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _check_paths(model: Path, reference, samples, ckpt, thresholds: dict, precision: str, threads: int,
+                 device: str, arm_cpus: str | None, kernels: str | None, gate_kernels: str | None, ref_name: str,
+                 log: Callable[[str], None]) -> ParityResult:
+    """One TFLite file on every kernel path: each path compared with the reference, the gated ones combined
+    into the verdict, every path (with its bit-exactness against the host's XNNPACK) in ``by_runtime``."""
+    from exporters import ExporterError
+    from exporters.arm64 import APP_KERNELS, CPUS, kernel_paths
+
+    try:
+        paths = kernel_paths(model, threads, device, _names(arm_cpus) or tuple(CPUS), _names(kernels),
+                             _names(gate_kernels) or APP_KERNELS)
+    except ExporterError as e:
+        raise UsageError(str(e)) from None
+    results, gated = [], []
+    for path in paths:
+        log(f"checking tflite {precision} on {path.name} ({path.runner.runtime}) against {ref_name} on "
+            f"{samples.count} test images ...")
+        try:
+            r = compare(reference, path.runner, samples.images, samples.masks, ckpt.class_names, thresholds,
+                        "tflite", precision, runtime=path.runner.runtime, labels=samples.labels,
+                        to_label=ckpt.preprocess.to_label, region=ckpt.preprocess.region, reference_runtime=ref_name)
+        except ExporterError as e:  # a path that cannot run the file (an op its kernels lack): it fails
+            r = ParityResult(target="tflite", precision=precision, status=FAILED, runtime=path.runner.runtime,
+                             thresholds=dict(thresholds), failures=[f"does not run: {str(e)[:300]}"],
+                             reason=str(e)[:300])
+        results.append(r)
+        gated.append(path.gated)
+    res = combine_results([r for r, g in zip(results, gated) if g])
+    base = paths[0].digests
+    res.by_runtime = {}
+    for path, r in zip(paths, results):
+        same = [p.name for p in paths if p is not path and p.digests and p.digests == path.digests]
+        res.by_runtime[r.runtime] = {
+            **path.info(), "path": path.name, "status": r.status, "pixel_agreement": r.pixel_agreement,
+            "mask_miou": r.mask_miou, "miou_drop": r.miou_drop, "worst_class": r.worst_class,
+            "max_abs_logit_diff": r.max_abs_logit_diff, "reason": r.reason,
+            "bit_exact_vs_host_xnnpack": bool(path.digests) and path.digests == base[:len(path.digests)]
+            and len(path.digests) == len(base), "bit_exact_with": same,
+            "failures": list(r.failures)}
+    return res
 
 
 def raise_for_status(res: ParityResult) -> None:

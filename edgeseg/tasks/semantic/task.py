@@ -33,7 +33,7 @@ class SemanticTask:
             return ("calibration", "weights", "output", "input_kind", "deployment_target", "int8_route",
                     "max_float_macs")
         return ("min_agreement", "min_mask_miou", "max_miou_drop", "max_class_drop", "limit", "threads", "compute_units", "output",
-                "input_kind", "data")
+                "input_kind", "data", "device", "arm_cpus", "kernels", "gate_kernels")
 
     def describe_options(self, action: str) -> str:
         return f"see edgeseg {action} --help"
@@ -164,6 +164,11 @@ class SemanticTask:
                 "miou_drop", "worst_class", "thresholds")
         out = {k: parity.get(k) for k in keys}
         out["reference"] = parity.get("reference", "PyTorch")  # parity.json written before the field: PyTorch
+        paths = [{k: p.get(k) for k in ("path", "gated", "status", "pixel_agreement", "mask_miou",
+                                        "max_abs_logit_diff", "bit_exact_vs_host_xnnpack", "machine")}
+                 for p in (parity.get("by_runtime") or {}).values() if "path" in p]
+        if paths:  # checked on several kernel paths (check --device arm64 / --kernels): every one
+            out["kernel_paths"] = paths
         return out
 
     def app_readme(self, manifest: dict[str, Any]) -> str:

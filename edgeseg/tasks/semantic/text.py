@@ -12,8 +12,19 @@ def describe_parity(res: ParityResult) -> str:
         lines.append(f"  not verified: {res.reason}")
         return "\n".join(lines)
     for runtime, r in res.by_runtime.items():
+        if "path" in r:  # a TFLite file checked on several kernel paths
+            exact = "bit-exact with x86-64 XNNPACK" if r["bit_exact_vs_host_xnnpack"] else "differs from x86-64 XNNPACK"
+            figures = ("does not run" if r["pixel_agreement"] is None else
+                       f"agreement {r['pixel_agreement']:.3f} %, mask mIoU {r['mask_miou']:.4f}, max |Δlogit| "
+                       + ("—" if r["max_abs_logit_diff"] is None else f"{r['max_abs_logit_diff']:.3g}"))
+            lines.append(f"  {r['path']:<28} {r['status'].upper():<7}{'' if r['gated'] else ' (not gated)'} "
+                         f"{figures}; {exact}")
+            continue
         lines.append(f"  {runtime}: {r['status'].upper()}, agreement {r['pixel_agreement'] or 0:.3f} %, "
                      f"mask mIoU {r['mask_miou'] or 0:.4f}")
+    if res.pixel_agreement is None:
+        lines += [f"  FAILED: {f}" for f in res.failures]
+        return "\n".join(lines)
     lines.append(f"  images              {res.images}")
     if res.reference != "PyTorch":
         lines.append(f"  reference           {res.reference}")
