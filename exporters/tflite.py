@@ -36,7 +36,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from exporters import tflite_metadata
+from exporters import tflite_flatbuffer, tflite_metadata
 from exporters.atomic import atomic_path
 from exporters.native import preload_triton, quiet_native
 from exporters.base import (ExporterError, ExportOptions, ExportResult, Target, batches, check_precision, class_map,
@@ -105,7 +105,8 @@ def float_file(model, example: np.ndarray, options: ExportOptions) -> tuple[Path
 
     work = Path(options.work_dir) if options.work_dir else Path(tempfile.mkdtemp(prefix="edgeseg-tflite-"))
     # absolute: onnx2tf runs in a scratch working directory
-    path = work.resolve() / f"float32-{options.input}-{options.output}.tflite"
+    # "settled": stored shapes made equal to the run's (a cache of an earlier edgeseg, without that, is not reused)
+    path = work.resolve() / f"float32-{options.input}-{options.output}-settled.tflite"
     if options.input == "pixels":
         model = _pixel_input(model, options.normalization.mean, options.normalization.std)
         example = np.full_like(example, 128.0)
@@ -148,6 +149,9 @@ def float_file(model, example: np.ndarray, options: ExportOptions) -> tuple[Path
         else:
             shutil.move(produced, tmp)
             (work / f"{path.name}.why").unlink(missing_ok=True)
+        # stored shapes equal to the run's (MediaPipe allocates from them); quantized files inherit them
+        data, _ = tflite_flatbuffer.settle_shapes(tmp.read_bytes())
+        tmp.write_bytes(data)
     return path, time.time() - t0
 
 

@@ -34,3 +34,38 @@ def pack(model) -> bytes:
     b = flatbuffers.Builder(1 << 20)
     b.Finish(model.Pack(b), b"TFL3")
     return bytes(b.Output())
+
+
+def invoked_shapes(data: bytes) -> dict[int, list[int]]:
+    """Every tensor's shape (by index in the main subgraph) after LiteRT ran the file once on a zero input."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interp = Interpreter(model_content=data, experimental_preserve_all_tensors=True,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interp.allocate_tensors()
+    for d in interp.get_input_details():
+        interp.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+    interp.invoke()
+    return {d["index"]: [int(v) for v in d["shape"]] for d in interp.get_tensor_details()}
+
+
+def settle_shapes(data: bytes) -> tuple[bytes, list[str]]:
+    """The file with every static tensor shape equal to what LiteRT computes when it runs it, and the names of the
+    tensors that were wrong. A converter's shape inference can leave a shape that the interpreter resizes at run
+    time (onnx2tf 2.6 stores LR-ASPP's final Resize output and ``logits`` as [1, 1, 1, C]): LiteRT's own interpreter
+    copes, but clients that allocate from the stored shapes (MediaPipe's InferenceCalculator: "TfLiteTensor and
+    Tensor shape do not match"; app code reading ``getOutputTensor(0).shape()``) do not. Dimensions the file marks
+    dynamic (-1 in the shape signature) are left alone."""
+    shapes = invoked_shapes(data)
+    model = unpack(data)
+    fixed = []
+    for i, t in enumerate(model.subgraphs[0].tensors or []):
+        sig = t.shapeSignature
+        if i not in shapes or (sig is not None and any(int(v) < 0 for v in sig)):
+            continue
+        if t.shape is None or [int(v) for v in t.shape] != shapes[i]:
+            t.shape = np.array(shapes[i], np.int32)
+            if sig is not None:
+                t.shapeSignature = np.array(shapes[i], np.int32)
+            fixed.append(t.name.decode() if isinstance(t.name, bytes) else str(t.name))
+    return (pack(model) if fixed else data), fixed

@@ -92,6 +92,12 @@ def test_trains_exports_and_keeps_masks(key, trained):
     recs = export_runs(run, tflite + [("coreml", "int8")], log=lambda s: None)
     for res in check_runs(run, tflite, log=lambda s: None):
         assert res.passed, (res.precision, res.pixel_agreement, res.mask_miou, res.failures)
+    from ai_edge_litert.interpreter import Interpreter
+
+    for rec in recs[:3]:  # the stored output shape is the one LiteRT computes (MediaPipe allocates from it; onnx2tf
+        # 2.6 stored LR-ASPP's logits as [1, 1, 1, C] until edgeseg settled the shapes)
+        out = Interpreter(model_path=str(run / rec["path"])).get_output_details()[0]
+        assert out["shape"].tolist() == [1, ck.preprocess.height, ck.preprocess.width, ck.num_classes], rec["path"]
     assert recs[-1]["size_bytes"] > 0 and (run / recs[-1]["path"]).is_dir()
 
 
