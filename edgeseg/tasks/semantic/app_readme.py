@@ -101,7 +101,7 @@ MediaPipe stretches whatever it is given to W x H; hand it the frame already fit
 exactly W x H, so its resize changes nothing) and map its mask back with `toFrame`. Measured on the quickstart
 model (int8, 8 test frames): fitted first, MediaPipe's frame masks equal LiteRT's on square, 4:3 and 9:16 frames
 (100 %); handed a 4:3 or 9:16 frame as it is, they agree with PyTorch on 98.5 % / 96.9 % of pixels instead of
-99.8 % / 99.6 % (`python benchmarks/mediapipe_frames.py`).
+99.8 % / 99.6 % (`python benchmarks/mediapipe_frames.py RUN`).
 
 ```kotlin
 val segmenter = ImageSegmenter.createFromOptions(context,
