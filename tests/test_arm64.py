@@ -22,7 +22,7 @@ def int8_run(tiny_run, tmp_path_factory):
 
 
 def _paths(run):
-    p = json.loads((run / "export" / "tflite-int8" / "parity.json").read_text())
+    p = json.loads((run / "export" / "tflite-int8" / "kernel-paths.json").read_text())
     return p, {r["path"]: r for r in p["by_runtime"].values()}
 
 
@@ -106,6 +106,11 @@ def test_emulated_arm64_runs_arm_kernels_bit_exact_with_x86_xnnpack(int8_run, ar
     assert a76["bit_exact_vs_host_xnnpack"] and a53["bit_exact_vs_host_xnnpack"]
     assert not paths["arm64 cortex-a76 builtin"]["bit_exact_vs_host_xnnpack"]
     assert "arm64 cortex-a53 builtin" in paths["arm64 cortex-a76 builtin"]["bit_exact_with"]
+    assert p["schema"] == "edgeseg.kernel-paths/1" and len(p["model_digest"]) == 16
+    # the kernel-path record sits beside parity.json (the test split's check), which it does not replace
+    assert not (int8_run / "export" / "tflite-int8" / "parity.json").exists()
+    assert main(["check", str(int8_run), "--target", "tflite", "--precision", "int8", "-q"]) == 0
+    assert json.loads((int8_run / "export" / "tflite-int8" / "parity.json").read_text())["images"] == 12
     assert main(["report", str(int8_run), "--runs", "2", "-q"]) == 0
     md = (int8_run / "report.md").read_text()
     assert "| tflite-int8 | arm64 cortex-a53 xnnpack | yes | passed |" in md

@@ -285,7 +285,7 @@ def _class_table(r: dict[str, Any]) -> list[str]:
 
 def kernel_paths(parity: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The kernel paths a TFLite check ran (``check --device arm64`` / ``--kernels``), in check order."""
-    return [r for r in ((parity or {}).get("by_runtime") or {}).values() if "path" in r]
+    return list((parity or {}).get("kernel_paths") or [])
 
 
 def _paths_table(r: dict[str, Any]) -> list[str]:

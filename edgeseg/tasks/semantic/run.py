@@ -265,8 +265,9 @@ def check_runs(run: Path, pairs: Sequence[tuple[str, str]], min_agreement: float
                gate_kernels: str | None = None) -> list[ParityResult]:
     """Run each exported model of ``pairs`` and the reference (PyTorch; for an ONNX import the original file
     in onnxruntime) on the test split (of ``data`` when given, else the run's dataset); write each export's
-    parity.json. One process: the checkpoint, the reference model and the test images (up to
-    :data:`KEEP_SAMPLES_BYTES`) are read once for every export.
+    parity.json (a TFLite check over kernel paths: its :data:`KERNEL_PATHS` record instead). One process: the
+    checkpoint, the reference model and the test images (up to :data:`KEEP_SAMPLES_BYTES`) are read once for
+    every export.
 
     TFLite files run on every kernel path asked for (:func:`exporters.arm64.kernel_paths`): ``kernels`` on this
     CPU, or with ``device="arm64"`` the host's XNNPACK and ``kernels`` on each emulated ARM CPU of ``arm_cpus``
@@ -350,7 +351,10 @@ def check_runs(run: Path, pairs: Sequence[tuple[str, str]], min_agreement: float
         if target == "tflite" and paths_asked:
             res = _check_paths(run / rec["path"], reference, samples, ckpt, thresholds, precision, threads, device,
                                arm_cpus, kernels, gate_kernels, ref_name, log)
-            write_json(d / "parity.json", {"schema": "edgeseg.parity/1", **res.to_json()})
+            # beside parity.json, not over it: the kernel-path check (8 images on ARM) is more evidence, not a
+            # replacement of the test split's; the model file's digest ties it to the file it ran
+            write_json(d / KERNEL_PATHS, {"schema": "edgeseg.kernel-paths/1",
+                                          "model_digest": file_digest(run / rec["path"]), **res.to_json()})
             out.append(res)
             continue
         results = []
@@ -374,6 +378,10 @@ def check_runs(run: Path, pairs: Sequence[tuple[str, str]], min_agreement: float
         out.append(res)
     return out
 
+
+#: where a check over several kernel paths (``--device arm64`` / ``--kernels`` / ``--gate-kernels``) writes its
+#: record, in the export's folder beside parity.json
+KERNEL_PATHS = "kernel-paths.json"
 
 #: test images an emulated arm64 check runs unless --limit says otherwise (an int8 LR-ASPP at 256 px: ~1 s
 #: per image and path emulated)

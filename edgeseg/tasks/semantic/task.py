@@ -72,6 +72,9 @@ class SemanticTask:
             rec = read_json(rec_path, "export record", fix)
             parity_path = rec_path.parent / "parity.json"
             parity = read_json(parity_path, "parity record", fix) if parity_path.exists() else None
+            paths = _kernel_paths(rec_path.parent, rec, Path(run))
+            if parity is not None and paths:
+                parity = {**parity, "kernel_paths": paths}
             out.append(ExportEntry(rec_path.parent, rec, parity))
         return out
 
@@ -166,7 +169,7 @@ class SemanticTask:
         out["reference"] = parity.get("reference", "PyTorch")  # parity.json written before the field: PyTorch
         paths = [{k: p.get(k) for k in ("path", "gated", "status", "pixel_agreement", "mask_miou",
                                         "max_abs_logit_diff", "bit_exact_vs_host_xnnpack", "machine")}
-                 for p in (parity.get("by_runtime") or {}).values() if "path" in p]
+                 for p in parity.get("kernel_paths") or []]
         if paths:  # checked on several kernel paths (check --device arm64 / --kernels): every one
             out["kernel_paths"] = paths
         return out
@@ -180,3 +183,19 @@ class SemanticTask:
         from edgeseg.tasks.semantic.report import SemanticReport
 
         return SemanticReport(self, run, threads)
+
+
+def _kernel_paths(folder: Path, record: dict[str, Any], run: Path) -> list[dict[str, Any]]:
+    """The paths of the export's kernel-path check (``check --device arm64`` / ``--kernels``), in check order;
+    empty when it never ran or ran on a file since replaced (its model digest differs)."""
+    from edgeseg.core.digest import file_digest
+    from edgeseg.tasks.semantic.run import KERNEL_PATHS
+
+    path = folder / KERNEL_PATHS
+    model = run / record.get("path", "")
+    if not path.exists() or not model.is_file():
+        return []
+    found = read_json(path, "kernel-path record", f"check it again: edgeseg check {run} --device arm64")
+    if found.get("model_digest") != file_digest(model):
+        return []
+    return [r for r in (found.get("by_runtime") or {}).values() if "path" in r]
