@@ -36,13 +36,14 @@ import numpy as np
 
 from exporters.atomic import remove_stale
 from exporters.base import ExporterError, ToolchainMissing
+from exporters.tflite import KERNEL_NAMES, KERNEL_PATHS, TFLiteRunner
 
 #: the emulated CPU profiles (qemu's names) and what they have that matters to XNNPACK's kernel choice
 CPUS = {"cortex-a76": "dot-product + fp16 arithmetic (most phones since 2019)",
         "cortex-a53": "no dot-product, no fp16 arithmetic (entry-level phones)"}
 #: LiteRT's CPU kernel paths: XNNPACK (the default delegate), builtin (XNNPACK off: ``setUseXNNPACK(false)``, or
 #: an op XNNPACK refuses), reference (LiteRT's reference kernels: no app ships them; the arithmetic's ground truth)
-KERNELS = ("xnnpack", "builtin", "reference")
+KERNELS = KERNEL_PATHS
 MIRROR = "http://deb.debian.org/debian"
 QEMU_SUITE, ROOT_SUITE = "trixie", "bookworm"
 MIN_QEMU = 10
@@ -280,7 +281,6 @@ def _key(x: np.ndarray) -> bytes:
 #: the kernel paths the bundle's app code runs: LiteRT's Interpreter and MediaPipe's ImageSegmenter both apply
 #: XNNPACK by default on the CPU (ops XNNPACK does not take run on builtin kernels inside that same path)
 APP_KERNELS = ("xnnpack",)
-_NAMES = {"xnnpack": "XNNPACK", "builtin": "builtin kernels", "reference": "reference kernels"}
 
 
 @dataclass
@@ -339,8 +339,6 @@ def kernel_paths(model: Path, threads: int = 2, device: str = "host", cpus: Sequ
     """The runners of every path a check asks for. ``device="host"``: ``kernels`` (default xnnpack) on this CPU;
     ``"arm64"``: the host's XNNPACK (the baseline every path is compared with bit for bit) and, on each emulated
     CPU profile, ``kernels`` (default all three). ``gate``: the kernel paths whose parity decides the verdict."""
-    from exporters.tflite import TFLiteRunner
-
     if device not in ("host", "arm64"):
         raise ExporterError(f"unknown device '{device}' (host, arm64)")
     kernels = tuple(kernels or (("xnnpack",) if device == "host" else KERNELS))
@@ -355,7 +353,7 @@ def kernel_paths(model: Path, threads: int = 2, device: str = "host", cpus: Sequ
         for cpu in cpus:
             session = Session(model, cpu, kernels, threads, cache)
             for k in kernels:
-                runtime = (f"LiteRT {_host_versions()['ai-edge-litert']} on emulated arm64 {cpu}, {_NAMES[k]}, "
+                runtime = (f"LiteRT {_host_versions()['ai-edge-litert']} on emulated arm64 {cpu}, {KERNEL_NAMES[k]}, "
                            f"{threads} threads")
                 out.append(KernelPath("arm64", cpu, k, TFLiteRunner(model, threads, k, session.runner(k), runtime),
                                       k in gate, session=session))

@@ -32,6 +32,7 @@ def main(argv) -> int:
     import ai_edge_litert
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+    # the mapping of exporters.tflite.interpreter, repeated: this file cannot import exporters (torch is not here)
     resolvers = {"xnnpack": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
                  "reference": OpResolverType.BUILTIN_REF}
     x = np.load(inputs)["x"]

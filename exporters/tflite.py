@@ -337,7 +337,8 @@ def interpreter(path: Path, threads: int, kernels: str = "xnnpack"):
     return interp
 
 
-_KERNEL_NAMES = {"xnnpack": "XNNPACK", "builtin": "builtin kernels", "reference": "reference kernels"}
+#: how a runtime string names each kernel path
+KERNEL_NAMES = {"xnnpack": "XNNPACK", "builtin": "builtin kernels", "reference": "reference kernels"}
 
 
 class TFLiteRunner:
@@ -368,7 +369,7 @@ class TFLiteRunner:
             self.pixels = {}
         self.execute = execute or self._invoke
         version = getattr(ai_edge_litert, "__version__", "")
-        self.runtime = runtime or (f"LiteRT {version} interpreter, {_KERNEL_NAMES[kernels]}, "
+        self.runtime = runtime or (f"LiteRT {version} interpreter, {KERNEL_NAMES[kernels]}, "
                                    f"{threads} threads").replace("  ", " ")
 
     @property
