@@ -142,7 +142,9 @@ def test_camera_shaped_run_trains_exports_checks_reports_and_bundles(tmp_path):
     assert m["platforms"]["ios"]["input"]["shape"] == [1, 3, 44, 60]
     readme = (dist / "README.md").read_text()
     assert "const val W = 60" in readme and "const val H = 44" in readme
-    assert "Math.round(frame.height * s)" in readme and "eraseColor(Color.BLACK)" in readme
+    # the letterbox geometry as the pure logic that tests/test_app_kotlin.py runs on the JVM against Preprocess
+    assert "Math.round(frameH * s)" in readme and "eraseColor(Color.BLACK)" in readme
+    assert "fun toFrame(classes: IntArray, frameW: Int, frameH: Int): IntArray" in readme
     assert "imageCropAndScaleOption = .scaleFit" in readme and "{{" not in readme
     # that ONNX file as a user's model (edgeseg import onnx:): its in-graph pad (Concat) and crop (Slice) come back
     # through onnx2torch; the crop's bounds, computed from constants there, are folded before onnx2tf, which

@@ -35,55 +35,106 @@ def _kotlin_output(plat: dict[str, Any], n: int) -> str:
     return (f"val output = ByteBuffer.allocateDirect(W * H * NUM_CLASSES * {size}).order(ByteOrder.nativeOrder())\n"
             f"    interpreter.run(input, output)\n"
             f"    output.rewind()\n"
-            f"    val classes = IntArray(W * H) {{  // argmax over the class scores of each pixel{note}\n"
-            f"        var best = 0; var bestScore = Float.NEGATIVE_INFINITY\n"
-            f"        for (c in 0 until NUM_CLASSES) {{ val s = {read}; if (s > bestScore) {{ best = c; bestScore = s }} }}\n"
-            f"        best\n"
-            f"    }}")
+            f"    val classes = argmax(FloatArray(W * H * NUM_CLASSES) {{ {read} }}){note}")
 
 
-# The frame fitted to the W x H input as in training (Preprocess.geometry: half-up rounding, integer halves),
-# and the rectangle it occupies in the input (letterbox, stretch) or of the frame the input shows (crop).
+# The pure logic of the app code: no Android type, so the tests compile and run it on the JVM (kotlinc) against
+# edgeseg's Python (Preprocess.geometry, Preprocess.to_label, numpy's argmax). Geometry: half-up rounding and integer
+# halves as Preprocess.geometry; nearest neighbour as PIL's resize (pixel centres, the source position accumulated
+# in double precision, truncated), which Preprocess.to_label uses; the crop's seen region rounded half-to-even as
+# Python's round().
+_KOTLIN_SCALED = {
+    "letterbox": """fun scaledSize(frameW: Int, frameH: Int): IntArray {
+    val s = minOf(H.toDouble() / frameH, W.toDouble() / frameW)
+    return intArrayOf(minOf(W, maxOf(1, Math.round(frameW * s).toInt())), minOf(H, maxOf(1, Math.round(frameH * s).toInt())))
+}
+
+/** The frame's rectangle in the W x H input: left, top, right, bottom. */
+fun place(frameW: Int, frameH: Int): IntArray {
+    val (w, h) = scaledSize(frameW, frameH)
+    val left = (W - w) / 2; val top = (H - h) / 2
+    return intArrayOf(left, top, left + w, top + h)
+}""",
+    "stretch": """fun scaledSize(frameW: Int, frameH: Int): IntArray = intArrayOf(W, H)
+
+/** The frame's rectangle in the W x H input: left, top, right, bottom (all of it). */
+fun place(frameW: Int, frameH: Int): IntArray = intArrayOf(0, 0, W, H)""",
+    "crop": """fun scaledSize(frameW: Int, frameH: Int): IntArray {
+    val s = maxOf(H.toDouble() / frameH, W.toDouble() / frameW)
+    return intArrayOf(maxOf(W, maxOf(1, Math.round(frameW * s).toInt())), maxOf(H, maxOf(1, Math.round(frameH * s).toInt())))
+}
+
+/** The part of the frame the W x H input shows, in frame pixels: left, top, right, bottom. */
+fun place(frameW: Int, frameH: Int): IntArray {
+    val (w, h) = scaledSize(frameW, frameH)
+    val left = (w - W) / 2; val top = (h - H) / 2
+    val fx = frameW.toDouble() / w; val fy = frameH.toDouble() / h
+    return intArrayOf(Math.rint(left * fx).toInt(), Math.rint(top * fy).toInt(),
+                      Math.rint((left + W) * fx).toInt(), Math.rint((top + H) * fy).toInt())
+}""",
+}
+
+_KOTLIN_TO_FRAME = {
+    "crop": """/** The frame's class map (-1 where the model saw nothing: the cropped-off border), from the W x H one. */
+fun toFrame(classes: IntArray, frameW: Int, frameH: Int): IntArray {
+    val (l, t, r, b) = place(frameW, frameH)
+    val xs = nearest(W, r - l); val ys = nearest(H, b - t)
+    val out = IntArray(frameW * frameH) { -1 }
+    for (y in t until b) for (x in l until r) out[y * frameW + x] = classes[ys[y - t] * W + xs[x - l]]
+    return out
+}""",
+    "fit": """/** The frame's class map from the W x H one: the frame's rectangle of it, scaled back (nearest neighbour). */
+fun toFrame(classes: IntArray, frameW: Int, frameH: Int): IntArray {
+    val (l, t, r, b) = place(frameW, frameH)
+    val xs = nearest(r - l, frameW); val ys = nearest(b - t, frameH)
+    return IntArray(frameW * frameH) { classes[(t + ys[it / frameW]) * W + l + xs[it % frameW]] }
+}""",
+}
+
+
+def kotlin_logic(m: dict[str, Any]) -> str:
+    """The Kotlin of the bundle's README that needs no Android: the frame's geometry as in training, argmax over
+    the output's class scores, the class map mapped back onto the frame. Uses the constants W, H, NUM_CLASSES."""
+    resize = m["input"].get("resize", "stretch")
+    resize = resize if resize in _KOTLIN_SCALED else "stretch"
+    return f"""// ---- pure logic (no Android types; edgeseg runs it on the JVM against its Python) ----
+/** The frame's size scaled as in training (`{resize}`): width, height. */
+{_KOTLIN_SCALED[resize]}
+
+/** For each of `dst` pixels, the source pixel of a nearest-neighbour resize from `src` (pixel centres). */
+fun nearest(src: Int, dst: Int): IntArray {{
+    val a = src.toDouble() / dst
+    var v = a * 0.5
+    return IntArray(dst) {{ val i = minOf(src - 1, v.toInt()); v += a; i }}
+}}
+
+/** The class of each pixel: argmax over its NUM_CLASSES scores (NHWC order; the first of equal scores). */
+fun argmax(scores: FloatArray): IntArray = IntArray(scores.size / NUM_CLASSES) {{ p ->
+    var best = 0
+    for (c in 1 until NUM_CLASSES) if (scores[p * NUM_CLASSES + c] > scores[p * NUM_CLASSES + best]) best = c
+    best
+}}
+
+{_KOTLIN_TO_FRAME["crop" if resize == "crop" else "fit"]}
+// ---- end of pure logic ----"""
+
+
 _KOTLIN_FIT = {
-    "letterbox": """/** Letterbox as in training: scale to fit, keep the aspect ratio, centre on black. */
-fun fit(frame: Bitmap): Pair<Bitmap, Rect> {
-    val s = minOf(H.toDouble() / frame.height, W.toDouble() / frame.width)
-    val h = minOf(H, maxOf(1, Math.round(frame.height * s).toInt()))
-    val w = minOf(W, maxOf(1, Math.round(frame.width * s).toInt()))
-    val top = (H - h) / 2; val left = (W - w) / 2
+    "letterbox": """/** The frame as the model's W x H input: letterboxed as in training (scaled to fit, centred on black). */
+fun fit(frame: Bitmap): Bitmap {
+    val (w, h) = scaledSize(frame.width, frame.height)
+    val (left, top) = place(frame.width, frame.height)
     val input = Bitmap.createBitmap(W, H, Bitmap.Config.ARGB_8888).apply { eraseColor(Color.BLACK) }
     Canvas(input).drawBitmap(Bitmap.createScaledBitmap(frame, w, h, true), left.toFloat(), top.toFloat(), null)
-    return input to Rect(left, top, left + w, top + h)
-}
-
-/** The mask of the frame: the frame's rectangle of the W x H mask, scaled back (nearest neighbour). */
-fun toFrame(mask: Bitmap, place: Rect, frameW: Int, frameH: Int): Bitmap = Bitmap.createScaledBitmap(
-    Bitmap.createBitmap(mask, place.left, place.top, place.width(), place.height()), frameW, frameH, false)
-""",
-    "stretch": """/** Stretch as in training: both sides scaled to W x H, aspect ratio not kept. */
-fun fit(frame: Bitmap): Pair<Bitmap, Rect> =
-    Bitmap.createScaledBitmap(frame, W, H, true) to Rect(0, 0, W, H)
-
-/** The mask of the frame: the W x H mask scaled back (nearest neighbour). */
-fun toFrame(mask: Bitmap, place: Rect, frameW: Int, frameH: Int): Bitmap =
-    Bitmap.createScaledBitmap(mask, frameW, frameH, false)
-""",
-    "crop": """/** Centre crop as in training: scale to cover W x H, keep the aspect ratio, cut out the centre. */
-fun fit(frame: Bitmap): Pair<Bitmap, Rect> {
-    val s = maxOf(H.toDouble() / frame.height, W.toDouble() / frame.width)
-    val h = maxOf(H, Math.round(frame.height * s).toInt()); val w = maxOf(W, Math.round(frame.width * s).toInt())
-    val top = (h - H) / 2; val left = (w - W) / 2
-    val input = Bitmap.createBitmap(Bitmap.createScaledBitmap(frame, w, h, true), left, top, W, H)
-    // the part of the frame the model sees, in frame pixels
-    val fx = frame.width.toDouble() / w; val fy = frame.height.toDouble() / h
-    return input to Rect(Math.round(left * fx).toInt(), Math.round(top * fy).toInt(),
-                         Math.round((left + W) * fx).toInt(), Math.round((top + H) * fy).toInt())
-}
-
-/** The mask of the part of the frame the model saw (`place`, in frame pixels), scaled (nearest neighbour). */
-fun toFrame(mask: Bitmap, place: Rect, frameW: Int, frameH: Int): Bitmap =
-    Bitmap.createScaledBitmap(mask, place.width(), place.height(), false)
-""",
+    return input
+}""",
+    "stretch": """/** The frame as the model's W x H input: stretched as in training (aspect ratio not kept). */
+fun fit(frame: Bitmap): Bitmap = Bitmap.createScaledBitmap(frame, W, H, true)""",
+    "crop": """/** The frame as the model's W x H input: scaled to cover as in training, its centre cut out. */
+fun fit(frame: Bitmap): Bitmap {
+    val (w, h) = scaledSize(frame.width, frame.height)
+    return Bitmap.createBitmap(Bitmap.createScaledBitmap(frame, w, h, true), (w - W) / 2, (h - H) / 2, W, H)
+}""",
 }
 
 
@@ -108,15 +159,14 @@ val segmenter = ImageSegmenter.createFromOptions(context,
     ImageSegmenter.ImageSegmenterOptions.builder()
         .setBaseOptions(BaseOptions.builder().setModelAssetPath("model.tflite").build())
         .setOutputCategoryMask(true).setOutputConfidenceMasks(false).build())
-val (scaled, place) = fit(bitmap)  // the training geometry, W x H
-val result = segmenter.segment(BitmapImageBuilder(scaled).build())
-val classes = ByteBufferExtractor.extract(result.categoryMask().get())  // W x H bytes: the class index
-val mask = Bitmap.createBitmap(IntArray(W * H) { COLORS[classes.get(it).toInt() and 0xFF] }, W, H,
-    Bitmap.Config.ARGB_8888)
-val frameMask = toFrame(mask, place, bitmap.width, bitmap.height)
+val result = segmenter.segment(BitmapImageBuilder(fit(bitmap)).build())  // the training geometry, W x H
+val bytes = ByteBufferExtractor.extract(result.categoryMask().get())  // W x H bytes: the class index
+val classes = IntArray(W * H) { bytes.get(it).toInt() and 0xFF }
+val frameMask = colored(toFrame(classes, bitmap.width, bitmap.height), bitmap.width, bitmap.height)
 ```
 """
     fit = _KOTLIN_FIT.get(m["input"].get("resize"), _KOTLIN_FIT["stretch"])
+    logic = kotlin_logic(m)
     return f"""```kotlin
 // app/build.gradle.kts: implementation("com.google.ai.edge.litert:litert:1.4.0")
 //                       androidResources {{ noCompress += "tflite" }}
@@ -125,7 +175,6 @@ import android.content.Context
 import android.graphics.Bitmap
 import android.graphics.Canvas
 import android.graphics.Color
-import android.graphics.Rect
 import java.io.FileInputStream
 import java.nio.ByteBuffer
 import java.nio.ByteOrder
@@ -144,10 +193,13 @@ fun loadSegmenter(context: Context): Interpreter {{
     return Interpreter(model, Interpreter.Options().setNumThreads(2))
 }}
 
+{logic}
+
 {fit}
+
 /** The class mask of [bitmap] (any size) as a bitmap of its size in the class colours. */
 fun segment(interpreter: Interpreter, bitmap: Bitmap): Bitmap {{
-    val (scaled, place) = fit(bitmap)
+    val scaled = fit(bitmap)
     val pixels = IntArray(W * H).also {{ scaled.getPixels(it, 0, W, 0, 0, W, H) }}
     val input = ByteBuffer.allocateDirect(W * H * 3 * {nbytes}).order(ByteOrder.nativeOrder())
     for (p in pixels) {{
@@ -155,9 +207,12 @@ fun segment(interpreter: Interpreter, bitmap: Bitmap): Bitmap {{
             {put}
     }}
     {_kotlin_output(plat, n)}
-    val mask = Bitmap.createBitmap(IntArray(W * H) {{ COLORS[classes[it]] }}, W, H, Bitmap.Config.ARGB_8888)
-    return toFrame(mask, place, bitmap.width, bitmap.height)
+    return colored(toFrame(classes, bitmap.width, bitmap.height), bitmap.width, bitmap.height)
 }}
+
+/** A class map as a bitmap in the class colours (transparent where there is no class). */
+fun colored(classes: IntArray, w: Int, h: Int): Bitmap =
+    Bitmap.createBitmap(IntArray(w * h) {{ if (classes[it] < 0) 0 else COLORS[classes[it]] }}, w, h, Bitmap.Config.ARGB_8888)
 ```
 {mediapipe}"""
 
