@@ -124,11 +124,14 @@ def _mmdebstrap(log: Callable[[str], None]) -> str:
                            f"{SETUP_COMMAND} again")
     log("installing mmdebstrap (apt-get) ...")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "mmdebstrap"]
+    # wait for another apt/dpkg run (up to 5 min) instead of failing on its lock
+    install = ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "-q", "--no-install-recommends",
+               "mmdebstrap"]
     try:
         _run(install, "apt-get install mmdebstrap", "install mmdebstrap by hand", env=env)
     except Arm64Missing:  # stale or missing package lists: refresh them once
-        _run(["apt-get", "update", "-q"], "apt-get update", "check the apt sources", env=env)
+        _run(["apt-get", "-o", "DPkg::Lock::Timeout=300", "update", "-q"], "apt-get update", "check the apt sources",
+             env=env)
         _run(install, "apt-get install mmdebstrap", "install mmdebstrap by hand", env=env)
     return shutil.which("mmdebstrap") or "mmdebstrap"
 
@@ -157,6 +160,26 @@ def setup(cache: Path | None = None, force: bool = False, log: Callable[[str], N
                            f"{platform.machine()}")
     wheels = _host_versions()
     cache.parent.mkdir(parents=True, exist_ok=True)
+    with _setup_lock(cache):  # one provisioning at a time; a second process waits, then finds the cache ready
+        if not force:
+            with contextlib.suppress(Arm64Missing):
+                return require(cache)
+        return _provision(cache, wheels, log)
+
+
+@contextlib.contextmanager
+def _setup_lock(cache: Path):
+    import fcntl
+
+    with open(cache.parent / f".{cache.name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _provision(cache: Path, wheels: dict[str, str], log: Callable[[str], None]) -> dict:
     remove_stale(cache)
     tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.{os.getpid()}.", suffix=".tmp", dir=cache.parent))
     t0 = time.time()

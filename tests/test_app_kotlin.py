@@ -35,9 +35,10 @@ def _kotlinc() -> str:
     found = shutil.which("kotlinc")
     if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "kotlin"]
+        wait = ["-o", "DPkg::Lock::Timeout=300"]  # another apt run (the arm64 provisioning) holds the lock
+        cmd = ["apt-get", *wait, "install", "-y", "-q", "--no-install-recommends", "kotlin"]
         if subprocess.run(cmd, capture_output=True, env=env).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
+            subprocess.run(["apt-get", *wait, "update", "-q"], capture_output=True, env=env)
             subprocess.run(cmd, capture_output=True, env=env)
         found = shutil.which("kotlinc")
     if found is None:
