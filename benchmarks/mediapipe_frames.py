@@ -30,7 +30,7 @@ def main() -> None:
     import torch
 
     from edgeseg.data import open_split
-    from edgeseg.steps.bundle.clients import FRAME_SHAPES, mediapipe_mask, reshape_frames
+    from edgeseg.steps.bundle.clients import FRAME_SHAPES, frame_mask, reshape_frames
     from edgeseg.train.checkpoint import load_checkpoint
     from exporters import TARGETS
 
@@ -49,8 +49,7 @@ def main() -> None:
             with torch.no_grad():
                 ref = pre.to_label(ref_model(torch.from_numpy(pre.image(f)[None])).numpy()[0].argmax(0), h, w)
             lt = pre.to_label(lite(pre.image(f)[None])[0].argmax(0), h, w)
-            fit = pre.to_label(mediapipe_mask(model, pre.resize_image(f)), h, w)
-            as_is = mediapipe_mask(model, f)
+            fit, as_is = frame_mask(model, pre, f), frame_mask(model, pre, f, fit=False)
             hits["fit"] += int((fit == ref).sum())
             hits["as_is"] += int((as_is == ref).sum())
             hits["lite"] += int((lt == ref).sum())

@@ -12,7 +12,6 @@ from conftest import SELFIE
 from edgeseg.data import open_split
 from edgeseg.train.checkpoint import load_checkpoint
 from exporters import TARGETS, ExporterError, ExportOptions, Normalization
-from mediapipe_client import category_mask
 
 pytestmark = pytest.mark.slow
 
@@ -133,6 +132,7 @@ def test_tflite_argmax_output_is_the_class_map(setup, precision):
 def test_tflite_pixel_input_metadata_and_mediapipe(setup, precision):
     """--input pixels: RGB 0-255 in (uint8 with scale 1 / zero point 0 for int8), normalization in the graph,
     TFLite metadata that MediaPipe's ImageSegmenter reads without any code of ours."""
+    from edgeseg.steps.bundle.clients import mediapipe_segment
     from exporters.tflite import to_pixels
     from exporters.tflite_metadata import read
 
@@ -161,22 +161,22 @@ def test_tflite_pixel_input_metadata_and_mediapipe(setup, precision):
     pixels = to_pixels(x, ck.preprocess.mean, ck.preprocess.std).astype(np.uint8).transpose(0, 2, 3, 1)
     same = []
     for i in range(4):
-        mask, labels = category_mask(r.path, pixels[i])
+        mask, labels = mediapipe_segment(r.path, pixels[i])
         assert labels == list(ck.class_names) and mask.shape == (64, 64)
         same.append((mask == y[i].argmax(0)).mean())
     assert 100 * np.mean(same) >= 99.9, same
     # camera frames of other shapes (4:3 landscape, 9:16 portrait): MediaPipe stretches what it is given, this
     # model was trained letterboxed; fitted first as the bundle's Kotlin does (`fit`, then `toFrame`), MediaPipe's
     # frame mask is LiteRT's; handed the frame as it is, it is not
-    from edgeseg.steps.bundle.clients import mediapipe_mask, reshape_frames
+    from edgeseg.steps.bundle.clients import frame_mask, reshape_frames
 
     pre = ck.preprocess
     for shape in ((48, 64), (64, 36)):
         fitted = as_is = 0.0
         for f in reshape_frames(pixels[:2], shape):
             lite = pre.to_label(runner(pre.image(f)[None])[0].argmax(0), *shape)
-            fitted += (pre.to_label(mediapipe_mask(r.path, pre.resize_image(f)), *shape) == lite).mean() / 2
-            as_is += (mediapipe_mask(r.path, f) == lite).mean() / 2
+            fitted += (frame_mask(r.path, pre, f) == lite).mean() / 2
+            as_is += (frame_mask(r.path, pre, f, fit=False) == lite).mean() / 2
         assert 100 * fitted >= 99.9 and 100 * as_is < 100 * fitted - 1, (shape, fitted, as_is)
 
 

@@ -123,7 +123,7 @@ def test_ladder_searches_mixed_precision_when_no_full_int8_passes(laddered, monk
 
     from exporters import TARGETS
     from exporters.tflite import to_pixels
-    from mediapipe_client import category_mask
+    from edgeseg.steps.bundle.clients import mediapipe_segment
 
     from edgeseg.train.checkpoint import load_checkpoint
 
@@ -132,5 +132,5 @@ def test_ladder_searches_mixed_precision_when_no_full_int8_passes(laddered, monk
     path = laddered / rec["path"]
     y = TARGETS["tflite"].load(path)(x).argmax(1)
     pixels = to_pixels(x, pre.mean, pre.std).astype(np.uint8).transpose(0, 2, 3, 1)
-    same = [(category_mask(path, pixels[i])[0] == y[i]).mean() for i in range(2)]
+    same = [(mediapipe_segment(path, pixels[i])[0] == y[i]).mean() for i in range(2)]
     assert 100 * np.mean(same) >= 99.9, same

@@ -4,8 +4,8 @@ graph as Android's ``tasks-vision``), on camera frames of any shape, against the
 MediaPipe resizes whatever it is given to the model's W x H by stretching. A model trained with ``letterbox`` (or
 ``crop``) then sees a geometry it never trained on when the frame's aspect ratio differs from the model's, so the
 bundle's Kotlin fits the frame itself first (its ``fit``: the training geometry, at exactly W x H, so MediaPipe's
-resize is the identity) and maps the W x H mask back onto the frame (``toFrame``). :func:`frame_agreement` measures
-both ways: ``fit=True`` is what the bundle's code does, ``fit=False`` a frame handed to MediaPipe as it is.
+resize is the identity) and maps the W x H mask back onto the frame (``toFrame``). :func:`frame_mask` gives both:
+``fit=True`` is what the bundle's code does, ``fit=False`` a frame handed to MediaPipe as it is.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import numpy as np
 FRAME_SHAPES = {"square": (128, 128), "4:3 landscape": (96, 128), "9:16 portrait": (128, 72)}
 
 
-def mediapipe_mask(model: Path, frame: np.ndarray) -> np.ndarray:
-    """MediaPipe ImageSegmenter's class map of one RGB uint8 frame (at the frame's size); it reads the model's
-    metadata (input encoding, labels) itself."""
+def mediapipe_segment(model: Path, frame: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """MediaPipe ImageSegmenter's class map of one RGB uint8 frame (at the frame's size) and the labels it read
+    from the model's metadata (it reads the input encoding there too)."""
     from exporters.native import preload_triton, without_tensorflow
 
     preload_triton()
@@ -33,24 +33,17 @@ def mediapipe_mask(model: Path, frame: np.ndarray) -> np.ndarray:
                                         output_category_mask=True, output_confidence_masks=False)
     with vision.ImageSegmenter.create_from_options(opts) as seg:
         res = seg.segment(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame)))
-        return res.category_mask.numpy_view().squeeze(-1).astype(np.int64)
+        return res.category_mask.numpy_view().squeeze(-1).astype(np.int64), list(seg.labels)
 
 
-def frame_agreement(model: Path, reference, preprocess, frames: Sequence[np.ndarray], fit: bool = True) -> float:
-    """% of frame pixels where MediaPipe's class equals the reference's (``reference``: normalized NCHW batch ->
-    logits; its mask mapped back onto the frame as the app maps it). ``fit``: the app fits the frame to the
-    training geometry before MediaPipe (the bundle's code), else MediaPipe gets the frame as it is."""
-    same = total = 0
-    for frame in frames:
-        h, w = frame.shape[:2]
-        ref = preprocess.to_label(np.asarray(reference(preprocess.image(frame)[None]))[0].argmax(0), h, w)
-        if fit:
-            got = preprocess.to_label(mediapipe_mask(model, preprocess.resize_image(frame)), h, w)
-        else:
-            got = mediapipe_mask(model, frame)
-        same += int((got == ref).sum())
-        total += ref.size
-    return 100.0 * same / max(total, 1)
+def frame_mask(model: Path, preprocess, frame: np.ndarray, fit: bool = True) -> np.ndarray:
+    """The frame's class map as an app gets it from MediaPipe: ``fit`` — the frame fitted as in training first
+    and the W x H mask mapped back (``preprocess``'s geometry: the bundle's Kotlin) — or the frame handed over as
+    it is (MediaPipe stretches it)."""
+    if not fit:
+        return mediapipe_segment(model, frame)[0]
+    h, w = frame.shape[:2]
+    return preprocess.to_label(mediapipe_segment(model, preprocess.resize_image(frame))[0], h, w)
 
 
 def reshape_frames(images: Sequence[np.ndarray], shape: tuple[int, int]) -> list[np.ndarray]:
