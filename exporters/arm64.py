@@ -300,7 +300,6 @@ def _key(x: np.ndarray) -> bytes:
     return hashlib.sha1(np.ascontiguousarray(x).tobytes()).digest() + str(x.shape).encode()
 
 
-
 #: the kernel paths the bundle's app code runs: LiteRT's Interpreter and MediaPipe's ImageSegmenter both apply
 #: XNNPACK by default on the CPU (ops XNNPACK does not take run on builtin kernels inside that same path)
 APP_KERNELS = ("xnnpack",)
@@ -348,20 +347,13 @@ def _record(path: KernelPath) -> None:
     path.runner.execute = execute
 
 
-def host_cpu() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def kernel_paths(model: Path, threads: int = 2, device: str = "host", cpus: Sequence[str] = tuple(CPUS),
                  kernels: Sequence[str] | None = None, gate: Sequence[str] = APP_KERNELS,
-                 cache: Path | None = None) -> list[KernelPath]:
+                 cache: Path | None = None, host_cpu: str = "") -> list[KernelPath]:
     """The runners of every path a check asks for. ``device="host"``: ``kernels`` (default xnnpack) on this CPU;
     ``"arm64"``: the host's XNNPACK (the baseline every path is compared with bit for bit) and, on each emulated
-    CPU profile, ``kernels`` (default all three). ``gate``: the kernel paths whose parity decides the verdict."""
+    CPU profile, ``kernels`` (default all three). ``gate``: the kernel paths whose parity decides the verdict.
+    ``host_cpu``: the host CPU's name for the record (default: its machine type)."""
     if device not in ("host", "arm64"):
         raise ExporterError(f"unknown device '{device}' (host, arm64)")
     kernels = tuple(kernels or (("xnnpack",) if device == "host" else KERNELS))
@@ -370,14 +362,13 @@ def kernel_paths(model: Path, threads: int = 2, device: str = "host", cpus: Sequ
     out = []
     host = kernels if device == "host" else ("xnnpack",)
     for k in host:
-        out.append(KernelPath("host", host_cpu(), k, TFLiteRunner(model, threads, k), k in gate))
+        out.append(KernelPath("host", host_cpu or platform.machine(), k, TFLiteRunner(model, threads, k), k in gate))
     if device == "arm64":
-        require(cache)
+        litert = require(cache)["wheels"]["ai-edge-litert"]
         for cpu in cpus:
             session = Session(model, cpu, kernels, threads, cache)
             for k in kernels:
-                runtime = (f"LiteRT {_host_versions()['ai-edge-litert']} on emulated arm64 {cpu}, {KERNEL_NAMES[k]}, "
-                           f"{threads} threads")
+                runtime = f"LiteRT {litert} on emulated arm64 {cpu}, {KERNEL_NAMES[k]}, {threads} threads"
                 out.append(KernelPath("arm64", cpu, k, TFLiteRunner(model, threads, k, session.runner(k), runtime),
                                       k in gate, session=session))
     for p in out:

@@ -43,11 +43,17 @@ def _kotlin_output(plat: dict[str, Any], n: int) -> str:
 # halves as Preprocess.geometry; nearest neighbour as PIL's resize (pixel centres, the source position accumulated
 # in double precision, truncated), which Preprocess.to_label uses; the crop's seen region rounded half-to-even as
 # Python's round().
+def _kotlin_scaled(pick: str) -> str:
+    """``scaledSize`` of letterbox (``minOf``: scale to fit, at most W x H) or crop (``maxOf``: scale to cover, at
+    least W x H), as ``Preprocess.geometry``."""
+    return f"""fun scaledSize(frameW: Int, frameH: Int): IntArray {{
+    val s = {pick}(H.toDouble() / frameH, W.toDouble() / frameW)
+    return intArrayOf({pick}(W, maxOf(1, Math.round(frameW * s).toInt())), {pick}(H, maxOf(1, Math.round(frameH * s).toInt())))
+}}"""
+
+
 _KOTLIN_SCALED = {
-    "letterbox": """fun scaledSize(frameW: Int, frameH: Int): IntArray {
-    val s = minOf(H.toDouble() / frameH, W.toDouble() / frameW)
-    return intArrayOf(minOf(W, maxOf(1, Math.round(frameW * s).toInt())), minOf(H, maxOf(1, Math.round(frameH * s).toInt())))
-}
+    "letterbox": _kotlin_scaled("minOf") + """
 
 /** The frame's rectangle in the W x H input: left, top, right, bottom. */
 fun place(frameW: Int, frameH: Int): IntArray {
@@ -59,10 +65,7 @@ fun place(frameW: Int, frameH: Int): IntArray {
 
 /** The frame's rectangle in the W x H input: left, top, right, bottom (all of it). */
 fun place(frameW: Int, frameH: Int): IntArray = intArrayOf(0, 0, W, H)""",
-    "crop": """fun scaledSize(frameW: Int, frameH: Int): IntArray {
-    val s = maxOf(H.toDouble() / frameH, W.toDouble() / frameW)
-    return intArrayOf(maxOf(W, maxOf(1, Math.round(frameW * s).toInt())), maxOf(H, maxOf(1, Math.round(frameH * s).toInt())))
-}
+    "crop": _kotlin_scaled("maxOf") + """
 
 /** The part of the frame the W x H input shows, in frame pixels: left, top, right, bottom. */
 fun place(frameW: Int, frameH: Int): IntArray {

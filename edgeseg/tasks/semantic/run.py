@@ -28,7 +28,7 @@ from edgeseg.tasks.semantic.parity import (FAILED, NOT_VERIFIED, LazySamples, Pa
                             thresholds_for)
 from edgeseg.core.registry import check_choice
 from edgeseg.train.checkpoint import Checkpoint, load_checkpoint
-from edgeseg.core.versions import package_versions
+from edgeseg.core.versions import hardware, package_versions
 
 DEFAULT_CALIBRATION = 100
 
@@ -320,7 +320,7 @@ def check_runs(run: Path, pairs: Sequence[tuple[str, str]], min_agreement: float
     for t, target, precision, thresholds, d, rec in found:
         units: list[str | None] = [None]
         if compute_units is not None and target == "coreml":
-            units = [u.strip() for u in compute_units.split(",") if u.strip()]
+            units = list(_names(compute_units))
         elif target == "coreml":
             from exporters.coreml import native_runtime
 
@@ -402,7 +402,7 @@ def _check_paths(model: Path, reference, samples, ckpt, thresholds: dict, precis
 
     try:
         paths = kernel_paths(model, threads, device, _names(arm_cpus) or tuple(CPUS), _names(kernels),
-                             _names(gate_kernels) or APP_KERNELS)
+                             _names(gate_kernels) or APP_KERNELS, host_cpu=str(hardware()["cpu"]))
     except ExporterError as e:
         raise UsageError(str(e)) from None
     results, gated = [], []
