@@ -133,6 +133,7 @@ class Target:
     can_run: Callable[[], tuple[bool, str]]
     extra: str = ""
     graph_precisions: tuple[str, ...] = ()  # the precisions of a multi-output graph (empty: none)
+    graph_refusal: str = ""  # why a multi-output graph has none, where that was measured
 
     def is_available(self) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in self.requires)

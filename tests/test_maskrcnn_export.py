@@ -320,6 +320,8 @@ def test_instance_run_through_the_ordinary_commands(run, tmp_path, capsys):
     assert "--calibration applies to semantic runs; " in capsys.readouterr().err
     assert main(["export", str(run), "--target", "openvino"]) == 2
     assert "unknown target 'openvino'" in capsys.readouterr().err
+    assert main(["export", str(run), "--target", "executorch"]) == 2  # measured why not (ExecuTorch's refusal)
+    assert "instance parity through ExecuTorch's runtime is not built" in capsys.readouterr().err
     assert main(["maskrcnn", "export", str(run), "--target", "tflite", "--max-float-macs", "5"]) == 2
     assert "--max-float-macs applies to --precision int8-mixed" in capsys.readouterr().err
     assert main(["report", str(run), "--runs", "2", "--json", "-q"]) == 0

@@ -28,6 +28,10 @@ def add(sub) -> None:
                    "(default): the smallest passing one, pixel input first; none: leave Android out")
     p.add_argument("--coreml", default="auto", metavar="EXPORT",
                    help="which Core ML export, e.g. fp16; auto (default) or none, as --tflite")
+    p.add_argument("--executorch", nargs="?", const="auto", default="none", metavar="EXPORT",
+                   help="also bundle an ExecuTorch .pte (XNNPACK delegate; one file for Android and iOS) as "
+                   "executorch/model.pte: --executorch alone takes the smallest passing one, --executorch int8 "
+                   "names it; refused when none passed its check")
     p.add_argument("--name", help="model name in metadata and manifest (default: run folder + architecture); "
                    "the .mlpackage (and the Swift class Xcode generates) is named after it")
     p.add_argument("--version", default="1.0.0", help="model version (default %(default)s)")
@@ -63,7 +67,7 @@ def run(a: argparse.Namespace) -> int:
     manifest = make_bundle(a.run, a.output, tflite=a.tflite, coreml=a.coreml, name=a.name, version=a.version,
                            author=a.author, license=a.license, description=a.description,
                            allow_unchecked=a.allow_unchecked, force=a.force,
-                           log=log_of(a))
+                           log=log_of(a), executorch=a.executorch)
     if a.json:
         print(json.dumps(manifest, indent=2))
     else:
@@ -75,5 +79,12 @@ def run(a: argparse.Namespace) -> int:
                        f"{par['mask_iou_mean']:.4f}" if par.get("mask_iou_mean") is not None
                        else f"parity {par['status']}")
             print(f"{plat:8s} {d['file']}  {d['size_bytes'] / 1e6:.2f} MB  {d['precision']}  {figures}")
+        if "executorch" in manifest:
+            d = manifest["executorch"]
+            par = d["parity"]
+            print(f"executorch {d['file']}  {d['size_bytes'] / 1e6:.2f} MB  {d['precision']}  "
+                  + (f"{par['pixel_agreement']:.3f} % agreement" if par.get("pixel_agreement") is not None
+                     else f"parity {par['status']}")
+                  + f"  {d['delegation']['fallback_ops']} ops outside XNNPACK")
         print(f"bundle: {a.output} ({len(manifest['files'])} files; edgeseg bundle --verify {a.output})")
     return EXIT_OK

@@ -15,16 +15,17 @@ def add(sub) -> None:
                        description="Export RUN's checkpoint to RUN/export/<target>-<precision>/.")
     common(p)
     p.add_argument("run", type=Path, help="run directory or checkpoint.pt")
-    p.add_argument("--target", required=True, help="tflite, coreml, onnx or openvino; several comma-separated, "
+    p.add_argument("--target", required=True, help="tflite, coreml, onnx, openvino or executorch; several comma-separated, "
                    "or all: one process exports them all (model, calibration images, ONNX/SavedModel and each "
                    "toolchain's import shared); TARGET:PRECISION names one pair whatever --precision says "
                    "(e.g. --target tflite,coreml:fp16 --precision all)")
     p.add_argument("--precision", help="tflite: fp32|fp16|int8; coreml: fp32|fp16|int8|palettize4|palettize6|"
                    "palettize8 (k-means; add -uniform for uniform palettes)|w8a8; onnx: fp32|int8 (QDQ, NNCF "
-                   "PTQ); openvino: fp32|int8 (NNCF PTQ). Several comma-separated (each target takes those it "
+                   "PTQ); openvino: fp32|int8 (NNCF PTQ); executorch: fp32|int8 (XNNPACK delegate; int8: XNNPACK's PT2E "
+                   "quantizer). Several comma-separated (each target takes those it "
                    "has), or all (every precision of each target); default: each target's first")
     p.add_argument("--output", default="logits", choices=("logits", "argmax"),
-                   help="logits (default) or an in-graph argmax class map (tflite: uint8, coreml: int32)")
+                   help="logits (default) or an in-graph argmax class map (tflite: uint8, coreml and executorch: int32)")
     p.add_argument("--input", dest="input_kind", default="image", choices=("image", "multiarray", "pixels"),
                    help="coreml: image (ImageType pixels, default) or multiarray (normalized floats); tflite: "
                    "image (normalized floats, default) or pixels (RGB 0-255, normalization in the graph; uint8 "

@@ -65,8 +65,15 @@ def check(run: Path, targets: str, precisions: str | None = None, log: Callable[
 
 def _step(action: str, run: Path, targets: str, precisions: str | None, log: Callable[[str], None],
           options: dict[str, Any]) -> Outcome:
+    from exporters import TARGETS
+
     task = task_of(run)
-    pairs, notes = export_pairs(targets, precisions, task.precisions())
+    table = task.precisions()
+    for item in targets.split(","):
+        name = item.partition(":")[0].strip()
+        if name not in table and name in TARGETS and TARGETS[name].graph_refusal:
+            raise UsageError(TARGETS[name].graph_refusal)  # a target that measured why this task's graph has none
+    pairs, notes = export_pairs(targets, precisions, table)
     opts = _options(task, run, action, options)
     for note in notes:
         log(f"note: {note}")

@@ -9,6 +9,8 @@
       README.md            for app developers: Kotlin and Swift snippets filled in for this model
       android/model.tflite TFLite metadata (name, version, normalization, labels.txt packed inside)
       ios/<Name>.mlpackage Core ML package, metadata and class labels filled in
+      executorch/model.pte with --executorch: the ExecuTorch file (XNNPACK delegate, CPU: one file for Android
+                           and iOS), its tensors, parity, latency and delegation in the manifest's "executorch"
 
 Only exports whose parity check passed go in (``--allow-unchecked`` admits unchecked ones; failed ones never).
 The folder is built beside the destination and renamed into place, so a failure leaves nothing behind.
@@ -139,7 +141,7 @@ def _files(root: Path) -> list[dict[str, Any]]:
 def make_bundle(run: Path, output: Path, tflite: str = "auto", coreml: str = "auto", name: str | None = None,
                 version: str = "1.0.0", author: str = "", license: str = "", description: str = "",
                 allow_unchecked: bool = False, force: bool = False,
-                log: Callable[[str], None] = print) -> dict[str, Any]:
+                log: Callable[[str], None] = print, executorch: str = "none") -> dict[str, Any]:
     """Write the bundle of ``run``'s exports (any task) to ``output``; returns the manifest."""
     from edgeseg.core.versions import package_versions
     from exporters.base import path_size
@@ -151,7 +153,13 @@ def make_bundle(run: Path, output: Path, tflite: str = "auto", coreml: str = "au
     check_output(run, output, force)
     chosen = {plat: select_export(task, run, PLATFORMS[plat], choice, digest, allow_unchecked)
               for plat, choice in (("android", tflite), ("ios", coreml))}
-    if not any(chosen.values()):
+    pte = select_export(task, run, "executorch", executorch, digest, allow_unchecked)
+    if executorch != "none" and pte is None:
+        have = ", ".join(f"{e.name} ({e.status})" for e in task.exports(run, "executorch")) or "none"
+        raise UsageError(f"--executorch: run '{run}' has no ExecuTorch export of its current checkpoint with a passing "
+                         f"{task.parity_kind} check (exports: {have}); run: edgeseg export {run} --target executorch "
+                         f"--precision fp32,int8, then edgeseg check {run} --target executorch")
+    if not any(chosen.values()) and pte is None:
         have = ", ".join(f"{e.name} ({e.status})" for t in PLATFORMS.values() for e in task.exports(run, t))
         raise UsageError(f"run '{run}' has no TFLite or Core ML export of its current checkpoint with a passing "
                          f"{task.parity_kind} check (exports: {have or 'none'}); run: edgeseg export {run} --target "
@@ -182,10 +190,38 @@ def make_bundle(run: Path, output: Path, tflite: str = "auto", coreml: str = "au
                 "size_bytes": path_size(tmp / rel), **io, "parity": task.evidence(entry),
                 "latency": _latency(run, entry.name, int(rec["size_bytes"])),
             }
+        if pte is not None:
+            manifest["executorch"] = _executorch(task, run, pte, tmp)
+            log(f"executorch: {pte.name} -> {manifest['executorch']['file']}")
+            versions["executorch"] = pte.record.get("details", {}).get("runtime", "").split(" ")[-1]
         manifest["toolchain"] = {**versions, **package_versions(("edgeseg", "mediapipe"))}
         finish(tmp, manifest, task.app_readme)
     log(f"wrote {output} ({', '.join(manifest['platforms'])})")
     return manifest
+
+
+def _executorch(task: Task, run: Path, entry: ExportEntry, tmp: Path) -> dict[str, Any]:
+    """``executorch/model.pte`` copied byte for byte (the checked file) and its manifest entry: the tensors the file
+    declares, parity, latency and the XNNPACK delegation coverage."""
+    import shutil
+
+    from exporters.executorch import tensor_meta
+
+    rel = "executorch/model.pte"
+    src = run / entry.record["path"]
+    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, tmp / rel)
+    meta = tensor_meta(tmp / rel)
+    details = entry.record.get("details", {})
+    kind = details.get("output", "logits")
+    (inp,), (out,) = meta["inputs"], meta["outputs"]
+    return {"file": rel, "format": "executorch", "export": entry.name, "precision": entry.record["precision"],
+            "size_bytes": (tmp / rel).stat().st_size, "runs_on": ["android", "ios"], "backend": "XNNPACK (CPU)",
+            "input": {**inp, "layout": "NCHW", "values": "normalized: (pixel / 255 - mean) / std"},
+            "output": {"kind": kind, **out, "layout": "NHW" if kind == "argmax" else "NCHW"},
+            "parity": task.evidence(entry), "latency": _latency(run, entry.name, int(entry.record["size_bytes"])),
+            "delegation": {k: v for k, v in (details.get("delegation") or {}).items()
+                           if k in ("partitions", "delegated_ops", "fallback_ops", "constant_ops", "fallback")}}
 
 
 def check_output(run: Path, output: Path, force: bool) -> None:

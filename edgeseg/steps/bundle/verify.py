@@ -66,7 +66,7 @@ def verify_bundle(root: Path) -> list[str]:
             problems.append(f"{rel}: listed in manifest.json but missing")
         elif sha256(f) != entry["sha256"]:
             problems.append(f"{rel}: sha256 differs from manifest.json (file changed after bundling)")
-    for plat in manifest["platforms"].values():
+    for plat in [*manifest["platforms"].values(), *([manifest["executorch"]] if "executorch" in manifest else [])]:
         if not any(p == plat["file"] or p.startswith(plat["file"] + "/") for p in listed):
             problems.append(f"{plat['file']}: the platform's model is not among the listed files")
     for p in sorted(root.rglob("*")):

@@ -275,6 +275,92 @@ func segment(_ image: CGImage) throws -> [UInt8]? {{
 """
 
 
+def _executorch(m: dict[str, Any]) -> list[str]:
+    """The ExecuTorch section: the .pte through ExecuTorch's Module API in Kotlin (Android) and Swift (iOS), fed
+    the model's NCHW normalized floats, the class of each pixel read from its NCHW output."""
+    e = m["executorch"]
+    h, w, n = m["input"]["height"], m["input"]["width"], len(m["classes"])
+    mean, std = m["input"]["normalization"]["mean"], m["input"]["normalization"]["std"]
+    argmax = e["output"]["kind"] == "argmax"
+    d = e["delegation"]
+    fallback = ", ".join(f"{op} x{k}" for op, k in d.get("fallback", {}).items()) or "none"
+    kt_pick = ("val classes = out.dataAsIntArray  // class index per pixel" if argmax else
+               """val scores = out.dataAsFloatArray  // NCHW: class c of pixel p at c * W * H + p
+    val classes = IntArray(W * H) { p ->
+        var best = 0
+        for (c in 1 until NUM_CLASSES) if (scores[c * W * H + p] > scores[best * W * H + p]) best = c
+        best
+    }""")
+    helpers = ("the Android section's `fit`, `toFrame` and `colored`" if "android" in m["platforms"] else
+               "`fit`, `toFrame` and `colored` as in the Android section of a bundle with a TFLite file")
+    sw_type, sw_pick = ("Int32", "let cls = Int(out[y * W + x])") if argmax else (
+        "Float", "var cls = 0\n            for c in 1..<NUM_CLASSES where out[(c * H + y) * W + x] > "
+                 "out[(cls * H + y) * W + x] { cls = c }")
+    kotlin = f"""```kotlin
+// app/build.gradle.kts: implementation("org.pytorch:executorch-android:1.0.0")
+// copy {e['file']} out of the APK's assets to a file: Module.load takes a path
+import org.pytorch.executorch.EValue
+import org.pytorch.executorch.Module
+import org.pytorch.executorch.Tensor
+
+const val W = {w}
+const val H = {h}
+const val NUM_CLASSES = {n}
+val MEAN = floatArrayOf({", ".join(f"{v:.4f}f" for v in mean)})
+val STD = floatArrayOf({", ".join(f"{v:.4f}f" for v in std)})
+
+/** The class mask of [bitmap] (any size) in the class colours; uses {helpers}. */
+fun segment(module: Module, bitmap: Bitmap): Bitmap {{
+    val pixels = IntArray(W * H).also {{ fit(bitmap).getPixels(it, 0, W, 0, 0, W, H) }}
+    val chw = FloatArray(3 * W * H)  // NCHW, normalized as in training
+    for ((p, v) in pixels.withIndex()) {{
+        val rgb = intArrayOf((v shr 16) and 0xFF, (v shr 8) and 0xFF, v and 0xFF)
+        for (c in 0 until 3) chw[c * W * H + p] = (rgb[c] / 255f - MEAN[c]) / STD[c]
+    }}
+    val input = Tensor.fromBlob(chw, longArrayOf(1, 3, H.toLong(), W.toLong()))
+    val out = module.forward(EValue.from(input))[0].toTensor()
+    {kt_pick}
+    return colored(toFrame(classes, bitmap.width, bitmap.height), bitmap.width, bitmap.height)
+}}
+// val module = Module.load(File(context.filesDir, "model.pte").path)
+```"""
+    swift = f"""```swift
+// Swift Package Manager: https://github.com/pytorch/executorch, branch swiftpm-1.0.0, products executorch,
+// backend_xnnpack, kernels_optimized (other linker flags: -all_load)
+import ExecuTorch
+
+let W = {w}, H = {h}, NUM_CLASSES = {n}
+let MEAN: [Float] = [{", ".join(f"{v:.4f}" for v in mean)}], STD: [Float] = [{", ".join(f"{v:.4f}" for v in std)}]
+
+/// The class of each pixel of `rgb` (W x H x 3 bytes, the frame fitted to W x H as in training).
+func classes(_ module: Module, _ rgb: [UInt8]) throws -> [Int] {{
+    var chw = [Float](repeating: 0, count: 3 * W * H)  // NCHW, normalized as in training
+    for p in 0..<(W * H) {{
+        for c in 0..<3 {{ chw[c * W * H + p] = (Float(rgb[p * 3 + c]) / 255 - MEAN[c]) / STD[c] }}
+    }}
+    let input = Tensor<Float>(chw, shape: [1, 3, H, W])
+    guard let output: Tensor<{sw_type}> = try module.forward(input).first?.tensor() else {{ return [] }}
+    let out = output.scalars()
+    var mask = [Int](repeating: 0, count: W * H)
+    for y in 0..<H {{
+        for x in 0..<W {{
+            {sw_pick}
+            mask[y * W + x] = cls
+        }}
+    }}
+    return mask
+}}
+// let module = Module(filePath: Bundle.main.path(forResource: "model", ofType: "pte")!)
+```"""
+    return [f"## ExecuTorch (`{e['file']}`, Android and iOS)", "", f"{_evidence(e)}.", "",
+            f"One file for both platforms: ExecuTorch's runtime with the XNNPACK delegate (CPU). Delegation: "
+            f"{d['partitions']} XNNPACK partition(s), {d['delegated_ops']} ops in XNNPACK, {d['fallback_ops']} on "
+            f"ExecuTorch's portable kernels ({fallback}). Input `{e['input']['shape']}` {e['input']['dtype']} NCHW, "
+            f"{e['input']['values']}; output `{e['output']['shape']}` {e['output']['dtype']} "
+            + ("class index per pixel." if argmax else "class scores per pixel (NCHW); the mask is their argmax."),
+            "", kotlin, "", swift, ""]
+
+
 def _evidence(plat: dict[str, Any]) -> str:
     p = plat["parity"]
     if p.get("status") != "passed":
@@ -330,6 +416,8 @@ def render_readme(m: dict[str, Any]) -> str:
                                                 else "class scores per pixel; the mask is their argmax."),
                   "Class names and colours are also in the package's metadata (`classes`, `colors`).", "",
                   _swift(m)]
+    if "executorch" in m:
+        lines += _executorch(m)
     lines += ["The snippets are written for this model's tensors; they are not compiled by edgeseg's tests "
               "(no Android or Xcode toolchain there). What is tested: LiteRT runs `android/model.tflite`, "
               "MediaPipe's ImageSegmenter reads its metadata, and every file matches `manifest.json`.", ""]

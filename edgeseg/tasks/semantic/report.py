@@ -77,6 +77,10 @@ class SemanticReport:
                                              "pixel_agreement": t["validation"]["pixel_agreement"],
                                              "mask_miou": t["validation"]["mask_miou"],
                                              "latency_ms": t["latency_ms"]} for t in ladder["tried"]]}
+        delegation = rec.get("details", {}).get("delegation")
+        if delegation:  # ExecuTorch: what the delegate runs, what falls back to the portable kernels
+            row["delegation"] = {k: delegation[k] for k in ("partitions", "delegated_ops", "fallback_ops",
+                                                           "constant_ops", "fallback") if k in delegation}
         return row
 
     def runner(self, entry: ExportEntry, threads: int) -> tuple[Callable[[np.ndarray], Any] | None, str]:
@@ -247,6 +251,7 @@ class SemanticReport:
             lines += ["", "Notes:", *notes]
         lines += _class_table(r)
         lines += _paths_table(r)
+        lines += _delegation_table(r)
         lines += gates
         refs = sorted({(row.get("parity") or {}).get("reference", "PyTorch") for row in r["results"]
                        if row.get("parity")} - {"PyTorch"})
@@ -280,6 +285,25 @@ def _class_table(r: dict[str, Any]) -> list[str]:
         lines.append(f"| {c} | {_fmt(ref.get(c), '.4f')} | " + " | ".join(cells) + " |")
     lines += ["", "In brackets: the change in IoU points from PyTorch; bold: the export's worst class (the per-class "
               "gate, `--max-class-drop`, fails an export whose worst class falls by more than its limit)."]
+    return lines
+
+
+def _delegation_table(r: dict[str, Any]) -> list[str]:
+    """Each ExecuTorch export's delegation: XNNPACK partitions, delegated ops, and every op left to the portable
+    kernels (a silent fallback is the first thing to look for when a .pte is slow on the phone)."""
+    rows = [(row["name"], row["delegation"]) for row in r["results"] if row.get("delegation")]
+    if not rows:
+        return []
+    lines = ["", "## ExecuTorch delegation (XNNPACK)", "",
+             "| export | partitions | ops in XNNPACK | ops on portable kernels | constant-only nodes |",
+             "|---|---:|---:|---|---:|"]
+    for name, d in rows:
+        fallback = ", ".join(f"{op} x{n}" for op, n in d.get("fallback", {}).items()) or "none"
+        lines.append(f"| {name} | {d['partitions']} | {d['delegated_ops']} | {d['fallback_ops']} ({fallback}) | "
+                     f"{d.get('constant_ops', 0)} |")
+    lines += ["", "Ops in XNNPACK count the lowered graph's nodes (quantize/dequantize pairs of an int8 file "
+              "included); constant-only nodes read no input (copies of scalar constants): the portable kernels run "
+              "them on every call, on a few bytes."]
     return lines
 
 

@@ -201,7 +201,7 @@ def export_runs(run: Path, pairs: Sequence[tuple[str, str]], calibration: int = 
     records = []
     for t, (target, precision) in zip(targets, pairs):
         needs_calibration = (target, precision) in (("tflite", "int8"), ("coreml", "w8a8"), ("onnx", "int8"),
-                                                    ("openvino", "int8"))
+                                                    ("openvino", "int8"), ("executorch", "int8"))
         count = calibration if needs_calibration else 0
         if count not in images:
             images[count] = calibration_images(ckpt, count)

@@ -12,7 +12,7 @@ from edgeseg.tasks.base import BundleModel, ExportEntry, ReportSubject, read_jso
 from edgeseg.train.checkpoint import CHECKPOINT_NAME
 
 # input kinds an app feeds directly (camera pixels) come first when the bundle picks an export itself
-PREFERRED_INPUT = {"tflite": "pixels", "coreml": "image"}
+PREFERRED_INPUT = {"tflite": "pixels", "coreml": "image", "executorch": "image"}
 
 
 class SemanticTask:
