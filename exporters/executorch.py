@@ -34,6 +34,8 @@ from exporters.base import (ExporterError, ExportOptions, ExportResult, Target, 
                             path_size)
 from exporters.native import preload_triton, quiet_native
 
+QUANTIZER = "XNNPACKQuantizer (PT2E): int8 weights symmetric per channel, int8 activations per tensor"
+
 #: what a multi-output graph (Mask R-CNN's) cannot be here, measured: see :func:`export`
 GRAPH_REFUSAL = ("target 'executorch' takes semantic models for now, not a multi-output graph: Mask R-CNN's static "
                  "graph does lower (measured at 64 px: 111 s, 55 XNNPACK partitions, 224 ops left to the portable "
@@ -54,23 +56,152 @@ def _contiguous(x: np.ndarray):
     return torch.from_numpy(np.array(x, np.float32, copy=True, order="C"))
 
 
-def _quantize(model, example, calibration: Sequence[np.ndarray]):
-    """``model`` captured by ``torch.export`` and quantized with XNNPACK's PT2E quantizer on ``calibration``."""
+def quantized_graph(model, example: np.ndarray, calibration: Sequence[np.ndarray]):
+    """``model`` captured by ``torch.export``, quantized with XNNPACK's PT2E quantizer and calibrated on
+    ``calibration`` (NCHW batches): the converted graph, int8 weights folded, a quantize/dequantize pair on every
+    activation, as PyTorch computes it. Returns ``(graph, images used)``."""
+    preload_triton()
     import torch
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                         get_symmetric_quantization_config)
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     imgs = batches(calibration)
     if not imgs:
         raise ExporterError("ExecuTorch int8 needs calibration images; none were given")
-    graph = torch.export.export(model, (example,)).module()
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(graph, quantizer)
-    with torch.no_grad():
-        for b in imgs:
-            prepared(_contiguous(b))
-    return convert_pt2e(prepared), len(imgs)
+    with quiet_native() as log:
+        try:
+            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                                 get_symmetric_quantization_config)
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+            graph = torch.export.export(model.eval().cpu(), (_contiguous(example),)).module()
+            quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+            prepared = prepare_pt2e(graph, quantizer)
+            with torch.no_grad():
+                for b in imgs:
+                    prepared(_contiguous(b))
+            return convert_pt2e(prepared), len(imgs)
+        except Exception as e:  # noqa: BLE001 - torch.export / annotation raise many types
+            raise ExporterError(f"ExecuTorch int8 quantization failed: {type(e).__name__}: {str(e)[:600]}\n"
+                                f"{log.getvalue()[-1500:]}") from None
+
+
+def _is_op(node, name: str) -> bool:
+    return node.op == "call_function" and name in str(node.target)
+
+
+def activation_quantizers(graph) -> list[str]:
+    """The activation quantize nodes of a :func:`quantized_graph` (node names, graph order): what a mixed-precision
+    search may leave out, keeping that tensor (and the ops around it) float."""
+    return [n.name for n in graph.graph.nodes
+            if _is_op(n, "quantize_per_tensor") and not _is_op(n, "dequantize") and n.args
+            and getattr(n.args[0], "op", None) != "get_attr"]
+
+
+def _attr(graph, node):
+    import operator
+
+    return operator.attrgetter(node.target)(graph) if getattr(node, "op", None) == "get_attr" else node
+
+
+def _weight_shape(graph, conv) -> tuple[int, ...] | None:
+    w = conv.args[1]
+    while _is_op(w, "dequantize"):  # int8 weights folded by convert_pt2e: get_attr -> dequantize_per_channel
+        w = w.args[0]
+    t = _attr(graph, w)
+    return tuple(t.shape) if hasattr(t, "shape") else None
+
+
+def _float_convs(graph, names) -> dict[Any, bool]:
+    """Every convolution of ``graph`` -> whether it computes in float once the activations ``names`` stay float: its
+    input not dequantized int8, or its output (after a fused ReLU/clamp) not quantized, which is what XNNPACK's
+    int8 convolution needs; such a convolution runs at fp32."""
+    keep = set(names)
+    convs = {}
+    for node in graph.graph.nodes:
+        if not (_is_op(node, "conv2d") or _is_op(node, "convolution")) or len(node.args) < 2:
+            continue
+        x = node.args[0]
+        float_in = not _is_op(x, "dequantize_per_tensor") or getattr(x.args[0], "name", "") in keep
+        nxt, float_out = node, True  # float unless its output reaches a quantize the mix keeps
+        for _ in range(2):  # conv -> [relu / clamp: fused into the int8 conv] -> quantize
+            users = list(nxt.users)
+            if len(users) != 1:
+                break
+            nxt = users[0]
+            if _is_op(nxt, "quantize_per_tensor"):
+                float_out = nxt.name in keep
+                break
+            if not any(_is_op(nxt, a) for a in ("relu", "clamp", "hardtanh")):
+                break  # another op (add, mul, ...) reads the conv's float output
+        convs[node] = float_in or float_out
+    return convs
+
+
+def with_float(graph, names) -> Any:
+    """A copy of ``graph`` with the quantize/dequantize pairs of ``names`` removed: those tensors stay float, and
+    XNNPACK runs the ops that produce and consume them at fp32 in the lowered file. A convolution that becomes
+    float takes its weights as float constants with the int8 grid's values (what the PyTorch graph computes; an
+    int8 weight dequantized outside the delegate has no portable kernel)."""
+    import copy
+
+    keep = set(names)
+    g = copy.deepcopy(graph)
+    for node in list(g.graph.nodes):
+        if node.name in keep:
+            for user in list(node.users):
+                if _is_op(user, "dequantize_per_tensor"):
+                    user.replace_all_uses_with(node.args[0])
+                    g.graph.erase_node(user)
+            if not node.users:
+                g.graph.erase_node(node)
+    for k, (conv, floating) in enumerate(_float_convs(g, ()).items()):
+        w = conv.args[1]
+        if not floating or not _is_op(w, "dequantize"):
+            continue
+        value = w.target(*[_attr(g, a) for a in w.args], **w.kwargs)
+        g.register_buffer(f"_edgeseg_float_weight_{k}", value.detach().clone())
+        with g.graph.inserting_before(conv):
+            const = g.graph.get_attr(f"_edgeseg_float_weight_{k}")
+        conv.replace_input_with(w, const)
+        if not w.users:
+            g.graph.erase_node(w)
+    g.graph.eliminate_dead_code()
+    g.recompile()
+    return g
+
+
+def float_macs(graph, names) -> float:
+    """The share (0-1) of the convolutions' multiply-adds computed in float when the activations ``names`` stay
+    float (see :func:`with_float`)."""
+    total = floating = 0
+    for conv, is_float in _float_convs(graph, names).items():
+        shape, out = _weight_shape(graph, conv), conv.meta.get("val")
+        if shape is None or out is None:
+            continue
+        macs = int(np.prod(out.shape[1:])) * int(np.prod(shape[1:]))
+        total += macs
+        floating += macs if is_float else 0
+    return floating / total if total else 0.0
+
+
+def lower(model, example: np.ndarray) -> tuple[bytes, dict[str, Any]]:
+    """``model`` (a module or a quantized graph) through ``torch.export`` and the XNNPACK partitioner: the ``.pte``
+    bytes and details (lowering seconds, delegation coverage)."""
+    preload_triton()
+    import torch
+
+    t = time.time()
+    with quiet_native() as log:
+        try:
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+            from executorch.exir import to_edge_transform_and_lower
+
+            program = torch.export.export(model, (_contiguous(example),))
+            edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+            details = {"lower_seconds": round(time.time() - t, 2), "delegation": coverage(edge)}
+            return edge.to_executorch().buffer, details
+        except Exception as e:  # noqa: BLE001 - torch.export and the lowering passes raise many types
+            raise ExporterError(f"ExecuTorch lowering failed: {type(e).__name__}: {str(e)[:600]}\n"
+                                f"{log.getvalue()[-1500:]}") from None
 
 
 def _op(node) -> str:
@@ -121,38 +252,18 @@ def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) ->
         raise ExporterError(GRAPH_REFUSAL)
     check_precision(TARGET, options)
     t0 = time.time()
-    preload_triton()
-    import torch
-
     model = model.eval().cpu()
     if options.output == "argmax":
         model = class_map(model, "int32")
-    x = _contiguous(example)
     details: dict[str, Any] = {"runtime": f"ExecuTorch {version()}", "input_layout": "NCHW",
                                "output": options.output}
     final = Path(out_dir) / "model.pte"
-    with quiet_native() as log:
-        try:
-            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-            from executorch.exir import to_edge_transform_and_lower
-
-            if options.precision == "int8":
-                t = time.time()
-                model, n = _quantize(model, x, options.calibration)
-                details.update(quantizer="XNNPACKQuantizer (PT2E): int8 weights symmetric per channel, int8 "
-                                         "activations per tensor", calibration_images=n,
-                               quantize_seconds=round(time.time() - t, 2))
-            t = time.time()
-            program = torch.export.export(model, (x,))
-            edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-            details["lower_seconds"] = round(time.time() - t, 2)
-            details["delegation"] = coverage(edge)
-            buffer = edge.to_executorch().buffer
-        except ExporterError:
-            raise
-        except Exception as e:  # noqa: BLE001 - torch.export and the lowering passes raise many types
-            raise ExporterError(f"ExecuTorch lowering failed: {type(e).__name__}: {str(e)[:600]}\n"
-                                f"{log.getvalue()[-1500:]}") from None
+    if options.precision == "int8":
+        t = time.time()
+        model, n = quantized_graph(model, example, options.calibration)
+        details.update(quantizer=QUANTIZER, calibration_images=n, quantize_seconds=round(time.time() - t, 2))
+    buffer, lowered = lower(model, example)
+    details.update(lowered)
     with atomic_path(final) as tmp:
         Path(tmp).write_bytes(buffer)
     return ExportResult("executorch", options.precision, final, path_size(final), time.time() - t0,

@@ -109,3 +109,34 @@ def test_fallback_is_recorded_and_the_runtime_runs_the_file(tmp_path):
     with pytest.raises(ExporterError, match="has no precision 'fp16'"):
         target.export(model, x[:1], ExportOptions("fp16"), tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_failed_full_int8_falls_back_to_the_one_search(run, monkeypatch):
+    """When the full int8 .pte fails the gate on the validation split, the export searches which activations to
+    keep float (the one search, judged in PyTorch on the converted graph), lowers that mix and measures it with
+    the runtime; the record lists both files. A gate no int8 file can pass (100 % agreement) forces the path."""
+    from exporters import executorch as et
+
+    from edgeseg.quantize import executorch_int8
+    from edgeseg.tasks.semantic.parity import thresholds_for
+    from edgeseg.train.checkpoint import load_checkpoint
+
+    strict = {**thresholds_for("int8"), "min_agreement": 100.0}
+    monkeypatch.setattr(executorch_int8, "thresholds_for", lambda precision: strict)
+    rec = executorch_int8.export_int8(run, calibration=8, log=lambda s: None, max_float_macs=30.0, max_steps=2)
+    lad = rec["details"]["ladder"]
+    full, mixed = lad["tried"]
+    assert (full["name"], mixed["name"]) == ("full-int8", "mixed") and not full["passed"] and not mixed["passed"]
+    assert 1 <= len(mixed["float_activations"]) <= 2 and 0 <= mixed["float_macs_pct"] <= 30.0
+    assert lad["mixed_search"]["passed"] is False and lad["chosen"] in ("full-int8", "mixed")
+    assert lad["why"].startswith("no file passes on the validation split")
+    assert rec["details"]["delegation"]["fallback_ops"] == 0  # float parts stay in the XNNPACK partition
+    assert rec["details"]["calibration_images"] == 8
+
+    # the helpers the search stands on: removing pairs keeps float exactly those tensors; MACs shares are exact
+    x = np.random.default_rng(0).normal(size=(1, 3, 64, 64)).astype(np.float32)
+    graph, _ = et.quantized_graph(load_checkpoint(run).build_model(), x, [x])
+    names = et.activation_quantizers(graph)
+    assert len(names) >= 10 and et.float_macs(graph, []) == 0.0 and et.float_macs(graph, names) == 1.0
+    g = et.with_float(graph, names[:3])
+    assert len(et.activation_quantizers(g)) == len(names) - 3

@@ -84,19 +84,26 @@ def _step(action: str, run: Path, targets: str, precisions: str | None, log: Cal
 
 def _export(task: Task, run: Path, pairs: list[tuple[str, str]], log: Callable[[str], None],
             opts: dict[str, Any]) -> list[Any]:
-    """The task's exports, except a semantic run's TFLite int8 with logits output, which climbs the int8 ladder
-    (:mod:`edgeseg.quantize.ladder`) unless ``--int8-route direct`` asks for the target's own int8 alone."""
+    """The task's exports, except a semantic run's int8 with logits output of TFLite, which climbs the int8 ladder
+    (:mod:`edgeseg.quantize.ladder`), and of ExecuTorch, whose full int8 falls back to the one mask-metric search
+    (:mod:`edgeseg.quantize.executorch_int8`) — unless ``--int8-route direct`` asks for the target's own int8 alone."""
     from edgeseg.core.registry import check_choice
+    from edgeseg.quantize import executorch_int8
     from edgeseg.quantize.ladder import ROUTES, export_int8
 
     route, max_float_macs = opts.pop("int8_route", "ladder"), opts.pop("max_float_macs", 10.0)
     check_choice(route, list(ROUTES), "--int8-route")
-    ladder = [p for p in pairs if p == ("tflite", "int8")] \
+    measured = [p for p in pairs if p == ("tflite", "int8")
+                or (p == ("executorch", "int8") and opts.get("input_kind", "image") == "image")] \
         if task.name == "semantic" and route == "ladder" and opts.get("output", "logits") == "logits" else []
-    rest = [p for p in pairs if p not in ladder]
+    rest = [p for p in pairs if p not in measured]
     done = dict(zip(rest, task.export(run, rest, log=log, **opts))) if rest else {}
-    for pair in ladder:
-        weights = opts.get("weights", "auto")
-        done[pair] = export_int8(run, opts.get("input_kind", "image"), opts.get("calibration", 100),
-                                 None if weights == "auto" else weights, log, max_float_macs)
+    weights = opts.get("weights", "auto")
+    weights = None if weights == "auto" else weights
+    for pair in measured:
+        if pair[0] == "tflite":
+            done[pair] = export_int8(run, opts.get("input_kind", "image"), opts.get("calibration", 100), weights, log,
+                                     max_float_macs)
+        else:
+            done[pair] = executorch_int8.export_int8(run, opts.get("calibration", 100), weights, log, max_float_macs)
     return [done[p] for p in pairs]
