@@ -285,11 +285,14 @@ class PteRunner:
 
     def __init__(self, path: Path, threads: int = 2) -> None:
         preload_triton()
+        set_threads(threads)  # before the delegate is initialized with the pool
         with quiet_native():
             from executorch.runtime import Runtime
 
             try:
-                self.method = Runtime.get().load_program(Path(path)).load_method("forward")
+                # the method reads the program's memory: the runner keeps both alive together
+                self.program = Runtime.get().load_program(Path(path))
+                self.method = self.program.load_method("forward")
             except Exception as e:  # noqa: BLE001 - the runtime raises RuntimeError/ValueError with its log
                 raise ExporterError(f"ExecuTorch cannot load '{path}': {str(e)[:300]}") from None
         self.threads = threads
