@@ -246,6 +246,13 @@ def coverage(edge) -> dict[str, Any]:
             "delegated": dict(sorted(delegated.items())), "fallback": dict(sorted(fallback.items()))}
 
 
+def delegation_summary(details: dict[str, Any]) -> dict[str, Any]:
+    """What the report and the bundle show of an export record's delegation (the per-op ``delegated`` counts stay in
+    export.json)."""
+    d = details.get("delegation") or {}
+    return {k: d[k] for k in ("partitions", "delegated_ops", "fallback_ops", "constant_ops", "fallback") if k in d}
+
+
 def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) -> ExportResult:
     """Write ``out_dir/model.pte``: the model lowered to ExecuTorch with the XNNPACK delegate."""
     if options.graph:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 pytest.importorskip("executorch")
+pytestmark = pytest.mark.slow  # lowering: tens of seconds per file
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,7 @@ def test_fallback_is_recorded_and_the_runtime_runs_the_file(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_failed_full_int8_falls_back_to_the_one_search(run, monkeypatch):
+def test_failed_full_int8_falls_back_to_the_one_search(tiny_run, tmp_path, monkeypatch):
     """When the full int8 .pte fails the gate on the validation split, the export searches which activations to
     keep float (the one search, judged in PyTorch on the converted graph), lowers that mix and measures it with
     the runtime; the record lists both files. A gate no int8 file can pass (100 % agreement) forces the path."""
@@ -121,6 +122,8 @@ def test_failed_full_int8_falls_back_to_the_one_search(run, monkeypatch):
     from edgeseg.tasks.semantic.parity import thresholds_for
     from edgeseg.train.checkpoint import load_checkpoint
 
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "report.*", ".edgeseg.lock"))
     strict = {**thresholds_for("int8"), "min_agreement": 100.0}
     monkeypatch.setattr(executorch_int8, "thresholds_for", lambda precision: strict)
     rec = executorch_int8.export_int8(run, calibration=8, log=lambda s: None, max_float_macs=30.0, max_steps=2)

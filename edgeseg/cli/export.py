@@ -38,7 +38,9 @@ def add(sub) -> None:
                    help="tflite int8 (logits output): ladder (default) makes full-int8 candidates (ai-edge-quantizer "
                    "with and without weight equalization, hard-swish float), checks each on the validation split "
                    "and keeps the fastest that passes the int8 gate, else searches mixed precision (docs/int8.md); "
-                   "direct writes the target's own full int8 (not equalized) alone, unmeasured")
+                   "executorch int8: ladder checks the full int8 .pte with ExecuTorch's runtime on the validation "
+                   "split, else searches which activations to keep float; direct writes the target's own full int8 "
+                   "(not equalized) alone, unmeasured")
     p.add_argument("--max-float-macs", type=float, default=10.0,
                    help="ladder: the most multiply-adds (%%) its mixed-precision rung may keep in float "
                    "(default %(default)s)")

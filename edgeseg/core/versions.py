@@ -7,7 +7,7 @@ import os
 import platform
 
 PACKAGES = ("edgeseg", "torch", "torchvision", "numpy", "onnx", "onnxruntime", "onnx2tf", "ai-edge-quantizer",
-            "ai-edge-litert", "coremltools", "nncf", "mediapipe")
+            "ai-edge-litert", "coremltools", "nncf", "mediapipe", "executorch")
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:

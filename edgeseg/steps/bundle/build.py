@@ -193,7 +193,7 @@ def make_bundle(run: Path, output: Path, tflite: str = "auto", coreml: str = "au
         if pte is not None:
             manifest["executorch"] = _executorch(task, run, pte, tmp)
             log(f"executorch: {pte.name} -> {manifest['executorch']['file']}")
-            versions["executorch"] = pte.record.get("details", {}).get("runtime", "").split(" ")[-1]
+            versions.update({k: str(v) for k, v in (pte.record.get("versions") or {}).items()})
         manifest["toolchain"] = {**versions, **package_versions(("edgeseg", "mediapipe"))}
         finish(tmp, manifest, task.app_readme)
     log(f"wrote {output} ({', '.join(manifest['platforms'])})")
@@ -205,7 +205,7 @@ def _executorch(task: Task, run: Path, entry: ExportEntry, tmp: Path) -> dict[st
     declares, parity, latency and the XNNPACK delegation coverage."""
     import shutil
 
-    from exporters.executorch import tensor_meta
+    from exporters.executorch import delegation_summary, tensor_meta
 
     rel = "executorch/model.pte"
     src = run / entry.record["path"]
@@ -220,8 +220,7 @@ def _executorch(task: Task, run: Path, entry: ExportEntry, tmp: Path) -> dict[st
             "input": {**inp, "layout": "NCHW", "values": "normalized: (pixel / 255 - mean) / std"},
             "output": {"kind": kind, **out, "layout": "NHW" if kind == "argmax" else "NCHW"},
             "parity": task.evidence(entry), "latency": _latency(run, entry.name, int(entry.record["size_bytes"])),
-            "delegation": {k: v for k, v in (details.get("delegation") or {}).items()
-                           if k in ("partitions", "delegated_ops", "fallback_ops", "constant_ops", "fallback")}}
+            "delegation": delegation_summary(details)}
 
 
 def check_output(run: Path, output: Path, force: bool) -> None:

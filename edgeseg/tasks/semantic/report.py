@@ -77,10 +77,10 @@ class SemanticReport:
                                              "pixel_agreement": t["validation"]["pixel_agreement"],
                                              "mask_miou": t["validation"]["mask_miou"],
                                              "latency_ms": t["latency_ms"]} for t in ladder["tried"]]}
-        delegation = rec.get("details", {}).get("delegation")
-        if delegation:  # ExecuTorch: what the delegate runs, what falls back to the portable kernels
-            row["delegation"] = {k: delegation[k] for k in ("partitions", "delegated_ops", "fallback_ops",
-                                                           "constant_ops", "fallback") if k in delegation}
+        if rec.get("details", {}).get("delegation"):  # ExecuTorch: what the delegate runs, what falls back
+            from exporters.executorch import delegation_summary
+
+            row["delegation"] = delegation_summary(rec["details"])
         return row
 
     def runner(self, entry: ExportEntry, threads: int) -> tuple[Callable[[np.ndarray], Any] | None, str]:
