@@ -7,16 +7,18 @@ graph. Precisions:
 * ``fp32``: the float graph, XNNPACK's float kernels.
 * ``int8``: XNNPACK's own PT2E quantizer (``XNNPACKQuantizer``, symmetric per-channel int8 weights, per-tensor int8
   activations), ranges observed on ``options.calibration`` (the run's calibration images), ``convert_pt2e``; the
-  delegate runs each ``dequantize -> op -> quantize`` as its int8 kernel.
+  delegate runs each ``dequantize -> op -> quantize`` as its int8 kernel. :func:`activation_quantizers`,
+  :func:`with_float` and :func:`float_macs` let a mixed-precision search keep activations float (edgeseg's export
+  step measures the int8 file and searches when it fails its gate).
 
 Measured on the quickstart's LR-ASPP (128 px): NCHW input lowers to one XNNPACK partition; an NHWC-input wrapper
-(what the TFLite files take) split it into ten partitions and ran slower (6.2 vs 5.0 ms), so the file keeps the
+(what the TFLite files take) split it into ten partitions and ran slower (a throw-away probe), so the file keeps the
 model's own NCHW input, as ExecuTorch's Android/iOS tensor helpers make it. BatchNorm is folded into the
 convolutions by the delegate's passes (float) or by ``prepare_pt2e`` (int8).
 
 Every export records its **delegation coverage** (:func:`coverage`): partitions, the ops run by XNNPACK, the
 compute ops left to ExecuTorch's portable kernels (the silent fallback users meet on the phone) and the nodes that
-only touch constants (copies of scalar constants, computed once). Files are run by ExecuTorch's own runtime
+only touch constants (copies of scalar constants, on a few bytes per call). Files are run by ExecuTorch's own runtime
 (:class:`PteRunner`: the ``.pte`` through its XNNPACK and portable kernels, not PyTorch).
 """
 
@@ -36,7 +38,7 @@ from exporters.native import preload_triton, quiet_native
 
 QUANTIZER = "XNNPACKQuantizer (PT2E): int8 weights symmetric per channel, int8 activations per tensor"
 
-#: what a multi-output graph (Mask R-CNN's) cannot be here, measured: see :func:`export`
+#: why a multi-output graph (Mask R-CNN's) is refused: measured once with a throw-away probe (untrained, 64 px)
 GRAPH_REFUSAL = ("target 'executorch' takes semantic models for now, not a multi-output graph: Mask R-CNN's static "
                  "graph does lower (measured at 64 px: 111 s, 55 XNNPACK partitions, 224 ops left to the portable "
                  "kernels: the topk, index and where of its NMS and RoIAlign), but its instance parity through "
