@@ -95,6 +95,7 @@ def architectures(size: int, threads: int, runs: int, only: list[str] | None = N
 
     from edgeseg.models import MODELS, build_model
     from exporters import TARGETS, ExportOptions
+    from exporters.executorch import fallback_text
 
     print(f"| architecture ({size} px, untrained) | ExecuTorch export s | partitions | ops in XNNPACK | "
           "portable ops | max Δlogit vs PyTorch | ExecuTorch fp32 ms | LiteRT fp32 ms | ratio |")
@@ -116,7 +117,7 @@ def architectures(size: int, threads: int, runs: int, only: list[str] | None = N
             diff = float(np.abs(runners["et"](x) - ref).max())
             ms = _time(runners, x, runs)
         d = et.details["delegation"]
-        fallback = ", ".join(f"{k} x{v}" for k, v in d["fallback"].items()) or "none"
+        fallback = fallback_text(d)
         print(f"| {name} | {et.seconds:.0f} | {d['partitions']} | {d['delegated_ops']} | {d['fallback_ops']} "
               f"({fallback}) | {diff:.1e} | {ms['et']:.2f} | {ms['tfl']:.2f} | {ms['et'] / ms['tfl']:.2f}x |",
               flush=True)

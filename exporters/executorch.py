@@ -255,6 +255,12 @@ def delegation_summary(details: dict[str, Any]) -> dict[str, Any]:
     return {k: d[k] for k in ("partitions", "delegated_ops", "fallback_ops", "constant_ops", "fallback") if k in d}
 
 
+def fallback_text(delegation: dict[str, Any]) -> str:
+    """The ops a delegation left to the portable kernels, as people read them: ``argmax x1, sum.dim_IntList x2``
+    (``none``)."""
+    return ", ".join(f"{op} x{n}" for op, n in delegation.get("fallback", {}).items()) or "none"
+
+
 def export(model, example: np.ndarray, options: ExportOptions, out_dir: Path) -> ExportResult:
     """Write ``out_dir/model.pte``: the model lowered to ExecuTorch with the XNNPACK delegate."""
     if options.graph:

@@ -33,7 +33,7 @@ from edgeseg.core.atomic import ensure_dir
 from edgeseg.core.errors import ExportError
 from edgeseg.quantize.job import Job
 from edgeseg.core.mixed_precision import Found, Policy, Space, search
-from edgeseg.quantize.records import memo
+from edgeseg.quantize.records import memo, rank_subset
 from edgeseg.tasks.semantic.parity import JUDGE, ParityResult, compare
 
 # Validation images the per-op ranking checks (all of them when fewer). The ranking is most of the search's time
@@ -56,9 +56,8 @@ def search_ops(q, reference, val, class_names, thresholds, scratch: Path, max_fl
 
     images, masks = val
     ref_val = memo(reference)
-    pick = np.linspace(0, len(images) - 1, min(RANK_IMAGES, len(images))).round().astype(int)
-    rank_split = ([images[i] for i in pick], [masks[i] for i in pick],
-                  None if labels is None else [labels[i] for i in pick])
+    rank_split = rank_subset(images, masks, labels, RANK_IMAGES)
+    ranked = len(rank_split[0])
     whole = (images, masks, labels)
 
     def evaluate(float_ops, split=whole) -> ParityResult:
@@ -68,17 +67,17 @@ def search_ops(q, reference, val, class_names, thresholds, scratch: Path, max_fl
         return compare(ref_val, load(scratch), split[0], split[1], class_names, thresholds, "tflite", "int8", **kw)
 
     by_index = {o.index: o for o in q.candidates()}
-    space = Space(candidates=list(by_index), float_macs=q.float_macs, quick_is_full=len(pick) == len(images),
+    space = Space(candidates=list(by_index), float_macs=q.float_macs, quick_is_full=ranked == len(images),
                   evaluate=lambda keep, quick: evaluate(keep, rank_split if quick else whole),
                   describe=lambda i: {"op": i, "type": by_index[i].type, "macs": by_index[i].macs})
-    log(f"  mixed precision: measuring each of {len(by_index)} ops kept in float alone on {len(pick)} validation "
+    log(f"  mixed precision: measuring each of {len(by_index)} ops kept in float alone on {ranked} validation "
         f"images, then walking the ranking and the graph order ...")
     from edgeseg.core.progress import progress_bar
 
     with progress_bar(len(by_index), "sensitivity (mask mIoU)") as bar:
         found = search(space, JUDGE, Policy(max_float_macs, max_steps, ("ranked", "from-input")), log,
                        progress=lambda i, n: bar.advance())
-    return found, {**found.to_json(JUDGE), "ranking_images": len(pick)}
+    return found, {**found.to_json(JUDGE), "ranking_images": ranked}
 
 
 def quantize_aeq(job: Job) -> list[str]:

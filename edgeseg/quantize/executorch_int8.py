@@ -20,11 +20,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgeseg.core.atomic import atomic_path, ensure_dir, write_json
+from edgeseg.core.atomic import ensure_dir
 from edgeseg.core.errors import DataError, ExportError, UsageError
 from edgeseg.quantize.ladder import RUNS, WARMUP, Tried, choose
 from edgeseg.quantize.options import DEFAULT_MAX_STEPS
-from edgeseg.quantize.records import memo
+from edgeseg.quantize.records import memo, rank_subset
 from edgeseg.tasks.semantic.parity import JUDGE, compare, thresholds_for
 
 RANK_IMAGES = 16  # validation images that rank the activation quantizers (each is measured alone)
@@ -39,9 +39,7 @@ def export_int8(run: Path, calibration: int = 100, weights: str | None = None, l
     from edgeseg.core.latency import measure_latency, torch_runner
     from edgeseg.core.mixed_precision import Policy, Space, search
     from edgeseg.core.progress import progress_bar
-    from edgeseg.data import open_split
-    from edgeseg.tasks.semantic.parity import LazySamples
-    from edgeseg.tasks.semantic.run import cache_dir, calibration_images, has_labels, keep_if_fits
+    from edgeseg.tasks.semantic.run import cache_dir, calibration_images, validation_samples
     from edgeseg.train.checkpoint import load_checkpoint
 
     if not 0 < max_float_macs <= 100:
@@ -71,11 +69,7 @@ def export_int8(run: Path, calibration: int = 100, weights: str | None = None, l
                                    "output": "logits", "quantizer": et.QUANTIZER, "calibration_images": used,
                                    "quantize_seconds": round(quantize_seconds, 2)}
         try:
-            ds = open_split(ckpt.config.data, "val", ckpt.config.image_size)
-            samples = keep_if_fits(LazySamples(ds, len(ds), pre.image, pre.mask), pre)
-            val, labels = (samples.images, samples.masks), samples.labels
-            if not has_labels(val[1]):
-                raise DataError(f"the val split of '{ckpt.config.data}' has no labelled images")
+            val, labels = validation_samples(ckpt)
         except DataError as e:
             log(f"  executorch int8: {e}; writing the full int8 file unmeasured")
             data, lowered = et.lower(graph, example)
@@ -105,10 +99,8 @@ def export_int8(run: Path, calibration: int = 100, weights: str | None = None, l
         if not tried[0].parity.passed:
             images, masks = val
             names = et.activation_quantizers(graph)
-            pick = np.linspace(0, len(images) - 1, min(RANK_IMAGES, len(images))).round().astype(int)
-            splits = {True: ([images[i] for i in pick], [masks[i] for i in pick],
-                             None if labels is None else [labels[i] for i in pick]),
-                      False: (images, masks, labels)}
+            splits = {True: rank_subset(images, masks, labels, RANK_IMAGES), False: (images, masks, labels)}
+            ranked = len(splits[True][0])
 
             def evaluate(keep, quick: bool):
                 # the gate as check applies it (class IoU against the labels at their own size included), on the
@@ -121,8 +113,8 @@ def export_int8(run: Path, calibration: int = 100, weights: str | None = None, l
             log(f"  full int8 fails on validation; the one search over {len(names)} activation quantizers within "
                 f"{max_float_macs:g} % of the multiply-adds in float ...")
             space = Space(candidates=names, evaluate=evaluate, float_macs=lambda keep: et.float_macs(graph, keep),
-                          quick_is_full=len(pick) == len(images))
-            with progress_bar(len(names), f"sensitivity (mask mIoU, {len(pick)} val images)") as bar:
+                          quick_is_full=ranked == len(images))
+            with progress_bar(len(names), f"sensitivity (mask mIoU, {ranked} val images)") as bar:
                 found = search(space, JUDGE, Policy(max_float_macs, max_steps, ("ranked",)), log,
                                progress=lambda i, n: bar.advance())
             mixed = found.to_json(JUDGE)
@@ -149,16 +141,7 @@ def export_int8(run: Path, calibration: int = 100, weights: str | None = None, l
 
 def _write(run: Path, ckpt, which: str, example: np.ndarray, data: bytes, t0: float,
            details: dict[str, Any]) -> dict[str, Any]:
-    """The kept file as ``RUN/export/executorch-int8/model.pte`` (temp name, then renamed) and its record."""
-    from edgeseg.tasks.semantic.run import export_dir, export_record
+    """The kept file as ``RUN/export/executorch-int8/model.pte`` and its record."""
+    from edgeseg.tasks.semantic.run import write_export
 
-    out = ensure_dir(export_dir(run, "executorch", "int8"))
-    final = out / "model.pte"
-    with atomic_path(final) as tmp:
-        tmp.write_bytes(data)
-    res = {"target": "executorch", "precision": "int8", "path": str(final), "size_bytes": final.stat().st_size,
-           "seconds": round(time.time() - t0, 1), "input_shape": list(example.shape), "details": details}
-    (out / "parity.json").unlink(missing_ok=True)  # the replaced file's parity must not vouch for this one
-    record = export_record(run, ckpt, which, res)
-    write_json(out / "export.json", record)
-    return record
+    return write_export(run, ckpt, which, "executorch", "int8", "model.pte", data, example, t0, details)

@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgeseg.core.atomic import atomic_path, ensure_dir, write_json
+from edgeseg.core.atomic import ensure_dir
 from edgeseg.core.errors import DataError, ExportError, UsageError
 from edgeseg.quantize.options import DEFAULT_MAX_STEPS
 from edgeseg.quantize.records import memo
@@ -106,11 +106,9 @@ def export_int8(run: Path, input_kind: str = "image", calibration: int = 100, we
     from exporters.tflite_aeq import DEFAULT_FLOAT_TYPES, Int8Quantizer
 
     from edgeseg.core.latency import measure_latency, torch_runner
-    from edgeseg.data import open_split
     from edgeseg.quantize.aeq import search_ops
     from edgeseg.quantize.equalize import equalize
-    from edgeseg.tasks.semantic.parity import LazySamples
-    from edgeseg.tasks.semantic.run import cache_dir, calibration_images, export_options, has_labels, keep_if_fits
+    from edgeseg.tasks.semantic.run import cache_dir, calibration_images, export_options, validation_samples
     from edgeseg.train.checkpoint import load_checkpoint
 
     if not 0 < max_float_macs <= 100:
@@ -155,12 +153,7 @@ def export_int8(run: Path, input_kind: str = "image", calibration: int = 100, we
 
     info = model_info(int8_opts)
     try:
-        ds = open_split(ckpt.config.data, "val", ckpt.config.image_size)
-        # every candidate and search step compares on them: kept in memory when they fit, else streamed as check does
-        samples = keep_if_fits(LazySamples(ds, len(ds), pre.image, pre.mask), pre)
-        val, labels = (samples.images, samples.masks), samples.labels
-        if not has_labels(val[1]):
-            raise DataError(f"the val split of '{ckpt.config.data}' has no labelled images")
+        val, labels = validation_samples(ckpt)
     except DataError as e:
         log(f"int8 ladder: {e}; writing the target's own full int8 unmeasured")
         data, seconds = direct()
@@ -250,21 +243,13 @@ def export_int8(run: Path, input_kind: str = "image", calibration: int = 100, we
 
 def _write(run: Path, ckpt, which: str, input_kind: str, example: np.ndarray, data: bytes, t0: float,
            details: dict[str, Any]) -> dict[str, Any]:
-    """The kept file as ``RUN/export/tflite-int8[-pixels]/model.tflite`` (temp name, then renamed) and its record."""
+    """The kept file as ``RUN/export/tflite-int8[-pixels]/model.tflite`` and its record."""
     from exporters.tflite import tensor_types
 
-    from edgeseg.tasks.semantic.run import export_dir, export_record
+    from edgeseg.tasks.semantic.run import write_export
 
-    out = ensure_dir(export_dir(run, "tflite", "int8", "logits", input_kind))
-    final = out / "model.tflite"
-    with atomic_path(final) as tmp:
-        tmp.write_bytes(data)
-    details = {**details, "output": "logits", "input": input_kind,
-               "layout": "NHWC input [1,H,W,3] " + ("RGB pixels 0-255" if input_kind == "pixels" else "normalized")
-                         + "; output logits [1,H,W,C]", **tensor_types(final)}
-    res = {"target": "tflite", "precision": "int8", "path": str(final), "size_bytes": final.stat().st_size,
-           "seconds": round(time.time() - t0, 1), "input_shape": list(example.shape), "details": details}
-    (out / "parity.json").unlink(missing_ok=True)  # the replaced file's parity must not vouch for this one
-    record = export_record(run, ckpt, which, res)
-    write_json(out / "export.json", record)
-    return record
+    layout = ("NHWC input [1,H,W,3] " + ("RGB pixels 0-255" if input_kind == "pixels" else "normalized")
+              + "; output logits [1,H,W,C]")
+    return write_export(run, ckpt, which, "tflite", "int8", "model.tflite", data, example, t0,
+                        {**details, "output": "logits", "input": input_kind, "layout": layout}, input_kind,
+                        tensor_types)

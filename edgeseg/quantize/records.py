@@ -54,3 +54,11 @@ def memo(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.nd
         return cache[key]
 
     return run
+
+
+def rank_subset(images, masks, labels, count: int) -> tuple[list, list, list | None]:
+    """``count`` evenly spaced validation samples (all if fewer): the split a search's sensitivity pass ranks its
+    candidates on; ``labels`` None stays None."""
+    pick = np.linspace(0, len(images) - 1, min(count, len(images))).round().astype(int)
+    return ([images[i] for i in pick], [masks[i] for i in pick],
+            None if labels is None else [labels[i] for i in pick])

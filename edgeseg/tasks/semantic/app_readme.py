@@ -278,12 +278,14 @@ func segment(_ image: CGImage) throws -> [UInt8]? {{
 def _executorch(m: dict[str, Any]) -> list[str]:
     """The ExecuTorch section: the .pte through ExecuTorch's Module API in Kotlin (Android) and Swift (iOS), fed
     the model's NCHW normalized floats, the class of each pixel read from its NCHW output."""
+    from exporters.executorch import fallback_text
+
     e = m["executorch"]
     h, w, n = m["input"]["height"], m["input"]["width"], len(m["classes"])
     mean, std = m["input"]["normalization"]["mean"], m["input"]["normalization"]["std"]
     argmax = e["output"]["kind"] == "argmax"
     d = e["delegation"]
-    fallback = ", ".join(f"{op} x{k}" for op, k in d.get("fallback", {}).items()) or "none"
+    fallback = fallback_text(d)
     kt_pick = ("val classes = out.dataAsIntArray  // class index per pixel" if argmax else
                """val scores = out.dataAsFloatArray  // NCHW: class c of pixel p at c * W * H + p
     val classes = IntArray(W * H) { p ->

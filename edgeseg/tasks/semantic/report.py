@@ -294,11 +294,13 @@ def _delegation_table(r: dict[str, Any]) -> list[str]:
     rows = [(row["name"], row["delegation"]) for row in r["results"] if row.get("delegation")]
     if not rows:
         return []
+    from exporters.executorch import fallback_text
+
     lines = ["", "## ExecuTorch delegation (XNNPACK)", "",
              "| export | partitions | ops in XNNPACK | ops on portable kernels | constant-only nodes |",
              "|---|---:|---:|---|---:|"]
     for name, d in rows:
-        fallback = ", ".join(f"{op} x{n}" for op, n in d.get("fallback", {}).items()) or "none"
+        fallback = fallback_text(d)
         lines.append(f"| {name} | {d['partitions']} | {d['delegated_ops']} | {d['fallback_ops']} ({fallback}) | "
                      f"{d.get('constant_ops', 0)} |")
     lines += ["", "Ops in XNNPACK count the lowered graph's nodes (quantize/dequantize pairs of an int8 file "

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edgeseg.core.atomic import ensure_dir, write_json
+from edgeseg.core.atomic import atomic_path, ensure_dir, write_json
 from edgeseg.core.digest import file_digest
 from edgeseg.data import open_split
 from edgeseg.core.errors import CheckFailed, DataError, ExportError, UsageError
@@ -97,6 +97,37 @@ def keep_if_fits(samples: LazySamples, preprocess) -> LazySamples:
     if samples.count * preprocess.height * preprocess.width * 3 * 4 * 2 <= KEEP_SAMPLES_BYTES:
         return samples.kept()
     return samples
+
+
+def validation_samples(ckpt) -> tuple[tuple[Sequence[np.ndarray], Sequence[np.ndarray]], Sequence[np.ndarray] | None]:
+    """The validation split as an int8 choice compares on it: ``((images, masks), labels)``, kept in memory when
+    they fit (every candidate and search step reads them), else streamed as check does. DataError when the split
+    is missing or has no labelled images."""
+    pre = ckpt.preprocess
+    ds = open_split(ckpt.config.data, "val", ckpt.config.image_size)
+    samples = keep_if_fits(LazySamples(ds, len(ds), pre.image, pre.mask), pre)
+    if not has_labels(samples.masks):
+        raise DataError(f"the val split of '{ckpt.config.data}' has no labelled images")
+    return (samples.images, samples.masks), samples.labels
+
+
+def write_export(run: Path, ckpt: Checkpoint, which: str, target: str, precision: str, filename: str, data: bytes,
+                 example: np.ndarray, t0: float, details: dict[str, Any], input_kind: str = "image",
+                 file_details: Callable[[Path], dict[str, Any]] = lambda path: {}) -> dict[str, Any]:
+    """A file an int8 choice kept, as ``RUN/export/<target>-<precision>[-input]/<filename>`` (temp name, then
+    renamed), and its record (export.json, returned); ``file_details(path)`` adds what is read from the written
+    file. The replaced file's parity is removed: it must not vouch for this one."""
+    out = ensure_dir(export_dir(run, target, precision, "logits", input_kind))
+    final = out / filename
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+    res = {"target": target, "precision": precision, "path": str(final), "size_bytes": final.stat().st_size,
+           "seconds": round(time.time() - t0, 1), "input_shape": list(example.shape),
+           "details": {**details, **file_details(final)}}
+    (out / "parity.json").unlink(missing_ok=True)
+    record = export_record(run, ckpt, which, res)
+    write_json(out / "export.json", record)
+    return record
 
 
 def labelled_split(ckpt, split: str, limit: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
