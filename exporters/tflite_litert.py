@@ -143,15 +143,16 @@ def export_graph(module, example: np.ndarray, precision: str, path: Path,
     return details
 
 
-def int8_quantizer(module, example: np.ndarray, calibration: Sequence[np.ndarray], ranges: str = "minmax"):
+def int8_quantizer(module, example: np.ndarray | None, calibration: Sequence[np.ndarray], ranges: str = "minmax"):
     """The float file of ``module`` calibrated once (:class:`exporters.tflite_aeq.Int8Quantizer`, NCHW input,
     int8 for the convolutions and fully-connected layers only, as ``int8``): files with any of those ops kept in
-    float then cost one quantization each, for a mixed-precision search."""
+    float then cost one quantization each, for a mixed-precision search. ``module`` may also be the bytes of a
+    float file this route wrote (``example`` unused): the conversion, tens of seconds for Mask R-CNN, is skipped."""
     from exporters.tflite_aeq import Int8Quantizer
 
     t0 = time.time()
-    q = Int8Quantizer(_float_bytes(module, example), calibration, ranges, float_types=(), layout="nchw",
-                      int8_types=INT8_OPS)
+    float_file = bytes(module) if isinstance(module, (bytes, bytearray)) else _float_bytes(module, example)
+    q = Int8Quantizer(float_file, calibration, ranges, float_types=(), layout="nchw", int8_types=INT8_OPS)
     q.seconds = round(time.time() - t0, 2)
     return q
 

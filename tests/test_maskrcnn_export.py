@@ -33,6 +33,22 @@ def run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def tflite_run(run, tmp_path_factory):
+    """A copy of the module's run with its fp32 TFLite graph exported (and checked) by ``edgeseg maskrcnn export``:
+    litert-torch's conversion of the graph takes most of a minute, so the CLI chain and the int8-mixed search both
+    start from this one file."""
+    import shutil
+
+    from edgeseg.cli import main
+
+    out = tmp_path_factory.mktemp("maskrcnn-tflite") / "run"
+    shutil.copytree(run, out, ignore=shutil.ignore_patterns("export", "report.*", ".edgeseg.lock"))
+    assert main(["maskrcnn", "export", str(out), "--target", "tflite", "--precision", "fp32", "--limit", "8",
+                 "--score-threshold", "0.05", "--max-unmatched", str(SWAPS / 160), "-q"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
 def model_and_images(run):
     from edgeseg.data import open_split
     from edgeseg.tasks.instance.run import load_run
@@ -284,16 +300,13 @@ def test_cli_export_check_and_refusals(run, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_instance_run_through_the_ordinary_commands(run, tmp_path, capsys):
+def test_instance_run_through_the_ordinary_commands(tflite_run, tmp_path, capsys):
     """train --model maskrcnn (the module's run) -> export -> check -> report -> bundle with the same commands as a
     semantic run; models lists it; semantic-only flags are refused naming the flag."""
-    import shutil
-
     from edgeseg.cli import main
     from edgeseg.core.schemas import problems
 
-    trained, run = run, tmp_path / "run"
-    shutil.copytree(trained, run, ignore=shutil.ignore_patterns("export", "report.*", ".edgeseg.lock"))
+    run = tflite_run  # its TFLite fp32 export made by `maskrcnn export` (the fixture), checked again below
     assert (run / "maskrcnn.pt").is_file() and not (run / "checkpoint.pt").exists()
     assert json.loads((run / "metrics.json").read_text())["steps"] == 16
     capsys.readouterr()
@@ -306,9 +319,9 @@ def test_instance_run_through_the_ordinary_commands(run, tmp_path, capsys):
     # TFLite and Core ML through the gate-setting command: the barely trained model's near-tied detections may
     # swap (SWAPS) on some CPUs, so the allowance is SWAPS / 160 as in the tests above
     gates = ["--score-threshold", "0.05", "--max-unmatched", str(SWAPS / 160), "-q"]
-    for target, limit in (("tflite", "8"), ("coreml", "4")):  # Core ML's reference execution: 4 images suffice
-        assert main(["maskrcnn", "export", str(run), "--target", target, "--precision", "fp32", "--limit", limit,
-                     *gates]) == 0
+    assert main(["maskrcnn", "export", str(run), "--target", "coreml", "--precision", "fp32", "--limit", "4",
+                 *gates]) == 0  # Core ML's reference execution: 4 images suffice
+    for target, limit in (("tflite", "8"), ("coreml", "4")):
         assert main(["maskrcnn", "check", str(run), "--target", target, "--precision", "fp32", "--limit", limit,
                      *gates]) == 0
     capsys.readouterr()
@@ -413,7 +426,7 @@ def test_overlay_counts_detections_as_instance_parity_does():
 
 
 @pytest.mark.slow
-def test_tflite_int8_mixed_search_finds_the_ops_that_matter(model_and_images, tmp_path):
+def test_tflite_int8_mixed_search_finds_the_ops_that_matter(model_and_images, tflite_run, tmp_path):
     """int8-mixed: one conversion and calibration, then each candidate mix is one quantization. With a criterion
     read off the real quantized file (pass = two given ops compute in float), the search ranks ops kept in float
     alone, walks the ranking and writes exactly those two ops in float, all within the MAC budget; the instance
@@ -421,12 +434,12 @@ def test_tflite_int8_mixed_search_finds_the_ops_that_matter(model_and_images, tm
     from ai_edge_litert.interpreter import Interpreter
 
     from edgeseg.tasks.instance.mixed import instance_evaluator, search_mix
-    from edgeseg.tasks.instance.static_graph import build_static
     from exporters.tflite_litert import int8_quantizer, write_quantized
 
     model, images, gts = model_and_images
-    graph = build_static(model, SIZE, **COUNTS.to_json())
-    q = int8_quantizer(graph, np.full((1, 3, SIZE, SIZE), 0.5, np.float32),
+    # the graph's float file (default counts) as the CLI wrote it: the conversion is not repeated
+    float_file = (tflite_run / "export" / "maskrcnn-tflite-fp32" / "model.tflite").read_bytes()
+    q = int8_quantizer(float_file, None,
                        [(img.transpose(2, 0, 1)[None] / 255.0).astype(np.float32) for img in images])
     macs = [o for o in q.candidates() if o.macs > 0]
     assert len(macs) > 50 and {o.type for o in macs} >= {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
@@ -469,7 +482,7 @@ def test_tflite_int8_mixed_search_finds_the_ops_that_matter(model_and_images, tm
     details = write_quantized(q, found["float_ops"], path)
     assert float_scopes(path.read_bytes()) == want and details["int8_ops"]["CONV_2D"] >= len(macs) // 2
 
-    evaluate = instance_evaluator(model, images[:4], COUNTS, gts[:4], score_threshold=0.05)
+    evaluate = instance_evaluator(model, images[:4], GraphCounts(), gts[:4], score_threshold=0.05)
     for data in (q.quantize([]), path.read_bytes()):
         p = evaluate(data)
         assert p.images == 4 and p.matched + p.missed == p.reference_detections == 80
