@@ -54,16 +54,30 @@ def _expected_place(pre: Preprocess, fh: int, fw: int) -> list[int]:
     return [round(-g.left * sx), round(-g.top * sy), round((-g.left + W) * sx), round((-g.top + H) * sy)]
 
 
-@pytest.mark.parametrize("resize", ["letterbox", "crop", "stretch"])
-def test_the_bundles_kotlin_maps_masks_as_edgeseg_does(resize, tmp_path):
+RESIZES = ("letterbox", "crop", "stretch")
+
+
+@pytest.fixture(scope="module")
+def jar(tmp_path_factory):
+    """The bundle's Kotlin for each resize mode, each file in a package of its own (``package crop`` ...: the
+    README's code unchanged below that line), compiled by one kotlinc call (its start-up is most of the ~18 s)."""
     kotlinc = _kotlinc()
-    src = tmp_path / "Logic.kt"
-    src.write_text(f"const val W = {W}\nconst val H = {H}\nconst val NUM_CLASSES = {C}\n\n"
-                   + kotlin_logic({"input": {"resize": resize}}) + "\n" + HARNESS)
-    jar = tmp_path / "logic.jar"
-    res = subprocess.run([kotlinc, str(src), "-include-runtime", "-d", str(jar)], capture_output=True, text=True,
+    work = tmp_path_factory.mktemp("kotlin")
+    sources = []
+    for resize in RESIZES:
+        src = work / f"{resize}.kt"
+        src.write_text(f"package {resize}\n\nconst val W = {W}\nconst val H = {H}\nconst val NUM_CLASSES = {C}\n\n"
+                       + kotlin_logic({"input": {"resize": resize}}) + "\n" + HARNESS)
+        sources.append(str(src))
+    out = work / "logic.jar"
+    res = subprocess.run([kotlinc, *sources, "-include-runtime", "-d", str(out)], capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
+    return out
+
+
+@pytest.mark.parametrize("resize", RESIZES)
+def test_the_bundles_kotlin_maps_masks_as_edgeseg_does(resize, jar):
     rng = np.random.default_rng(0)
     pre = Preprocess(H, W, resize=resize)
     cases, lines = [], [str(len(FRAMES))]
@@ -72,7 +86,8 @@ def test_the_bundles_kotlin_maps_masks_as_edgeseg_does(resize, tmp_path):
         scores[0, 0] = 1.0  # every class tied at the first pixel
         cases.append(scores)
         lines += [f"{fw} {fh}", " ".join(f"{v:g}" for v in scores.ravel())]
-    out = subprocess.run(["java", "-jar", str(jar)], input="\n".join(lines) + "\n", capture_output=True, text=True,
+    main_class = f"{resize}.{resize.capitalize()}Kt"  # the file's top-level main()
+    out = subprocess.run(["java", "-cp", str(jar), main_class], input="\n".join(lines) + "\n", capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     got = out.stdout.split("\n")
