@@ -23,7 +23,7 @@ quickstart: install
 	$(BIN)/edgeseg quickstart -o runs/quickstart
 
 test: install
-	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadgroup tests
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder tests
 
 bench: install
 	$(BIN)/python benchmarks/export_bench.py

@@ -21,17 +21,27 @@ TINY = dict(model="unet", model_kwargs={"base": 12, "depth": 3}, data="synthetic
             image_size=64, epochs=6, batch_size=8, lr=1e-2, precise_bn_batches=6, seed=1)
 
 
+# Modules by their measured cost (seconds of one worker, `make test --durations=0`, AMD EPYC, 2 cores: 2026-12-07),
+# largest first. `make test` hands whole files to the two workers (--dist loadfile: a module's fixtures, a trained
+# model or an export, are built once, not once per worker) in this order (--no-loadscope-reorder: xdist would
+# otherwise order them by their number of tests): longest first, so no worker is left alone with a long module at
+# the end. Modules not named follow, those with slow tests first.
+HEAVY = ["test_architectures", "test_maskrcnn_export", "test_quantize", "test_reliability", "test_executorch",
+         "test_training_scale", "test_coreml_reference", "test_import", "test_arm64", "test_exporters", "test_cli",
+         "test_bundle", "test_instance", "test_ladder", "test_losses"]
+
+
 def pytest_collection_modifyitems(config, items):
-    # Modules with slow tests (training, converters: tens of seconds) first, the quick ones after. `make test` runs
-    # xdist with --dist loadgroup and no groups: every test is its own unit, handed to whichever worker is free, in
-    # this order (longest first: no worker is left running one long test alone at the end). xdist_group marks
-    # would not take here: xdist 3.8 groups by renaming item._nodeid, which pytest 9.2 no longer reads (measured:
-    # a marked module's tests still went to both workers).
-    # A module's tests stay together and in their order: pytest tears a module's fixtures down when the next test
-    # is from another module (measured: interleaving rebuilt test_maskrcnn_export's trained model four times).
+    # A module's tests stay together and in their order (pytest tears a module's fixtures down when the next test
+    # is from another module).
     slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
     order = {id(item): k for k, item in enumerate(items)}
-    items.sort(key=lambda item: (item.module.__name__ not in slow, order[id(item)]))
+
+    def rank(item):
+        name = item.module.__name__
+        return (HEAVY.index(name) if name in HEAVY else len(HEAVY), name not in slow, order[id(item)])
+
+    items.sort(key=rank)
 
 
 @pytest.fixture(scope="session")
