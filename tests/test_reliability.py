@@ -104,9 +104,11 @@ def _kill_at(cmd, delay: float):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     p = subprocess.Popen([sys.executable, "-m", "edgeseg", *cmd], env=env, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
-    time.sleep(delay)
-    os.killpg(p.pid, signal.SIGKILL)  # the whole group: converters may run helpers
-    p.wait()
+    try:
+        p.wait(timeout=delay)  # finished before that moment: nothing left to kill (and no idle core meanwhile)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)  # the whole group: converters may run helpers
+        p.wait()
     return p.returncode
 
 
