@@ -56,18 +56,24 @@ def quiet_native(enabled: bool = True) -> Iterator[io.StringIO]:
 
 
 @contextlib.contextmanager
-def without_tensorflow() -> Iterator[None]:
-    """Import a package that probes for TensorFlow without loading it: coremltools imports TensorFlow whenever it
-    is installed (its ``_deps`` probe; 7-8 s and ~600 MB) for a frontend edgeseg never uses, mediapipe's metadata
-    module to open files through ``tf.io.gfile``. A ``None`` entry in ``sys.modules`` makes such an
-    ``import tensorflow`` fail as if it were absent (``ModuleNotFoundError``); it is removed again afterwards. Once
-    TensorFlow is loaded (the caller's own code imported it) this does nothing."""
-    if "tensorflow" in sys.modules:
-        yield
-        return
-    sys.modules["tensorflow"] = None  # type: ignore[assignment]
+def without_modules(*names: str) -> Iterator[None]:
+    """Import a package that probes for optional packages without loading them. A ``None`` entry in
+    ``sys.modules`` makes such an ``import name`` fail as if the package were absent (``ModuleNotFoundError``); the
+    entries are removed again afterwards, so the caller's own later imports work. A package already loaded (the
+    caller's own code imported it) is left alone."""
+    hidden = [n for n in names if n not in sys.modules]
+    for n in hidden:
+        sys.modules[n] = None  # type: ignore[assignment]
     try:
         yield
     finally:
-        if sys.modules.get("tensorflow", 0) is None:
-            del sys.modules["tensorflow"]
+        for n in hidden:
+            if sys.modules.get(n, 0) is None:
+                del sys.modules[n]
+
+
+def without_tensorflow() -> contextlib.AbstractContextManager[None]:
+    """coremltools imports TensorFlow whenever it is installed (its ``_deps`` probe; 7-8 s and ~600 MB) for a
+    frontend edgeseg never uses, mediapipe's metadata module to open files through ``tf.io.gfile``: both are
+    imported with ``tensorflow`` hidden (:func:`without_modules`)."""
+    return without_modules("tensorflow")
