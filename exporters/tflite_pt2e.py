@@ -166,8 +166,16 @@ def to_tflite(converted, example: np.ndarray, quantizer) -> tuple[bytes, float]:
     import litert_torch
     from litert_torch.quantize.quant_config import QuantConfig
 
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+
     _, c, h, w = np.asarray(example).shape
     t0 = time.time()
+    # the graph was captured from the model in eval mode (BN folded, no dropout), but an exported module keeps
+    # ``training=True`` and refuses ``.eval()``: litert-torch then warns "converted in training mode". Moved to eval
+    # (the dropout/BN rewrite, a no-op here) and flagged so, which is what it computes.
+    move_exported_model_to_eval(converted)
+    for mod in converted.modules():
+        mod.training = False
     with quiet_native() as log:
         try:
             edge = litert_torch.convert(converted, (torch.zeros(1, h, w, c),),
