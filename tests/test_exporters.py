@@ -165,13 +165,16 @@ def test_tflite_pixel_input_metadata_and_mediapipe(setup, precision):
         assert labels == list(ck.class_names) and mask.shape == (64, 64)
         same.append((mask == y[i].argmax(0)).mean())
     assert 100 * np.mean(same) >= 99.9, same
-    # camera frames of other shapes (4:3 landscape, 9:16 portrait): MediaPipe stretches what it is given, this
+    # camera frames of other shapes (16:9 landscape, 9:16 portrait): MediaPipe stretches what it is given, this
     # model was trained letterboxed; fitted first as the bundle's Kotlin does (`fit`, then `toFrame`), MediaPipe's
-    # frame mask is LiteRT's; handed the frame as it is, it is not
+    # frame mask is LiteRT's; handed the frame as it is, it is not. How far apart depends on how much the model's
+    # masks change with the stretch: measured 1.4-2.5 points (fp32 and int8, one and two threads), where a 4:3
+    # frame gave 1.0-1.1 (too close to any margin); the 1 point asserted is the stretch, not rounding
+    # (fitted: 99.95-100 %)
     from edgeseg.steps.bundle.clients import frame_mask, reshape_frames
 
     pre = ck.preprocess
-    for shape in ((48, 64), (64, 36)):
+    for shape in ((36, 64), (64, 36)):
         fitted = as_is = 0.0
         for f in reshape_frames(pixels[:2], shape):
             lite = pre.to_label(runner(pre.image(f)[None])[0].argmax(0), *shape)
