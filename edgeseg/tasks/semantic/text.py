@@ -30,6 +30,10 @@ def describe_parity(res: ParityResult) -> str:
         lines.append(f"  reference           {res.reference}")
     lines.append(f"  pixel agreement     {res.pixel_agreement:.3f} %   (min {res.thresholds.get('min_agreement', '—')})")
     lines.append(f"  mask mIoU vs ref    {res.mask_miou:.4f}     (min {res.thresholds.get('min_mask_miou', '—')})")
+    if res.mask_miou_ignored:
+        left = ", ".join(f"{k} ({v['reference_pixels']} reference / {v['exported_pixels']} exported pixels)"
+                         for k, v in res.mask_miou_ignored.items())
+        lines.append(f"  left out of it      {left}: under 0.01 % of the pixels")
     lines.append("  max |Δlogit|        " + ("— (the export outputs the class map)" if res.max_abs_logit_diff is None
                                              else f"{res.max_abs_logit_diff:.4g}"))
     drop = "" if res.miou_drop is None else (f"  drop {res.miou_drop:+.4f} (max "
