@@ -152,6 +152,24 @@ def _macs(d: dict, tensors: dict) -> int:
     return spatial * int(np.prod(w))  # CONV_2D [Cout, kh, kw, Cin] / FULLY_CONNECTED [Cout, Cin]
 
 
+def float_macs_share(model: bytes) -> float:
+    """The share (0-1) of a ``.tflite`` file's multiply-adds computed in float: its convolutions and fully-connected
+    layers whose input tensor is float32 (an int8 file's record of what it really left in float)."""
+    preload_triton()
+    from ai_edge_litert.interpreter import Interpreter
+
+    with quiet_native():
+        interp = Interpreter(model_content=model)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    total = floating = 0
+    for d in interp._get_ops_details():  # noqa: SLF001 - the only public view of the op list
+        macs = _macs(d, tensors)
+        total += macs
+        x = d["inputs"][2] if d["op_name"] == "TRANSPOSE_CONV" else d["inputs"][0]
+        floating += macs if macs and np.dtype(tensors[x]["dtype"]) == np.float32 else 0
+    return floating / total if total else 0.0
+
+
 class Int8Quantizer:
     """Calibrates a float ``.tflite`` once, then writes int8 files with any set of ops kept in float."""
 

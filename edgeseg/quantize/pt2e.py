@@ -40,6 +40,7 @@ def quantize_pt2e(job: Job) -> list[str]:
     from exporters import ExporterError, tflite_metadata
     from exporters import tflite_pt2e as pt2e
     from exporters.tflite import load, model_info, tensor_types
+    from exporters.tflite_aeq import float_macs_share
     from exporters.tflite_litert import ops_by_precision
 
     from edgeseg.core.atomic import atomic_path
@@ -95,6 +96,9 @@ def quantize_pt2e(job: Job) -> list[str]:
         int8_ops, float_ops = ops_by_precision(final)
         details = {**details, "convert_seconds": round(convert_seconds, 1), "int8_ops": int8_ops,
                    "float_ops": float_ops,
+                   # what the file computes in float, beside the search's estimate (which counts every convolution
+                   # next to a tensor left unquantized; a requantization left out makes none float)
+                   "float_macs_pct_in_file": round(100 * float_macs_share(data), 3),
                    "fake_quant": {"pixel_agreement": fq.pixel_agreement, "mask_miou": fq.mask_miou,
                                   "exported_miou": fq.exported_miou},
                    "file_vs_fake_quant": {"pixel_agreement": same.pixel_agreement, "mask_miou": same.mask_miou,
@@ -129,6 +133,15 @@ def quantize_pt2e(job: Job) -> list[str]:
     res = write("tflite-int8-pt2e-mixed", graph, {**details, "mixed_precision": {
         k: mix[k] for k in ("float_tensors", "float_macs_pct", "validation", "search_seconds")}})
     summary["mixed"]["name"] = "tflite-int8-pt2e-mixed"
+    # the search's share is an estimate from the prepared graph; the file's is what litert-torch made float (measured
+    # apart in both directions: 0.313 % estimated / 6.766 % in the file, and 3.379 / 0: docs/int8.md): the budget
+    # holds for the file
+    in_file = summary["targets"]["tflite-int8-pt2e-mixed"]["details"]["float_macs_pct_in_file"]
+    summary["mixed"]["float_macs_pct_in_file"] = in_file
+    if in_file > opts.max_float_macs:
+        failures.append(f"tflite-int8-pt2e-mixed: the file computes {in_file:g} % of the multiply-adds in float (the "
+                        f"search estimated {mix['float_macs_pct']:g} %), over --max-float-macs "
+                        f"{opts.max_float_macs:g}")
     if not mix["passed"]:
         failures.append(f"tflite-int8-pt2e-mixed: no mix within {opts.max_float_macs:g} % float MACs and "
                         f"{opts.max_float_layers} tensors passes on validation (best: "
