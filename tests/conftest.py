@@ -5,7 +5,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # pytest-xdist runs one worker per core (make test: -n auto): one compute thread each. With torch's default
+    # pytest-xdist runs one worker per core plus one (make test: WORKERS): one compute thread each. With torch's default
     # of one thread per core in every worker, OpenMP's spin-waiting threads fight over the cores (measured on
     # 2 cores: the suite took 37 min instead of 16 serially). Set before torch is imported; the edgeseg
     # processes the tests start inherit it.
@@ -22,7 +22,7 @@ TINY = dict(model="unet", model_kwargs={"base": 12, "depth": 3}, data="synthetic
 
 
 # Modules by their measured cost (seconds of one worker, `make test --durations=0`, AMD EPYC, 2 cores: 2026-12-07),
-# largest first. `make test` hands whole files to the two workers (--dist loadfile: a module's fixtures, a trained
+# largest first. `make test` hands whole files to the workers (--dist loadfile: a module's fixtures, a trained
 # model or an export, are built once, not once per worker) in this order (--no-loadscope-reorder: xdist would
 # otherwise order them by their number of tests): longest first, so no worker is left alone with a long module at
 # the end. Modules not named follow, those with slow tests first.
