@@ -24,9 +24,11 @@ def iou_per_class(cm: np.ndarray) -> np.ndarray:
         return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
 
 
-def mean_iou(cm: np.ndarray) -> float:
-    """Mean IoU over the classes present in target or prediction."""
+def mean_iou(cm: np.ndarray, skip: np.ndarray | None = None) -> float:
+    """Mean IoU over the classes present in target or prediction (and not marked in the boolean ``skip``)."""
     ious = iou_per_class(cm)
+    if skip is not None:
+        ious[skip] = np.nan
     return float(np.nanmean(ious)) if np.isfinite(ious).any() else float("nan")
 
 

@@ -45,13 +45,9 @@ def mask_miou(cm_pair: np.ndarray, class_names: Sequence[str]) -> tuple[float, d
     ref, exp, both = cm_pair.sum(1), cm_pair.sum(0), np.diag(cm_pair)
     union = ref + exp - both
     rare = (union > 0) & (union < MIN_MASK_SHARE * cm_pair.sum())
-    if rare.all() or not rare.any():
-        return mean_iou(cm_pair), {}
-    kept = np.flatnonzero(~rare)
     ignored = {class_names[c]: {"reference_pixels": int(ref[c]), "exported_pixels": int(exp[c])}
                for c in np.flatnonzero(rare)}
-    ious = iou_per_class(cm_pair)[kept]
-    return (float(np.nanmean(ious)) if np.isfinite(ious).any() else float("nan")), ignored
+    return mean_iou(cm_pair, skip=rare), ignored
 
 
 @dataclass
