@@ -23,7 +23,7 @@ quickstart: install
 	$(BIN)/edgeseg quickstart -o runs/quickstart
 
 # one worker more than the cores (at most 4): the CLI, reliability and Kotlin tests wait on subprocesses and leave a
-# core idle; on 2 cores 3 workers took 9 min 17 s - 9 min 43 s where 2 took 10 min 10 s - 10 min 37 s (2026-12-08,
+# core idle; on 2 cores 3 workers took 9 min 17 s - 10 min 15 s where 2 took 10 min 10 s - 10 min 37 s (2026-12-08,
 # AMD EPYC with AVX-512 VNNI)
 WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, len(os.sched_getaffinity(0)) + 1))")
 test: install
