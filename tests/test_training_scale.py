@@ -15,7 +15,8 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from edgeseg.train.config import TrainConfig
 from edgeseg.core.errors import CheckpointError, UsageError
 from edgeseg.train.checkpoint import load_checkpoint
-from edgeseg.train.loop import OutOfMemory, train
+from edgeseg.train.epochs import OutOfMemory
+from edgeseg.train.loop import train
 
 # no BatchNorm: DDP without SyncBatchNorm (which has no CPU kernel) then computes what one process does
 NO_BN = ["--model", "unet", "--model-opt", "base=8", "--model-opt", "depth=2", "--model-opt", "batch_norm=false"]

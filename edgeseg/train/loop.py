@@ -18,11 +18,11 @@ from edgeseg.train.config import TrainConfig
 from edgeseg.data import open_split
 from edgeseg.data.transforms import (Preprocess, ShardSampler, TensorDataset, TrainSampler, batches,
                                      class_frequencies, collate)
-from edgeseg.core.errors import CheckpointError, EdgesegError, UsageError
+from edgeseg.core.errors import CheckpointError, UsageError
 from edgeseg.losses import CompositeLoss, parse_loss
 from edgeseg.models import build_model, check_input_size, count_params
-from edgeseg.core.progress import progress_bar
 from edgeseg.train.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
+from edgeseg.train.epochs import Progress, Validation, run_epochs
 from edgeseg.train.distributed import DistContext, all_reduce_sum, barrier, cleanup, per_rank_batch, setup
 from edgeseg.train.evaluate import evaluate, recalibrate_batchnorm
 from edgeseg.train.logger import RunLogger
@@ -52,14 +52,6 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-class OutOfMemory(EdgesegError):
-    """A training step ran out of device memory."""
-
-
-def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e))
 
 
 def train(cfg: TrainConfig, out_dir: Path, resume: bool = False, quiet: bool = False,
@@ -171,10 +163,7 @@ def _train(cfg: TrainConfig, out_dir: Path, ctx: DistContext, device: torch.devi
     if use_cuda and cfg.amp:
         amp_dtype = _amp_dtype(cfg.amp_dtype, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    history: list[dict[str, Any]] = list(state.get("history", []))
-    best = float(state.get("best_miou", -1.0))
-    start_epoch, start_step = int(state.get("epoch", 0)), int(state.get("step_in_epoch", 0))
-    global_step = int(state.get("global_step", 0))
+    progress = Progress.from_state(state)
     if state:
         assert old is not None
         model.load_state_dict(old.weights)
@@ -196,100 +185,73 @@ def _train(cfg: TrainConfig, out_dir: Path, ctx: DistContext, device: torch.devi
     forward = torch.compile(train_model) if cfg.compile else train_model
     logger = RunLogger(out_dir, [c.name for c in classes], enabled=ctx.is_main)
 
+
     log(f"training {cfg.model} ({count_params(model) / 1e6:.2f}M params, {n_cls} classes) on {device}"
         + (f" x {ctx.world} processes ({ctx.backend})" if ctx.enabled else "")
         + f", {len(train_ds)} train / {len(val_ds)} val images at {cfg.height}x{cfg.width} px ({cfg.resize}), {cfg.epochs} epochs x "
           f"{steps_per_epoch} steps of {cfg.batch_size * cfg.accumulate} images"
-        + (f", resuming at epoch {start_epoch + 1} step {start_step}" if state else ""))
-    t0, prior_seconds = time.time(), float(state.get("seconds", 0.0))
-    step_seconds, step_images = float(state.get("step_seconds", 0.0)), int(state.get("step_images", 0))
-    stale = int(state.get("stale_epochs", 0))
-    running, n_loss = float(state.get("running_loss", 0.0)), int(state.get("running_steps", 0))
+        + (f", resuming at epoch {progress.epoch + 1} step {progress.step_in_epoch}" if state else ""))
 
     def eval_model() -> nn.Module:
         return ema.module if ema is not None and cfg.export_weights == "ema" else model
 
-    def snapshot(epoch: int, step: int, metrics: dict, finished: bool = False) -> Checkpoint:
-        st = {"epoch": epoch, "step_in_epoch": step, "global_step": global_step, "optimizer": opt.state_dict(),
-              "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "rng": capture_rng(),
-              "history": history, "best_miou": best, "class_weights": weights, "finished": finished,
-              "skipped_files": sorted(set(skipped)), "seconds": prior_seconds + time.time() - t0,
-              "step_seconds": step_seconds, "step_images": step_images, "stale_epochs": stale,
-              "running_loss": running, "running_steps": n_loss}
+    def snapshot(st: dict[str, Any], metrics: dict, finished: bool = False) -> Checkpoint:
+        st = {**st, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+              "rng": capture_rng(), "class_weights": weights, "finished": finished,
+              "skipped_files": sorted(set(skipped))}
         if ema is not None:
             st["ema_n_averaged"] = int(ema.n_averaged.item())
         return Checkpoint(config=cfg, preprocess=pre, classes=classes, weights=_cpu_state(model),
                           ema_weights=_cpu_state(ema.module) if ema is not None else None, metrics=metrics,
                           versions=package_versions(), state=st)
 
-    def save(ck: Checkpoint, path: Path = ckpt_path) -> None:
-        if ctx.is_main:
-            save_checkpoint(ck, path)
+    class Semantic:
+        """The semantic task in the shared epoch loop: sampler-ordered micro-batches, the criterion, the
+        confusion-matrix validation and ``checkpoint.pt``."""
 
-    stopped_early = False
-    with progress_bar(total, "train", disable=quiet or not ctx.is_main,
-                      completed=start_epoch * steps_per_epoch + start_step) as bar:
-        for epoch in range(start_epoch, cfg.epochs):
+        def train_mode(self) -> None:
             model.train()
-            step = start_step if epoch == start_epoch else 0
-            if epoch != start_epoch:
-                running, n_loss = 0.0, 0
+
+        def groups(self, epoch: int, step: int):
             sampler.set_epoch(epoch)
             sampler.set_start(step * cfg.accumulate * local_batch)
             stream = batches(train_loader, skip_bad, skipped, cfg.data)
-            while step < steps_per_epoch:
-                ts = time.perf_counter()  # data loading included, as in any training loop's throughput
-                group = list(itertools.islice(stream, min(cfg.accumulate, micro_per_epoch - step * cfg.accumulate)))
-                if not group:
-                    break
-                try:
-                    loss_value = _optimizer_step(cfg, forward, train_model, model, group, criterion, epoch, opt,
-                                                 scaler, device, amp_dtype, ctx)
-                except Exception as e:
-                    if _is_oom(e):
-                        raise OutOfMemory(
-                            f"out of memory at epoch {epoch + 1} step {step + 1} on {device} with {local_batch} "
-                            f"images per process at {cfg.height}x{cfg.width} px; use a smaller --batch-size, or "
-                            f"--accumulate N with a batch N times smaller to keep the effective batch; the last "
-                            f"good checkpoint '{ckpt_path}' is untouched (--resume continues from it)") from None
-                    raise
-                sched.step()
-                if ema is not None:
-                    ema.update_parameters(model)
-                if not math.isfinite(loss_value):
-                    raise UsageError(f"loss became {loss_value} at epoch {epoch + 1}; lower --lr")
-                step_seconds += time.perf_counter() - ts
-                step_images += sum(len(b[0]) for b in group) * ctx.world
+            while True:
+                yield list(itertools.islice(stream, min(cfg.accumulate, micro_per_epoch - step * cfg.accumulate)))
                 step += 1
-                global_step += 1
-                running += loss_value
-                n_loss += 1
-                logger.step(global_step, loss_value, sched.get_last_lr()[0])
-                bar.advance(f"epoch {epoch + 1}/{cfg.epochs} loss {running / n_loss:.3f}")
-                if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and step < steps_per_epoch:
-                    save(snapshot(epoch, step, {}))
+
+        def step(self, group: list, epoch: int) -> float:
+            return _optimizer_step(cfg, forward, train_model, model, group, criterion, epoch, opt, scaler, device,
+                                   amp_dtype, ctx)
+
+        def images(self, group: list) -> int:
+            return sum(len(b[0]) for b in group)
+
+        def validate(self) -> Validation:
             val = evaluate(eval_model(), batches(val_loader, skip_bad, skipped, cfg.data), n_cls, device,
                            reduce=lambda cm: _reduce_confusion(ctx, cm, device))
-            row = {"epoch": epoch + 1, "loss": running / max(n_loss, 1), "lr": sched.get_last_lr()[0],
-                   "val_miou": val["miou"], "val_pixel_accuracy": val["pixel_accuracy"]}
-            row.update({f"iou_{c.name}": v for c, v in zip(classes, val["iou_per_class"])})
-            history.append(row)
-            improved = val["miou"] > best
-            best = max(best, val["miou"])
-            stale = 0 if improved else stale + 1
-            if skipped:
-                bar.note(f"skipped {len(set(skipped))} bad file(s) so far (--skip-bad)")
-            bar.note(f"epoch {epoch + 1}: loss {row['loss']:.4f}  val mIoU {val['miou']:.4f}")
-            logger.epoch(global_step, row, val["iou_per_class"])
-            logger.write_history(history)
-            ck = snapshot(epoch + 1, 0, {"val": val})
-            save(ck)
-            if improved:
-                save(ck, out_dir / BEST_NAME)
-            if cfg.patience is not None and stale >= cfg.patience and epoch + 1 < cfg.epochs:
-                log(f"early stop: val mIoU has not improved for {stale} epochs (best {best:.4f})")
-                stopped_early = True
-                break
+            fields = {"val_miou": val["miou"], "val_pixel_accuracy": val["pixel_accuracy"],
+                      **{f"iou_{c.name}": v for c, v in zip(classes, val["iou_per_class"])}}
+            return Validation(fields, val["miou"], val["iou_per_class"], val)
+
+        def notes(self) -> list[str]:
+            return [f"skipped {len(set(skipped))} bad file(s) so far (--skip-bad)"] if skipped else []
+
+        def oom_advice(self) -> str:
+            return (f"with {local_batch} images per process at {cfg.height}x{cfg.width} px; use a smaller "
+                    f"--batch-size, or --accumulate N with a batch N times smaller to keep the effective batch; the "
+                    f"last good checkpoint '{ckpt_path}' is untouched (--resume continues from it)")
+
+        def checkpoint(self, st: dict[str, Any], metrics: dict, finished: bool = False) -> Checkpoint:
+            return snapshot(st, metrics, finished)
+
+        def save(self, ck: Checkpoint, best: bool = False) -> None:
+            if ctx.is_main:
+                save_checkpoint(ck, out_dir / BEST_NAME if best else ckpt_path)
+
+    t0 = run_epochs(Semantic(), progress, cfg.epochs, steps_per_epoch, sched, logger, ema=ema, model=model,
+                    checkpoint_every=cfg.checkpoint_every, patience=cfg.patience, quiet=quiet or not ctx.is_main,
+                    world=ctx.world, device=device, log=log)
 
     # Rank 0 re-estimates BatchNorm statistics (precise BN) and measures the final model on the whole val set.
     barrier(ctx)
@@ -303,19 +265,19 @@ def _train(cfg: TrainConfig, out_dir: Path, ctx: DistContext, device: torch.devi
                                      cfg.precise_bn_batches)
         full_val = _loader(vds, cfg, device, cfg.batch_size, ShardSampler(len(vds)))
         val = evaluate(final, batches(full_val, skip_bad, skipped, cfg.data), n_cls, device)
-        seconds = prior_seconds + time.time() - t0
+        seconds = progress.prior_seconds + time.time() - t0
         metrics = {"val": val, "params": count_params(model), "train_seconds": round(seconds, 1),
-                   "train_images_per_second": round(step_images / max(step_seconds, 1e-9), 2),
-                   "bn_recalibration_batches": used, "history": history, "device": str(device),
+                   "train_images_per_second": progress.images_per_second(),
+                   "bn_recalibration_batches": used, "history": progress.history, "device": str(device),
                    "processes": ctx.world, "distributed_backend": ctx.backend,
                    "amp": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype),
                    "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if use_cuda
                    else None, "weights": "ema" if final is not model else "raw",
-                   "best_val_miou": best, "stopped_early": stopped_early, "skipped_files": sorted(set(skipped))}
-        ckpt = snapshot(cfg.epochs, 0, metrics, finished=True)
+                   "best_val_miou": progress.best, "stopped_early": progress.stopped_early, "skipped_files": sorted(set(skipped))}
+        ckpt = snapshot(progress.state(cfg.epochs, 0, t0), metrics, finished=True)
         save_checkpoint(ckpt, ckpt_path)
         write_json(out_dir / "metrics.json", metrics)
-        logger.write_history(history)
+        logger.write_history(progress.history)
         log(f"val mIoU {val['miou']:.4f} (pixel accuracy {val['pixel_accuracy']:.4f}) after "
             f"{seconds:.0f} s; checkpoint: {ckpt_path}")
         ckpt.path = ckpt_path
