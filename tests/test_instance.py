@@ -1,4 +1,4 @@
-"""Mask R-CNN groundwork: instance data, COCO AP against hand-computed cases, a tiny model that learns."""
+"""Mask R-CNN groundwork: instance data, COCO AP against hand-computed cases, a tiny model that learns and resumes."""
 
 from __future__ import annotations
 
@@ -47,28 +47,58 @@ def test_coco_ap_hand_computed():
 
 
 @pytest.mark.slow
-def test_tiny_maskrcnn_learns_on_the_embedded_instances():
+def test_tiny_maskrcnn_learns_and_resumes_exactly_through_the_shared_loop(tmp_path, monkeypatch):
+    """Mask R-CNN trains through the epoch loop every task shares: it learns on the embedded instances, writes the
+    loop's history and best checkpoint, and a run stopped mid-epoch continues from its last step checkpoint to the
+    weights of an uninterrupted run (the RPN and RoI samplers draw from the restored RNG)."""
     import torch
 
-    from edgeseg.tasks.instance.model import build_maskrcnn
-    from edgeseg.tasks.instance.train import predict, train_instance
+    import edgeseg.train.step as step_module
+    from edgeseg.core.errors import UsageError
+    from edgeseg.tasks.instance.run import CHECKPOINT, load_run, train_run
+    from edgeseg.tasks.instance.train import predict
 
-    torch.manual_seed(0)
-    # small proposal and sampling budgets: a CPU-sized model (the defaults are for 800-px COCO images)
-    model = build_maskrcnn(5, "mobilenet_v3_large", min_size=64, box_detections_per_img=20,
-                           rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=100,
-                           rpn_post_nms_top_n_test=50, box_batch_size_per_image=64, mask_layers=(32, 32))
-    ds = SyntheticShapes("train", 64, length=32)
-    res = train_instance(model, ds, epochs=3, batch_size=4, lr=0.02, log=lambda s: None)
-    losses = res["losses"]
-    assert res["steps"] == 24 and all(np.isfinite(losses))
+    full = train_run(tmp_path / "learn", data="synthetic?train=32&val=4&test=4", size=64, epochs=3, batch_size=4,
+                     lr=0.02, eval_images=4, log=lambda s: None)
+    losses = torch.load(tmp_path / "learn" / CHECKPOINT, weights_only=True)["state"]["losses"]
+    assert full["steps"] == len(losses) == 24 and np.all(np.isfinite(losses)) and len(full["history"]) == 3
     assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4])
+    assert (tmp_path / "learn" / "history.csv").read_text().startswith("epoch,loss,lr,val_mask_ap,val_box_ap")
+    assert (tmp_path / "learn" / "maskrcnn-best.pt").is_file()
+    assert 0.0 <= full["best_val_mask_ap"] <= 1.0 and set(full["ap"]) == {"box", "mask"}
+    model, _ = load_run(tmp_path / "learn")
     test = SyntheticShapes("test", 64, length=4)
-    preds = predict(model, [test.instances(i)[0] for i in range(4)])
-    for p in preds:
-        assert p["masks"].shape[1:] == (1, 64, 64) and len(p["boxes"]) == len(p["scores"]) <= 20
-    ap = coco_ap([test.instances(i)[1] for i in range(4)], preds, num_classes=5)
-    assert 0.0 <= ap["mask"]["AP"] <= 1.0 and set(ap) == {"box", "mask"}
+    for p in predict(model, [test.instances(i)[0] for i in range(4)]):
+        assert p["masks"].shape[1:] == (1, 64, 64) and len(p["boxes"]) == len(p["scores"]) <= 100  # torchvision's
+
+    # stopped mid-epoch (step 4 of 8, two images a step), resumed from the step checkpoint after step 3
+    kw = dict(data="synthetic?train=8&val=2&test=2", size=64, epochs=2, batch_size=2, eval_images=2,
+              log=lambda s: None)
+    whole = train_run(tmp_path / "whole", **kw)
+    real, calls = step_module.optimizer_step, {"n": 0}
+
+    def stop_at_4(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(step_module, "optimizer_step", stop_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(tmp_path / "cut", checkpoint_every=3, **kw)
+    monkeypatch.setattr(step_module, "optimizer_step", real)
+    saved = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)["state"]
+    assert (saved["global_step"], saved["epoch"], saved["step_in_epoch"], saved["finished"]) == (3, 0, 3, False)
+    with pytest.raises(UsageError, match="already holds maskrcnn.pt; use --resume"):
+        train_run(tmp_path / "cut", **kw)
+    with pytest.raises(UsageError, match=r"other settings \(lr=0.01, now 0.02\)"):
+        train_run(tmp_path / "cut", resume=True, **{**kw, "lr": 0.02})
+    resumed = train_run(tmp_path / "cut", resume=True, **kw)
+    assert resumed["steps"] == 8 and resumed["history"] == whole["history"]
+    a = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "whole" / CHECKPOINT, weights_only=True)["state_dict"]
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
 def test_instance_data_problems_are_counted_or_named():
@@ -192,3 +222,16 @@ def test_letterbox_keeps_boxes_on_their_masks():
     ys, xs = np.nonzero(t["masks"][0])
     assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (16, 8, 48, 24)
     assert t["masks"].shape[1:] == (64, 64)
+
+
+def test_train_model_maskrcnn_refuses_what_it_cannot_honour(tmp_path, capsys):
+    """Semantic-only training flags are refused by name (not silently ignored); --resume needs a checkpoint."""
+    from edgeseg.cli import main
+
+    base = ["train", "--model", "maskrcnn", "-o", str(tmp_path / "r"), "--data", "synthetic?train=4", "-q"]
+    assert main([*base, "--ema", "0.99", "--loss", "dice"]) == 2
+    err = capsys.readouterr().err
+    assert "--loss, --ema: not for --model maskrcnn (semantic training only)" in err and "--resume" in err
+    assert main([*base, "--resume"]) == 2
+    assert f"--resume: no maskrcnn.pt at '{tmp_path / 'r' / 'maskrcnn.pt'}'" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "r").iterdir()] == [".edgeseg.lock"]  # the run lock only, nothing written

@@ -25,6 +25,16 @@ def instance_check_args(q: argparse.ArgumentParser) -> None:
                    help="maximum mask-AP drop (fp32 0.01, fp16 0.02, int8 0.05)")
 
 
+def training_loop_args(q: argparse.ArgumentParser) -> None:
+    """The shared epoch loop's options that Mask R-CNN honours (``maskrcnn train`` and ``train --model maskrcnn``
+    have them from the same parser code)."""
+    q.add_argument("--resume", action="store_true", help="continue the run in -o from its last checkpoint")
+    q.add_argument("--checkpoint-every", type=int, help="also checkpoint every N optimizer steps (default: epoch "
+                   "ends only)")
+    q.add_argument("--patience", type=int, help="stop after this many epochs without a better val mask AP")
+    q.add_argument("--device", help="auto (default), cpu or cuda[:N]")
+
+
 def add(sub) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("maskrcnn", help="instance segmentation: train, export and check with instance parity",
@@ -53,6 +63,7 @@ def add(sub) -> None:
     q.add_argument("--backbone-from", type=Path, metavar="RUN",
                    help="initialize the mobilenet_v3_large backbone from a semantic edgeseg run with that encoder "
                         "(e.g. an LR-ASPP run on the same images); default: random init (offline)")
+    training_loop_args(q)
     q.add_argument("--json", action="store_true")
     q = msub.add_parser("export", help="export to onnx/tflite/coreml and check instance parity", epilog=EPILOG,
                         formatter_class=fmt,
@@ -96,7 +107,9 @@ def run(a: argparse.Namespace) -> int:
 
         layers = tuple(int(v) for v in a.mask_layers.split(",") if v.strip()) if a.mask_layers else ()
         rec = train_run(a.output, a.data, a.backbone, a.size, a.epochs, a.batch_size, a.lr, a.limit, layers,
-                        iou_balanced=a.iou_balanced, backbone_from=a.backbone_from, log=log_of(a))
+                        iou_balanced=a.iou_balanced, backbone_from=a.backbone_from, log=log_of(a), resume=a.resume,
+                        checkpoint_every=a.checkpoint_every, patience=a.patience, device=a.device or "auto",
+                        quiet=a.quiet)
         if a.json:
             print(json.dumps(rec, indent=2))
         else:

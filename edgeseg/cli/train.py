@@ -77,11 +77,16 @@ def run(a: argparse.Namespace) -> int:
     from edgeseg.train.config import TrainConfig
 
     if a.model == "maskrcnn":
-        from edgeseg.steps.train import train_instance
+        from edgeseg.steps.train import SEMANTIC_ONLY, train_instance
         from edgeseg.tasks.instance.text import describe_training
 
-        rec = train_instance(a.output, a.data, parse_opt(a.model_opt) if a.model_opt else {}, a.image_size,
-                             a.epochs, a.batch_size, a.lr, a.seed, a.config, log_of(a))
+        given = [k for k in SEMANTIC_ONLY if getattr(a, k) not in (None, False)
+                 and not (k == "nproc_per_node" and getattr(a, k) == 1)]
+        data = with_option(a.data or "synthetic", "categories", a.categories) if a.categories else a.data
+        rec = train_instance(a.output, data, parse_opt(a.model_opt) if a.model_opt else {}, a.image_size,
+                             a.epochs, a.batch_size, a.lr, a.seed, a.config, log_of(a), given=given,
+                             resume=a.resume, checkpoint_every=a.checkpoint_every, patience=a.patience,
+                             device=a.device, quiet=a.quiet)
         print(describe_training(rec))
         return EXIT_OK
     from edgeseg.train.loop import train

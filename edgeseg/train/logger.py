@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 
 class RunLogger:
-    """Rank 0's scalars; per-step loss/lr and per-epoch validation (mIoU, pixel accuracy, per-class IoU)."""
+    """Rank 0's scalars; per-step loss/lr and per-epoch validation (the task's ``val_*`` figures, per-class IoU)."""
 
     def __init__(self, out_dir: Path, class_names: Sequence[str], enabled: bool = True) -> None:
         self.out_dir, self.class_names, self.enabled = Path(out_dir), list(class_names), enabled
@@ -35,9 +35,9 @@ class RunLogger:
     def epoch(self, global_step: int, row: dict[str, Any], iou_per_class: Sequence[float | None]) -> None:
         if self._tb is None:
             return
-        for key in ("val_miou", "val_pixel_accuracy", "loss"):
-            if key in row:
-                self._tb.add_scalar(f"epoch/{key}", row[key], row["epoch"])
+        for key, v in row.items():  # the loss and the task's validation figures (mIoU, pixel accuracy, mask AP..)
+            if (key == "loss" or key.startswith("val_")) and isinstance(v, (int, float)):
+                self._tb.add_scalar(f"epoch/{key}", v, row["epoch"])
         for name, v in zip(self.class_names, iou_per_class):
             if v is not None:
                 self._tb.add_scalar(f"val_iou/{name}", v, row["epoch"])

@@ -5,7 +5,11 @@ The layout is a semantic run's (:mod:`edgeseg.tasks.semantic.run`), with the fil
     RUN/maskrcnn.pt      {"config": ..., "state_dict": ...} (loaded with weights_only=True); its name tells every
                          command that the run is an instance run without unpickling it (a semantic run has
                          checkpoint.pt, a self-describing Checkpoint with preprocessing and class colours)
-    RUN/metrics.json     the config, losses, skipped-image counts and COCO AP on the test split
+                         and, since Mask R-CNN trains through the shared epoch loop, "state": the training state
+                         (optimizer, scheduler, scaler, RNG, the loop's counters) that ``--resume`` continues from
+    RUN/maskrcnn-best.pt the same for the epoch with the best val mask AP
+    RUN/metrics.json     the config, losses, skipped-image counts, per-epoch history and COCO AP on the test split
+    RUN/history.csv, RUN/tensorboard/   per-epoch loss and val mask/box AP, per-step loss and learning rate
     RUN/export/maskrcnn-<target>-<precision>/model.<suffix>  export.json  parity.json
     RUN/report.json  report.md  report.html
 
@@ -31,6 +35,7 @@ import numpy as np
 from edgeseg.core.errors import DataError, UsageError
 
 CHECKPOINT = "maskrcnn.pt"
+BEST = "maskrcnn-best.pt"  # the epoch with the best val mask AP (same format)
 METRICS = "metrics.json"  # "maskrcnn.json" before the shared layout
 RECORD, PARITY, LEGACY_RECORD = "export.json", "parity.json", "instance-parity.json"
 
@@ -163,19 +168,37 @@ def train_run(output: Path, data: str = "synthetic", backbone: str = "mobilenet_
               epochs: int = 6, batch_size: int = 4, lr: float = 0.01, limit: int | None = None,
               mask_layers: tuple[int, ...] = (32, 32), seed: int = 0, eval_images: int = 16,
               iou_balanced: float | None = None, backbone_from: Path | None = None,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train Mask R-CNN on ``data``'s train split; evaluate COCO AP on its test split; write the run.
+              log: Callable[[str], None] = print, *, resume: bool = False, checkpoint_every: int | None = None,
+              patience: int | None = None, device: str = "auto", quiet: bool = True) -> dict[str, Any]:
+    """Train Mask R-CNN on ``data``'s train split through the shared epoch loop (mask AP on ``eval_images`` of
+    the val split after each epoch: ``history.csv``, TensorBoard, ``best`` and ``patience``); evaluate COCO AP on
+    its test split; write the run. ``RUN/maskrcnn.pt`` is replaced atomically at each epoch end and every
+    ``checkpoint_every`` steps with the training state, so ``resume`` continues exactly where it stopped.
     ``iou_balanced``: train the box classifier with the IoU-balanced loss of this eta (None: torchvision's).
     ``backbone_from``: a semantic edgeseg run whose MobileNetV3-Large encoder initializes the backbone."""
     import torch
 
-    from edgeseg.core.atomic import ensure_dir, write_json
+    from edgeseg.core.atomic import atomic_path, ensure_dir, write_json
     from edgeseg.tasks.instance.evaluate import coco_ap
     from edgeseg.tasks.instance.train import predict, train_instance
+    from edgeseg.train.logger import RunLogger
 
     if size % 32 or size < 32:
         raise UsageError(f"--size must be a multiple of 32 (the FPN's strides), got {size}")
-    output = ensure_dir(Path(output))
+    output = Path(output)
+    ckpt_path = output / CHECKPOINT
+    old: dict[str, Any] = {}
+    if resume:
+        if not ckpt_path.is_file():
+            raise UsageError(f"--resume: no {CHECKPOINT} at '{ckpt_path}' to resume from")
+        old = _load_checkpoint(ckpt_path)
+        if "state" not in old:
+            raise UsageError(f"--resume: '{ckpt_path}' was written without its training state (edgeseg before "
+                             f"Mask R-CNN trained through the shared loop); train into a new -o directory")
+    elif ckpt_path.exists():
+        raise UsageError(f"run directory '{output}' already holds {CHECKPOINT}; use --resume to continue it or -o "
+                         f"for a new directory")
+    output = ensure_dir(output)
     train_ds, n = _datasets(data, size, limit, "train")
     classes = [getattr(c, "name", str(c)) for c in (getattr(train_ds.ds, "classes", None) or [])]
     if len(classes) < 2:
@@ -186,9 +209,21 @@ def train_run(output: Path, data: str = "synthetic", backbone: str = "mobilenet_
            "rpn_post_nms_train": 100, "box_batch_size": 64, "epochs": epochs, "batch_size": batch_size, "lr": lr,
            "seed": seed, "iou_balanced": iou_balanced,
            "backbone_from": str(backbone_from) if backbone_from else None}
+    state = old.get("state", {})
+    if old:
+        diff = [k for k, v in cfg.items() if old["config"].get(k) != v]
+        if diff:
+            raise UsageError(f"--resume: run '{output}' was trained with other settings ("
+                             + ", ".join(f"{k}={old['config'].get(k)!r}, now {cfg[k]!r}" for k in diff)
+                             + "); resume without changing them, or train into a new -o directory")
+        if state.get("finished"):
+            log(f"run '{output}' is already finished; nothing to resume")
+            return training_record(output) or {}
     torch.manual_seed(seed)
     model = build_from_config(cfg)
-    if backbone_from:
+    if old:
+        model.load_state_dict(old["state_dict"])
+    elif backbone_from:
         from edgeseg.tasks.instance.model import load_backbone_from_run
 
         log(f"backbone: {load_backbone_from_run(model, backbone_from)} tensors from {backbone_from}")
@@ -197,25 +232,40 @@ def train_run(output: Path, data: str = "synthetic", backbone: str = "mobilenet_
         from edgeseg.tasks.instance.model import use_iou_balanced_loss
 
         restore = use_iou_balanced_loss(model, iou_balanced)
-    t0 = time.time()
+    val_ds, v = _datasets(data, size, eval_images, "val")
+    val_samples = [val_ds.instances(i) for i in range(v)]
+
+    def validate(m) -> dict[str, Any]:
+        return coco_ap([t for _, t in val_samples], predict(m, [img for img, _ in val_samples]), num_classes)
+
+    def save(st: dict[str, Any], best: bool) -> None:
+        weights = {k: t.detach().to("cpu").clone() for k, t in model.state_dict().items()}
+        with atomic_path(output / (BEST if best else CHECKPOINT)) as tmp:
+            torch.save({"config": cfg, "state_dict": weights, "state": st}, tmp)
+
+    logger = RunLogger(output, [])
+    if state:
+        log(f"resuming {ckpt_path} at epoch {int(state['epoch']) + 1} step {int(state['step_in_epoch'])}")
     try:
         res = train_instance(model, _Subset(train_ds, n), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                             log=log)
+                             log=log, validate=validate if val_samples else None, save=save, state=state,
+                             checkpoint_every=checkpoint_every, patience=patience, device=device, logger=logger,
+                             quiet=quiet)
     finally:
+        logger.close()
         if restore:
             restore()
-    seconds = time.time() - t0
+    seconds = float(res["state"]["seconds"])
     test_ds, m = _datasets(data, size, eval_images, "test")
     samples = [test_ds.instances(i) for i in range(m)]
     ap = coco_ap([t for _, t in samples], predict(model, [img for img, _ in samples]), num_classes)
-    from edgeseg.core.atomic import atomic_path
-
     model.cpu()
-    with atomic_path(output / CHECKPOINT) as tmp:
-        torch.save({"config": cfg, "state_dict": model.state_dict()}, tmp)
+    save(res["state"], best=False)
     record = {"config": cfg, "train_images": res["images"], "skipped": res["skipped"], "steps": res["steps"],
               "seconds": round(seconds, 1), "first_loss": res["losses"][0], "last_loss": res["losses"][-1],
-              "test_images": m, "ap": ap}
+              "test_images": m, "ap": ap, "val_images": v, "best_val_mask_ap": res["best"] if val_samples else None,
+              "stopped_early": res["stopped_early"], "train_images_per_second": res["images_per_second"],
+              "history": res["history"]}
     write_json(output / METRICS, record)
     (output / "maskrcnn.json").unlink(missing_ok=True)  # trained again: the old layout's record is stale
     return record
@@ -233,22 +283,35 @@ def training_record(run: Path) -> dict[str, Any] | None:
 
 def load_run(run: Path):
     """The model and config of a Mask R-CNN run (``weights_only=True``)."""
-    import torch
-
     path = Path(run) / CHECKPOINT
     if not path.is_file():
         raise UsageError(f"'{run}' has no {CHECKPOINT}; train one with: edgeseg maskrcnn train -o {run}")
+    ckpt = _load_checkpoint(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         cfg = ckpt["config"]
         model = build_from_config(cfg)
         model.load_state_dict(ckpt["state_dict"])
-    except (KeyError, TypeError, RuntimeError, EOFError) as e:
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise DataError(f"'{path}' is not an edgeseg Mask R-CNN checkpoint ({type(e).__name__}: "
+                        f"{str(e)[:200]})") from None
+    return model.eval(), cfg
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    """``maskrcnn.pt`` as a dictionary, read with ``weights_only=True``."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except EOFError as e:
         raise DataError(f"'{path}' is not an edgeseg Mask R-CNN checkpoint ({type(e).__name__}: "
                         f"{str(e)[:200]})") from None
     except Exception as e:  # noqa: BLE001 - torch.load's weights-only unpickler raises UnpicklingError & co
         raise DataError(f"'{path}' cannot be loaded safely ({type(e).__name__}: {str(e)[:200]})") from None
-    return model.eval(), cfg
+    if not isinstance(ckpt, dict):
+        raise DataError(f"'{path}' is not an edgeseg Mask R-CNN checkpoint (a {type(ckpt).__name__}, not a "
+                        f"dictionary)")
+    return ckpt
 
 
 def check_samples(cfg: dict[str, Any], limit: int):

@@ -31,7 +31,11 @@ def describe_instance(rec: dict[str, Any], exported: bool) -> str:
 
 
 def describe_training(rec: dict[str, Any]) -> str:
-    """A Mask R-CNN training record (metrics.json) in one line."""
+    """A Mask R-CNN training record (metrics.json) in one line (a run trained before the shared loop has no
+    validation figures)."""
+    best = rec.get("best_val_mask_ap")
     return (f"trained {rec['steps']} steps on {rec['train_images']} images in {rec['seconds']} s "
             f"(skipped: {rec['skipped']}); loss {rec['first_loss']:.3f} -> {rec['last_loss']:.3f}; "
-            f"test mask AP {rec['ap']['mask']['AP']:.4f}, box AP {rec['ap']['box']['AP']:.4f}")
+            + (f"best val mask AP {best:.4f} ({rec['val_images']} images"
+               + (", stopped early" if rec.get("stopped_early") else "") + "); " if best is not None else "")
+            + f"test mask AP {rec['ap']['mask']['AP']:.4f}, box AP {rec['ap']['box']['AP']:.4f}")
