@@ -58,7 +58,7 @@ def test_tiny_maskrcnn_learns_and_resumes_exactly_through_the_shared_loop(tmp_pa
     from edgeseg.tasks.instance.run import CHECKPOINT, load_run, train_run
     from edgeseg.tasks.instance.train import predict
 
-    full = train_run(tmp_path / "learn", data="synthetic?train=32&val=4&test=4", size=64, epochs=3, batch_size=4,
+    full = train_run(tmp_path / "learn", data="synthetic?train=16&val=4&test=4", size=64, epochs=3, batch_size=2,
                      lr=0.02, eval_images=4, log=lambda s: None)
     losses = torch.load(tmp_path / "learn" / CHECKPOINT, weights_only=True)["state"]["losses"]
     assert full["steps"] == len(losses) == 24 and np.all(np.isfinite(losses)) and len(full["history"]) == 3
@@ -71,24 +71,24 @@ def test_tiny_maskrcnn_learns_and_resumes_exactly_through_the_shared_loop(tmp_pa
     for p in predict(model, [test.instances(i)[0] for i in range(4)]):
         assert p["masks"].shape[1:] == (1, 64, 64) and len(p["boxes"]) == len(p["scores"]) <= 100  # torchvision's
 
-    # stopped mid-epoch (step 4 of 8, two images a step), resumed from the step checkpoint after step 3
-    kw = dict(data="synthetic?train=8&val=2&test=2", size=64, epochs=2, batch_size=2, eval_images=2,
+    # stopped mid-epoch (at step 3 of 8, one image a step), resumed from the step checkpoint after step 2
+    kw = dict(data="synthetic?train=4&val=2&test=2", size=64, epochs=2, batch_size=1, eval_images=2,
               log=lambda s: None)
     whole = train_run(tmp_path / "whole", **kw)
     real, calls = step_module.optimizer_step, {"n": 0}
 
-    def stop_at_4(*a, **k):
+    def stop_at_3(*a, **k):
         calls["n"] += 1
-        if calls["n"] == 4:
+        if calls["n"] == 3:
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(step_module, "optimizer_step", stop_at_4)
+    monkeypatch.setattr(step_module, "optimizer_step", stop_at_3)
     with pytest.raises(KeyboardInterrupt):
-        train_run(tmp_path / "cut", checkpoint_every=3, **kw)
+        train_run(tmp_path / "cut", checkpoint_every=2, **kw)
     monkeypatch.setattr(step_module, "optimizer_step", real)
     saved = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)["state"]
-    assert (saved["global_step"], saved["epoch"], saved["step_in_epoch"], saved["finished"]) == (3, 0, 3, False)
+    assert (saved["global_step"], saved["epoch"], saved["step_in_epoch"], saved["finished"]) == (2, 0, 2, False)
     with pytest.raises(UsageError, match="already holds maskrcnn.pt; use --resume"):
         train_run(tmp_path / "cut", **kw)
     with pytest.raises(UsageError, match=r"other settings \(lr=0.01, now 0.02\)"):

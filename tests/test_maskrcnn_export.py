@@ -195,9 +195,9 @@ def test_core_ml_int8_weights_of_the_graph(model_and_images, tmp_path):
     runner = load_runner("coreml", exp.path)
     out = runner(np.asarray(images[0], np.float32).transpose(2, 0, 1)[None] / 255.0)
     assert out["boxes"].shape == (1, 20, 4) and out["masks"].shape == (1, 20, 28, 28)
-    p = check_instance(model, runner, "coreml", "int8", images, gts, COUNTS, instance_thresholds("int8"),
-                       score_threshold=0.05)
-    assert p.reference_detections == 160 and p.matched > 0 and p.mask_iou_mean > 0.95
+    p = check_instance(model, runner, "coreml", "int8", images[:4], gts[:4], COUNTS, instance_thresholds("int8"),
+                       score_threshold=0.05)  # 4 images: Core ML's reference execution is the slow part
+    assert p.reference_detections == 80 and p.matched > 0 and p.mask_iou_mean > 0.95
 
 
 def test_bad_requests_are_named(model_and_images, tmp_path):
@@ -321,9 +321,9 @@ def test_instance_run_through_the_ordinary_commands(tflite_run, tmp_path, capsys
     gates = ["--score-threshold", "0.05", "--max-unmatched", str(SWAPS / 160), "-q"]
     assert main(["maskrcnn", "export", str(run), "--target", "coreml", "--precision", "fp32", "--limit", "4",
                  *gates]) == 0  # Core ML's reference execution: 4 images suffice
-    for target, limit in (("tflite", "8"), ("coreml", "4")):
-        assert main(["maskrcnn", "check", str(run), "--target", target, "--precision", "fp32", "--limit", limit,
-                     *gates]) == 0
+    # check again what the fixture's export checked (the Core ML export above ran the same check code)
+    assert main(["maskrcnn", "check", str(run), "--target", "tflite", "--precision", "fp32", "--limit", "8",
+                 *gates]) == 0
     capsys.readouterr()
     from exporters.tflite_litert import op_types
 
