@@ -185,7 +185,6 @@ def _train(cfg: TrainConfig, out_dir: Path, ctx: DistContext, device: torch.devi
     forward = torch.compile(train_model) if cfg.compile else train_model
     logger = RunLogger(out_dir, [c.name for c in classes], enabled=ctx.is_main)
 
-
     log(f"training {cfg.model} ({count_params(model) / 1e6:.2f}M params, {n_cls} classes) on {device}"
         + (f" x {ctx.world} processes ({ctx.backend})" if ctx.enabled else "")
         + f", {len(train_ds)} train / {len(val_ds)} val images at {cfg.height}x{cfg.width} px ({cfg.resize}), {cfg.epochs} epochs x "
@@ -273,7 +272,8 @@ def _train(cfg: TrainConfig, out_dir: Path, ctx: DistContext, device: torch.devi
                    "amp": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype),
                    "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if use_cuda
                    else None, "weights": "ema" if final is not model else "raw",
-                   "best_val_miou": progress.best, "stopped_early": progress.stopped_early, "skipped_files": sorted(set(skipped))}
+                   "best_val_miou": progress.best, "stopped_early": progress.stopped_early,
+                   "skipped_files": sorted(set(skipped))}
         ckpt = snapshot(progress.state(cfg.epochs, 0, t0), metrics, finished=True)
         save_checkpoint(ckpt, ckpt_path)
         write_json(out_dir / "metrics.json", metrics)
