@@ -125,17 +125,23 @@ def global_ranges(model: bytes, samples: Sequence[np.ndarray], qsvs: dict) -> di
 def graph_ops(model: bytes) -> list[Op]:
     """Every op of a float ``.tflite`` with the scope ai-edge-quantizer matches recipes against (its output
     tensor names, each followed by ``;``) and its multiply-adds (convolutions and fully-connected layers)."""
+    ops, tensors = _op_list(model)
+    out = []
+    for d in ops:
+        names = [tensors[i]["name"] for i in d["outputs"] if i >= 0 and tensors[i]["name"]]
+        out.append(Op(int(d["index"]), d["op_name"], "".join(f"{n};" for n in names), _macs(d, tensors)))
+    return out
+
+
+def _op_list(model: bytes) -> tuple[list[dict], dict[int, dict]]:
+    """A ``.tflite``'s ops (LiteRT's op details) and its tensors by index."""
     preload_triton()
     from ai_edge_litert.interpreter import Interpreter
 
     with quiet_native():
         interp = Interpreter(model_content=model)
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
-    out = []
-    for d in interp._get_ops_details():  # noqa: SLF001 - the only public view of the op list
-        names = [tensors[i]["name"] for i in d["outputs"] if i >= 0 and tensors[i]["name"]]
-        out.append(Op(int(d["index"]), d["op_name"], "".join(f"{n};" for n in names), _macs(d, tensors)))
-    return out
+    return interp._get_ops_details(), tensors  # noqa: SLF001 - the only public view of the op list
 
 
 def _macs(d: dict, tensors: dict) -> int:
@@ -155,14 +161,9 @@ def _macs(d: dict, tensors: dict) -> int:
 def float_macs_share(model: bytes) -> float:
     """The share (0-1) of a ``.tflite`` file's multiply-adds computed in float: its convolutions and fully-connected
     layers whose input tensor is float32 (an int8 file's record of what it really left in float)."""
-    preload_triton()
-    from ai_edge_litert.interpreter import Interpreter
-
-    with quiet_native():
-        interp = Interpreter(model_content=model)
-    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    ops, tensors = _op_list(model)
     total = floating = 0
-    for d in interp._get_ops_details():  # noqa: SLF001 - the only public view of the op list
+    for d in ops:
         macs = _macs(d, tensors)
         total += macs
         x = d["inputs"][2] if d["op_name"] == "TRANSPOSE_CONV" else d["inputs"][0]

@@ -235,3 +235,8 @@ def test_train_model_maskrcnn_refuses_what_it_cannot_honour(tmp_path, capsys):
     assert main([*base, "--resume"]) == 2
     assert f"--resume: no maskrcnn.pt at '{tmp_path / 'r' / 'maskrcnn.pt'}'" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "r").iterdir()] == [".edgeseg.lock"]  # the run lock only, nothing written
+    import torch
+
+    torch.save({"weights": {}}, tmp_path / "r" / "maskrcnn.pt")  # a dictionary, not an edgeseg Mask R-CNN checkpoint
+    assert main([*base, "--resume"]) == 1
+    assert "is not an edgeseg Mask R-CNN checkpoint (no config and state_dict)" in capsys.readouterr().err

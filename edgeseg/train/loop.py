@@ -26,7 +26,7 @@ from edgeseg.train.epochs import Progress, Validation, run_epochs
 from edgeseg.train.distributed import DistContext, all_reduce_sum, barrier, cleanup, per_rank_batch, setup
 from edgeseg.train.evaluate import evaluate, recalibrate_batchnorm
 from edgeseg.train.logger import RunLogger
-from edgeseg.train.state import capture_rng, restore_rng
+from edgeseg.train.state import cpu_state, optimizer_state, restore_optimizer_state
 from edgeseg.train.step import lr_lambda, optimizer_step
 from edgeseg.core.versions import package_versions
 
@@ -167,17 +167,10 @@ def _train(cfg: TrainConfig, out_dir: Path, ctx: DistContext, device: torch.devi
     if state:
         assert old is not None
         model.load_state_dict(old.weights)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
         if ema is not None:
             ema.module.load_state_dict(old.ema_weights)
             ema.n_averaged.fill_(int(state["ema_n_averaged"]))
-        if "rng" in state:
-            restore_rng(state["rng"])
-        elif "torch_rng" in state:  # an epoch-end checkpoint of edgeseg before step checkpoints
-            torch.set_rng_state(state["torch_rng"])
+        restore_optimizer_state(state, opt, sched, scaler)
 
     train_model: nn.Module = model
     if ctx.enabled:
@@ -195,13 +188,12 @@ def _train(cfg: TrainConfig, out_dir: Path, ctx: DistContext, device: torch.devi
         return ema.module if ema is not None and cfg.export_weights == "ema" else model
 
     def snapshot(st: dict[str, Any], metrics: dict, finished: bool = False) -> Checkpoint:
-        st = {**st, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-              "rng": capture_rng(), "class_weights": weights, "finished": finished,
+        st = {**st, **optimizer_state(opt, sched, scaler), "class_weights": weights, "finished": finished,
               "skipped_files": sorted(set(skipped))}
         if ema is not None:
             st["ema_n_averaged"] = int(ema.n_averaged.item())
-        return Checkpoint(config=cfg, preprocess=pre, classes=classes, weights=_cpu_state(model),
-                          ema_weights=_cpu_state(ema.module) if ema is not None else None, metrics=metrics,
+        return Checkpoint(config=cfg, preprocess=pre, classes=classes, weights=cpu_state(model),
+                          ema_weights=cpu_state(ema.module) if ema is not None else None, metrics=metrics,
                           versions=package_versions(), state=st)
 
     class Semantic:
@@ -321,11 +313,6 @@ def _reduce_confusion(ctx: DistContext, cm: np.ndarray, device: torch.device) ->
         return cm
     t = torch.from_numpy(cm).to("cuda" if device.type == "cuda" else "cpu")
     return all_reduce_sum(ctx, t).cpu().numpy()
-
-
-def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone()
-            for k, v in module.state_dict().items()}
 
 
 def _loader(ds: TensorDataset, cfg: TrainConfig, device: torch.device, batch: int, sampler,

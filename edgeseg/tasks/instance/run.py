@@ -182,6 +182,7 @@ def train_run(output: Path, data: str = "synthetic", backbone: str = "mobilenet_
     from edgeseg.tasks.instance.evaluate import coco_ap
     from edgeseg.tasks.instance.train import predict, train_instance
     from edgeseg.train.logger import RunLogger
+    from edgeseg.train.state import cpu_state
 
     if size % 32 or size < 32:
         raise UsageError(f"--size must be a multiple of 32 (the FPN's strides), got {size}")
@@ -192,6 +193,9 @@ def train_run(output: Path, data: str = "synthetic", backbone: str = "mobilenet_
         if not ckpt_path.is_file():
             raise UsageError(f"--resume: no {CHECKPOINT} at '{ckpt_path}' to resume from")
         old = _load_checkpoint(ckpt_path)
+        if not isinstance(old.get("config"), dict) or "state_dict" not in old:
+            raise DataError(f"--resume: '{ckpt_path}' is not an edgeseg Mask R-CNN checkpoint (no config and "
+                            f"state_dict); train into a new -o directory")
         if "state" not in old:
             raise UsageError(f"--resume: '{ckpt_path}' was written without its training state (edgeseg before "
                              f"Mask R-CNN trained through the shared loop); train into a new -o directory")
@@ -239,9 +243,8 @@ def train_run(output: Path, data: str = "synthetic", backbone: str = "mobilenet_
         return coco_ap([t for _, t in val_samples], predict(m, [img for img, _ in val_samples]), num_classes)
 
     def save(st: dict[str, Any], best: bool) -> None:
-        weights = {k: t.detach().to("cpu").clone() for k, t in model.state_dict().items()}
         with atomic_path(output / (BEST if best else CHECKPOINT)) as tmp:
-            torch.save({"config": cfg, "state_dict": weights, "state": st}, tmp)
+            torch.save({"config": cfg, "state_dict": cpu_state(model), "state": st}, tmp)
 
     logger = RunLogger(output, [])
     if state:

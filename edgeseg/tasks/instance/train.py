@@ -61,7 +61,7 @@ def train_instance(model, dataset, epochs: int = 1, batch_size: int = 4, lr: flo
 
     from edgeseg.core.device import pick_device
     from edgeseg.train.epochs import Progress, Validation, run_epochs
-    from edgeseg.train.state import capture_rng, restore_rng
+    from edgeseg.train.state import optimizer_state, restore_optimizer_state
     from edgeseg.train.step import lr_lambda, optimizer_step
 
     dev = pick_device(device)
@@ -80,10 +80,7 @@ def train_instance(model, dataset, epochs: int = 1, batch_size: int = 4, lr: flo
     state = state or {}
     losses: list[float] = list(state.get("losses", []))
     if state:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        restore_rng(state["rng"])
+        restore_optimizer_state(state, opt, sched, scaler)
     progress = Progress.from_state(state)
     parts: dict[str, Any] = {}
 
@@ -131,8 +128,7 @@ def train_instance(model, dataset, epochs: int = 1, batch_size: int = 4, lr: flo
                     f"untouched (--resume continues from it)")
 
         def checkpoint(self, st: dict[str, Any], metrics: dict[str, Any], finished: bool = False) -> dict[str, Any]:
-            return {**st, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "scaler": scaler.state_dict(), "rng": capture_rng(), "losses": list(losses), "val": metrics,
+            return {**st, **optimizer_state(opt, sched, scaler), "losses": list(losses), "val": metrics,
                     "skipped": skipped, "finished": finished}
 
         def save(self, ck: dict[str, Any], best: bool = False) -> None:
